@@ -1,0 +1,1 @@
+"""Generated gRPC stubs. Never edit by hand: change protos/ and run `make generate`."""

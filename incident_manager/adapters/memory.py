@@ -1,0 +1,205 @@
+"""In-memory storage: the fake that unit tests and the contract tests use.
+
+Work runs synchronously on the event loop; changes are staged in the unit of
+work and applied only on commit, so a failed unit of work leaves no trace.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from datetime import datetime
+
+from incident_manager.adapters.repository import (
+    AlertLog,
+    EventLog,
+    IncidentRepository,
+    Storage,
+    T,
+    UnitOfWork,
+)
+from incident_manager.domain.errors import ConcurrentModification
+from incident_manager.domain.model import Incident, IncidentEvent, Note, ReceivedAlert
+from incident_manager.domain.query import TIMELINE_LIMIT, IncidentPage, IncidentQuery
+
+
+class _State:
+    def __init__(self) -> None:
+        self.incidents: dict[str, Incident] = {}
+        self.events: list[IncidentEvent] = []
+        self.notes: dict[str, list[Note]] = {}
+        self.alerts: dict[tuple[str, str], ReceivedAlert] = {}
+
+
+class _Staged:
+    def __init__(self, last_sequence: int) -> None:
+        self.incidents: dict[str, Incident] = {}
+        self.events: list[IncidentEvent] = []
+        self.notes: list[tuple[str, Note]] = []
+        self.alerts: dict[tuple[str, str], ReceivedAlert] = {}
+        self.next_sequence = last_sequence + 1
+
+
+def _stored_copy(incident: Incident) -> Incident:
+    clone = copy.deepcopy(incident)
+    clone.pending_events = []
+    clone.pending_notes = []
+    clone.timeline = []
+    clone.notes = []
+    return clone
+
+
+class MemoryIncidents(IncidentRepository):
+    def __init__(self, state: _State, staged: _Staged) -> None:
+        self._state = state
+        self._staged = staged
+        self._read_versions: dict[str, int] = {}
+
+    def _current(self, incident_id: str) -> Incident | None:
+        return self._staged.incidents.get(incident_id) or self._state.incidents.get(incident_id)
+
+    def get(self, incident_id: str, *, with_history: bool = False) -> Incident | None:
+        stored = self._current(incident_id)
+        if stored is None:
+            return None
+        incident = copy.deepcopy(stored)
+        self._read_versions[incident.id] = incident.version
+        if with_history:
+            events = [e.event for e in self._all_events() if e.incident_id == incident_id]
+            incident.timeline = events[-TIMELINE_LIMIT:]
+            incident.notes = list(self._state.notes.get(incident_id, [])) + [
+                n for iid, n in self._staged.notes if iid == incident_id
+            ]
+        return incident
+
+    def _all_events(self) -> list[IncidentEvent]:
+        return self._state.events + self._staged.events
+
+    def find_mergeable(self, fingerprint: str, opened_since: datetime) -> Incident | None:
+        candidates = [
+            i
+            for i in self._merged_view()
+            if i.fingerprint == fingerprint and i.state.is_active and i.create_time >= opened_since
+        ]
+        if not candidates:
+            return None
+        newest = max(candidates, key=lambda i: (i.create_time, i.id))
+        return self.get(newest.id)
+
+    def _merged_view(self) -> list[Incident]:
+        merged = dict(self._state.incidents)
+        merged.update(self._staged.incidents)
+        return list(merged.values())
+
+    def add(self, incident: Incident) -> None:
+        self._stage(incident)
+
+    def save(self, incident: Incident) -> None:
+        current = self._current(incident.id)
+        read_version = self._read_versions.get(incident.id)
+        if current is None or read_version is None or current.version != read_version:
+            raise ConcurrentModification(incident.id)
+        self._stage(incident)
+
+    def _stage(self, incident: Incident) -> None:
+        for pending in incident.pending_events:
+            self._staged.events.append(pending.with_sequence(self._staged.next_sequence))
+            self._staged.next_sequence += 1
+        self._staged.notes.extend((incident.id, note) for note in incident.pending_notes)
+        incident.pending_events = []
+        incident.pending_notes = []
+        self._staged.incidents[incident.id] = _stored_copy(incident)
+        self._read_versions[incident.id] = incident.version
+
+    def list(self, query: IncidentQuery) -> IncidentPage:
+        matching = [i for i in self._merged_view() if query.filter.matches_incident(i)]
+        key = query.ordering.key_of
+        matching.sort(key=key, reverse=query.ordering.descending)
+        if query.after is not None:
+            after = query.after
+            if query.ordering.descending:
+                matching_page = [i for i in matching if key(i) < after]
+            else:
+                matching_page = [i for i in matching if key(i) > after]
+        else:
+            matching_page = matching
+        page = matching_page[: query.page_size]
+        incidents = [self.get(i.id, with_history=query.with_history) for i in page]
+        return IncidentPage(
+            incidents=[i for i in incidents if i is not None],
+            total_size=len(matching),
+            has_more=len(matching_page) > query.page_size,
+        )
+
+
+class MemoryAlerts(AlertLog):
+    def __init__(self, state: _State, staged: _Staged) -> None:
+        self._state = state
+        self._staged = staged
+
+    def get(self, source: str, alert_id: str) -> ReceivedAlert | None:
+        key = (source, alert_id)
+        return self._staged.alerts.get(key) or self._state.alerts.get(key)
+
+    def add(self, received: ReceivedAlert) -> None:
+        self._staged.alerts[(received.alert.source, received.alert.id)] = received
+
+
+class MemoryEvents(EventLog):
+    def __init__(self, state: _State, staged: _Staged) -> None:
+        self._state = state
+        self._staged = staged
+
+    def after(self, sequence: int, limit: int) -> list[IncidentEvent]:
+        events = self._state.events + self._staged.events
+        return [e for e in events if e.sequence > sequence][:limit]
+
+    def last_sequence(self) -> int:
+        events = self._state.events + self._staged.events
+        return events[-1].sequence if events else 0
+
+
+class MemoryUnitOfWork(UnitOfWork):
+    def __init__(self, state: _State) -> None:
+        super().__init__()
+        self._state = state
+        self._staged = _Staged(state.events[-1].sequence if state.events else 0)
+        self._done = False
+        self.incidents = MemoryIncidents(state, self._staged)
+        self.alerts = MemoryAlerts(state, self._staged)
+        self.events = MemoryEvents(state, self._staged)
+
+    def commit(self) -> None:
+        if self._done:
+            raise RuntimeError("this unit of work has already finished")
+        self._state.incidents.update(self._staged.incidents)
+        self._state.events.extend(self._staged.events)
+        for incident_id, note in self._staged.notes:
+            self._state.notes.setdefault(incident_id, []).append(note)
+        self._state.alerts.update(self._staged.alerts)
+        self.committed_events = list(self._staged.events)
+        self._done = True
+
+    def rollback(self) -> None:
+        self._done = True
+
+
+class MemoryStorage(Storage):
+    """Keeps everything in this process; loses everything when it exits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._state = _State()
+
+    async def write(self, work: Callable[[UnitOfWork], T]) -> T:
+        uow = MemoryUnitOfWork(self._state)
+        result = work(uow)
+        if uow.committed_events:
+            self._publish(uow.committed_events)
+        return result
+
+    async def read(self, work: Callable[[UnitOfWork], T]) -> T:
+        return work(MemoryUnitOfWork(self._state))
+
+    async def close(self) -> None:
+        return None

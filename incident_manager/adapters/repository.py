@@ -1,0 +1,126 @@
+"""The storage contract every backend implements, and passes the same tests for.
+
+Work runs as a *unit of work*: a synchronous function given a `UnitOfWork`,
+executed by the backend inside one transaction (on the backend's own thread,
+so the event loop never blocks on disk). The unit of work rolls back unless
+`commit()` is called. Events stored by a committed unit of work are handed,
+in sequence order, to the storage's listeners.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from datetime import datetime
+from types import TracebackType
+from typing import TypeVar
+
+from incident_manager.domain.model import Incident, IncidentEvent, ReceivedAlert
+from incident_manager.domain.query import IncidentPage, IncidentQuery
+
+T = TypeVar("T")
+EventListener = Callable[[list[IncidentEvent]], None]
+
+
+class IncidentRepository(abc.ABC):
+    """Incidents, with their timeline events and notes."""
+
+    @abc.abstractmethod
+    def get(self, incident_id: str, *, with_history: bool = False) -> Incident | None:
+        """The incident, or None. With history, also its latest timeline events and notes."""
+
+    @abc.abstractmethod
+    def find_mergeable(self, fingerprint: str, opened_since: datetime) -> Incident | None:
+        """The newest active incident with this fingerprint opened at or after `opened_since`."""
+
+    @abc.abstractmethod
+    def add(self, incident: Incident) -> None:
+        """Store a new incident with its pending events and notes."""
+
+    @abc.abstractmethod
+    def save(self, incident: Incident) -> None:
+        """Store the changes of an incident read in this unit of work.
+
+        Raises ConcurrentModification if another writer stored a newer
+        version since it was read.
+        """
+
+    @abc.abstractmethod
+    def list(self, query: IncidentQuery) -> IncidentPage:
+        """One page of incidents matching the query, in its order."""
+
+
+class AlertLog(abc.ABC):
+    """Every accepted alert, keyed by (source, alert id), with the answer it got."""
+
+    @abc.abstractmethod
+    def get(self, source: str, alert_id: str) -> ReceivedAlert | None: ...
+
+    @abc.abstractmethod
+    def add(self, received: ReceivedAlert) -> None: ...
+
+
+class EventLog(abc.ABC):
+    """All stored timeline events in sequence order, for StreamIncidents replays."""
+
+    @abc.abstractmethod
+    def after(self, sequence: int, limit: int) -> list[IncidentEvent]:
+        """Up to `limit` events with a greater sequence, in sequence order."""
+
+    @abc.abstractmethod
+    def last_sequence(self) -> int:
+        """The greatest stored sequence, 0 when there is none."""
+
+
+class UnitOfWork(abc.ABC):
+    incidents: IncidentRepository
+    alerts: AlertLog
+    events: EventLog
+
+    def __init__(self) -> None:
+        self.committed_events: list[IncidentEvent] = []
+
+    def __enter__(self) -> UnitOfWork:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.rollback()
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Make the work durable; afterwards `committed_events` holds its events."""
+
+    @abc.abstractmethod
+    def rollback(self) -> None:
+        """Discard uncommitted work; does nothing after a commit."""
+
+
+class Storage(abc.ABC):
+    """Runs units of work and tells listeners about committed events."""
+
+    def __init__(self) -> None:
+        self._listeners: list[EventListener] = []
+
+    def add_listener(self, listener: EventListener) -> None:
+        self._listeners.append(listener)
+
+    def _publish(self, events: list[IncidentEvent]) -> None:
+        for listener in self._listeners:
+            listener(events)
+
+    @abc.abstractmethod
+    async def write(self, work: Callable[[UnitOfWork], T]) -> T:
+        """Run `work` as a read-write unit of work; returns after it committed or failed."""
+
+    @abc.abstractmethod
+    async def read(self, work: Callable[[UnitOfWork], T]) -> T:
+        """Run `work` against the latest committed state, without writing."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish running work and release the database."""

@@ -1,0 +1,592 @@
+"""SQLite storage: the embedded default. Nothing to install, one file on disk.
+
+One connection writes, on one thread, so write transactions never contend;
+another connection reads on its own thread (WAL lets it read while a write is
+in progress). The write connection runs with `synchronous=FULL`: a commit
+returns only after the WAL is on disk, so an acknowledged alert survives
+`kill -9` of the server and a power loss alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from incident_manager.adapters.repository import (
+    AlertLog,
+    EventLog,
+    IncidentRepository,
+    Storage,
+    T,
+    UnitOfWork,
+)
+from incident_manager.domain.errors import ConcurrentModification, StorageUnavailable
+from incident_manager.domain.model import (
+    AckStatus,
+    Alert,
+    EventType,
+    Incident,
+    IncidentEvent,
+    IncidentState,
+    IncidentType,
+    Note,
+    ReceivedAlert,
+    Resolution,
+    ResolutionMethod,
+    Severity,
+    TimelineEvent,
+)
+from incident_manager.domain.query import (
+    TIMELINE_LIMIT,
+    IncidentPage,
+    IncidentQuery,
+    SortKey,
+    from_micros,
+    micros,
+)
+
+log = logging.getLogger(__name__)
+
+# Each entry upgrades the schema by one version (PRAGMA user_version). Never
+# edit an entry that has shipped; append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE incidents (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        description TEXT NOT NULL,
+        severity INTEGER NOT NULL,
+        type INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        affected_resources TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        assignees TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        alert_count INTEGER NOT NULL,
+        create_time INTEGER NOT NULL,
+        update_time INTEGER NOT NULL,
+        resolution TEXT,
+        version INTEGER NOT NULL,
+        timeline_size INTEGER NOT NULL
+    );
+    CREATE INDEX incidents_by_create_time ON incidents (create_time, id);
+    CREATE INDEX incidents_by_update_time ON incidents (update_time, id);
+    CREATE INDEX incidents_by_severity ON incidents (severity, create_time, id);
+    CREATE INDEX incidents_active_by_fingerprint ON incidents (fingerprint, create_time)
+        WHERE state < 5;
+    CREATE TABLE events (
+        sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id TEXT NOT NULL,
+        type INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        message TEXT NOT NULL,
+        details TEXT NOT NULL,
+        create_time INTEGER NOT NULL,
+        title TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        severity INTEGER NOT NULL,
+        incident_type INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        assignees TEXT NOT NULL,
+        alert_count INTEGER NOT NULL
+    );
+    CREATE INDEX events_by_incident ON events (incident_id, sequence);
+    CREATE TABLE notes (
+        id TEXT PRIMARY KEY,
+        incident_id TEXT NOT NULL,
+        author TEXT NOT NULL,
+        content TEXT NOT NULL,
+        create_time INTEGER NOT NULL
+    );
+    CREATE INDEX notes_by_incident ON notes (incident_id, create_time);
+    CREATE TABLE alerts (
+        source TEXT NOT NULL,
+        alert_id TEXT NOT NULL,
+        incident_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        fingerprint TEXT NOT NULL,
+        receive_time INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (source, alert_id)
+    ) WITHOUT ROWID;
+    """,
+)
+
+_INCIDENT_COLUMNS = (
+    "id, title, description, severity, type, state, source, affected_resources, labels, "
+    "assignees, fingerprint, alert_count, create_time, update_time, resolution, version, "
+    "timeline_size"
+)
+_EVENT_COLUMNS = (
+    "sequence, incident_id, type, actor, message, details, create_time, title, state, "
+    "severity, incident_type, source, assignees, alert_count"
+)
+_SORT_COLUMNS = {
+    SortKey.CREATE_TIME: ("create_time", "id"),
+    SortKey.UPDATE_TIME: ("update_time", "id"),
+    SortKey.SEVERITY: ("severity", "create_time", "id"),
+}
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _resolution_to_json(resolution: Resolution | None) -> str | None:
+    if resolution is None:
+        return None
+    return _dumps(
+        {
+            "method": resolution.method.name,
+            "root_cause": resolution.root_cause,
+            "notes": resolution.notes,
+            "resolved_by": resolution.resolved_by,
+            "resolve_time": micros(resolution.resolve_time),
+            "time_to_resolve": resolution.time_to_resolve // timedelta(microseconds=1),
+        }
+    )
+
+
+def _resolution_from_json(text: str | None) -> Resolution | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    return Resolution(
+        method=ResolutionMethod[data["method"]],
+        root_cause=data["root_cause"],
+        notes=data["notes"],
+        resolved_by=data["resolved_by"],
+        resolve_time=from_micros(data["resolve_time"]),
+        time_to_resolve=timedelta(microseconds=data["time_to_resolve"]),
+    )
+
+
+def _incident_row(incident: Incident) -> tuple[Any, ...]:
+    return (
+        incident.id,
+        incident.title,
+        incident.description,
+        int(incident.severity),
+        int(incident.type),
+        int(incident.state),
+        incident.source,
+        _dumps(incident.affected_resources),
+        _dumps(incident.labels),
+        _dumps(incident.assignees),
+        incident.fingerprint,
+        incident.alert_count,
+        micros(incident.create_time),
+        micros(incident.update_time),
+        _resolution_to_json(incident.resolution),
+        incident.version,
+        incident.timeline_size,
+    )
+
+
+def _incident_from_row(row: Sequence[Any]) -> Incident:
+    return Incident(
+        id=row[0],
+        title=row[1],
+        description=row[2],
+        severity=Severity(row[3]),
+        type=IncidentType(row[4]),
+        state=IncidentState(row[5]),
+        source=row[6],
+        affected_resources=json.loads(row[7]),
+        labels=json.loads(row[8]),
+        assignees=json.loads(row[9]),
+        fingerprint=row[10],
+        alert_count=row[11],
+        create_time=from_micros(row[12]),
+        update_time=from_micros(row[13]),
+        resolution=_resolution_from_json(row[14]),
+        version=row[15],
+        timeline_size=row[16],
+    )
+
+
+def _event_from_row(row: Sequence[Any]) -> IncidentEvent:
+    return IncidentEvent(
+        incident_id=row[1],
+        event=TimelineEvent(
+            sequence=row[0],
+            type=EventType(row[2]),
+            actor=row[3],
+            message=row[4],
+            details=json.loads(row[5]),
+            create_time=from_micros(row[6]),
+        ),
+        title=row[7],
+        state=IncidentState(row[8]),
+        severity=Severity(row[9]),
+        type=IncidentType(row[10]),
+        source=row[11],
+        assignees=tuple(json.loads(row[12])),
+        alert_count=row[13],
+    )
+
+
+def _alert_to_json(alert: Alert) -> str:
+    return _dumps(
+        {
+            "id": alert.id,
+            "source": alert.source,
+            "title": alert.title,
+            "description": alert.description,
+            "severity": alert.severity.name,
+            "type": alert.type.name,
+            "labels": dict(alert.labels),
+            "annotations": dict(alert.annotations),
+            "affected_resources": list(alert.affected_resources),
+            "runbook_url": alert.runbook_url,
+            "fire_time": None if alert.fire_time is None else micros(alert.fire_time),
+            "dedup_key": alert.dedup_key,
+        }
+    )
+
+
+def _alert_from_json(text: str) -> Alert:
+    data = json.loads(text)
+    return Alert(
+        id=data["id"],
+        source=data["source"],
+        title=data["title"],
+        description=data["description"],
+        severity=Severity[data["severity"]],
+        type=IncidentType[data["type"]],
+        labels=data["labels"],
+        annotations=data["annotations"],
+        affected_resources=tuple(data["affected_resources"]),
+        runbook_url=data["runbook_url"],
+        fire_time=None if data["fire_time"] is None else from_micros(data["fire_time"]),
+        dedup_key=data["dedup_key"],
+    )
+
+
+class SqliteIncidents(IncidentRepository):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._read_versions: dict[str, int] = {}
+        self.stored_events: list[IncidentEvent] = []
+        """Events stored by this unit of work, with their sequences, in order."""
+
+    def get(self, incident_id: str, *, with_history: bool = False) -> Incident | None:
+        row = self._conn.execute(
+            f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE id = ?", (incident_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        incident = _incident_from_row(row)
+        self._read_versions[incident.id] = incident.version
+        if with_history:
+            self._load_history(incident)
+        return incident
+
+    def _load_history(self, incident: Incident) -> None:
+        rows = self._conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE incident_id = ? "
+            "ORDER BY sequence DESC LIMIT ?",
+            (incident.id, TIMELINE_LIMIT),
+        ).fetchall()
+        incident.timeline = [_event_from_row(r).event for r in reversed(rows)]
+        incident.notes = [
+            Note(id=r[0], author=r[1], content=r[2], create_time=from_micros(r[3]))
+            for r in self._conn.execute(
+                "SELECT id, author, content, create_time FROM notes WHERE incident_id = ? "
+                "ORDER BY create_time, rowid",
+                (incident.id,),
+            )
+        ]
+
+    def find_mergeable(self, fingerprint: str, opened_since: datetime) -> Incident | None:
+        row = self._conn.execute(
+            f"SELECT {_INCIDENT_COLUMNS} FROM incidents "
+            "WHERE fingerprint = ? AND state < ? AND create_time >= ? "
+            "ORDER BY create_time DESC, id DESC LIMIT 1",
+            (fingerprint, int(IncidentState.RESOLVED), micros(opened_since)),
+        ).fetchone()
+        if row is None:
+            return None
+        incident = _incident_from_row(row)
+        self._read_versions[incident.id] = incident.version
+        return incident
+
+    def add(self, incident: Incident) -> None:
+        placeholders = ", ".join("?" * 17)
+        self._conn.execute(
+            f"INSERT INTO incidents ({_INCIDENT_COLUMNS}) VALUES ({placeholders})",
+            _incident_row(incident),
+        )
+        self._store_pending(incident)
+
+    def save(self, incident: Incident) -> None:
+        read_version = self._read_versions.get(incident.id)
+        if read_version is None:
+            raise ConcurrentModification(incident.id)
+        row = _incident_row(incident)
+        assignments = ", ".join(f"{c.strip()} = ?" for c in _INCIDENT_COLUMNS.split(",")[1:])
+        cursor = self._conn.execute(
+            f"UPDATE incidents SET {assignments} WHERE id = ? AND version = ?",
+            (*row[1:], incident.id, read_version),
+        )
+        if cursor.rowcount != 1:
+            raise ConcurrentModification(incident.id)
+        self._store_pending(incident)
+
+    def _store_pending(self, incident: Incident) -> None:
+        stored: list[IncidentEvent] = []
+        for pending in incident.pending_events:
+            event = pending.event
+            cursor = self._conn.execute(
+                f"INSERT INTO events ({_EVENT_COLUMNS}) "
+                "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    pending.incident_id,
+                    int(event.type),
+                    event.actor,
+                    event.message,
+                    _dumps(dict(event.details)),
+                    micros(event.create_time),
+                    pending.title,
+                    int(pending.state),
+                    int(pending.severity),
+                    int(pending.type),
+                    pending.source,
+                    _dumps(list(pending.assignees)),
+                    pending.alert_count,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            stored.append(pending.with_sequence(cursor.lastrowid))
+        for note in incident.pending_notes:
+            self._conn.execute(
+                "INSERT INTO notes (id, incident_id, author, content, create_time) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (note.id, incident.id, note.author, note.content, micros(note.create_time)),
+            )
+        self._read_versions[incident.id] = incident.version
+        incident.pending_events = []
+        incident.pending_notes = []
+        self.stored_events.extend(stored)
+
+    def list(self, query: IncidentQuery) -> IncidentPage:
+        where: list[str] = []
+        params: list[Any] = []
+        f = query.filter
+        for column, values in (
+            ("state", f.states),
+            ("severity", f.severities),
+            ("type", f.types),
+        ):
+            if values:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params.extend(sorted(int(v) for v in values))
+        if f.sources:
+            where.append(f"source IN ({', '.join('?' * len(f.sources))})")
+            params.extend(sorted(f.sources))
+        if f.assignee:
+            where.append("EXISTS (SELECT 1 FROM json_each(incidents.assignees) WHERE value = ?)")
+            params.append(f.assignee)
+        if f.incident_id:
+            where.append("id = ?")
+            params.append(f.incident_id)
+        filter_sql = " AND ".join(where) or "1"
+        total = self._conn.execute(
+            f"SELECT COUNT(*) FROM incidents WHERE {filter_sql}", params
+        ).fetchone()[0]
+
+        columns = _SORT_COLUMNS[query.ordering.key]
+        direction = "DESC" if query.ordering.descending else "ASC"
+        page_sql = filter_sql
+        page_params = list(params)
+        if query.after is not None:
+            comparison = "<" if query.ordering.descending else ">"
+            page_sql += (
+                f" AND ({', '.join(columns)}) {comparison} ({', '.join('?' * len(columns))})"
+            )
+            page_params.extend(query.after)
+        order = ", ".join(f"{c} {direction}" for c in columns)
+        rows = self._conn.execute(
+            f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE {page_sql} ORDER BY {order} LIMIT ?",
+            (*page_params, query.page_size + 1),
+        ).fetchall()
+        incidents = [_incident_from_row(r) for r in rows[: query.page_size]]
+        if query.with_history:
+            for incident in incidents:
+                self._load_history(incident)
+        return IncidentPage(
+            incidents=incidents, total_size=total, has_more=len(rows) > query.page_size
+        )
+
+
+class SqliteAlerts(AlertLog):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def get(self, source: str, alert_id: str) -> ReceivedAlert | None:
+        row = self._conn.execute(
+            "SELECT incident_id, status, fingerprint, receive_time, payload FROM alerts "
+            "WHERE source = ? AND alert_id = ?",
+            (source, alert_id),
+        ).fetchone()
+        if row is None:
+            return None
+        return ReceivedAlert(
+            alert=_alert_from_json(row[4]),
+            incident_id=row[0],
+            status=AckStatus(row[1]),
+            fingerprint=row[2],
+            receive_time=from_micros(row[3]),
+        )
+
+    def add(self, received: ReceivedAlert) -> None:
+        self._conn.execute(
+            "INSERT INTO alerts (source, alert_id, incident_id, status, fingerprint, "
+            "receive_time, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                received.alert.source,
+                received.alert.id,
+                received.incident_id,
+                int(received.status),
+                received.fingerprint,
+                micros(received.receive_time),
+                _alert_to_json(received.alert),
+            ),
+        )
+
+
+class SqliteEvents(EventLog):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def after(self, sequence: int, limit: int) -> list[IncidentEvent]:
+        rows = self._conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            (sequence, limit),
+        ).fetchall()
+        return [_event_from_row(r) for r in rows]
+
+    def last_sequence(self) -> int:
+        row = self._conn.execute("SELECT MAX(sequence) FROM events").fetchone()
+        return int(row[0] or 0)
+
+
+class SqliteUnitOfWork(UnitOfWork):
+    def __init__(self, conn: sqlite3.Connection, *, write: bool) -> None:
+        super().__init__()
+        self._conn = conn
+        self._incidents = SqliteIncidents(conn)
+        self.incidents = self._incidents
+        self.alerts = SqliteAlerts(conn)
+        self.events = SqliteEvents(conn)
+        # IMMEDIATE takes the write lock up front, so a write never fails
+        # half-way for want of it; reads get a consistent snapshot.
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def commit(self) -> None:
+        self._conn.execute("COMMIT")
+        self.committed_events = self._incidents.stored_events
+
+    def rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date; returns the version it is at now."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise StorageUnavailable(
+                f"the database schema is version {version}, newer than this server knows "
+                f"({len(MIGRATIONS)}); run a newer incident-manager"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            log.info("database schema migrated", extra={"schema_version": number})
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)
+
+
+class SqliteStorage(Storage):
+    """Stores everything in one SQLite file (WAL mode, fully synchronous commits)."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__()
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_conn = _connect(self.path)
+            migrate(self._write_conn)
+            self._read_conn = _connect(self.path)
+        except (sqlite3.Error, OSError) as error:
+            raise StorageUnavailable(f"cannot open database {str(self.path)!r}: {error}") from error
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._closed = False
+
+    async def write(self, work: Callable[[UnitOfWork], T]) -> T:
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            with SqliteUnitOfWork(self._write_conn, write=True) as uow:
+                result = work(uow)
+            if uow.committed_events:
+                # Scheduled from the single writer thread, so listeners see
+                # events in commit (and so sequence) order.
+                loop.call_soon_threadsafe(self._publish, uow.committed_events)
+            return result
+
+        return await self._submit(self._writer, run)
+
+    async def read(self, work: Callable[[UnitOfWork], T]) -> T:
+        def run() -> T:
+            with SqliteUnitOfWork(self._read_conn, write=False) as uow:
+                return work(uow)
+
+        return await self._submit(self._reader, run)
+
+    async def _submit(self, executor: ThreadPoolExecutor, job: Callable[[], T]) -> T:
+        if self._closed:
+            raise StorageUnavailable("the database is closed because the server is stopping")
+        try:
+            # Shielded: once a transaction starts it runs to its end, even if
+            # the client gives up; an idempotent retry then finds the result.
+            return await asyncio.shield(asyncio.get_running_loop().run_in_executor(executor, job))
+        except sqlite3.OperationalError as error:
+            raise StorageUnavailable(str(error)) from error
+        except sqlite3.DatabaseError as error:
+            raise StorageUnavailable(f"database error: {error}") from error
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._writer.shutdown, True)
+        await loop.run_in_executor(None, self._reader.shutdown, True)
+        self._read_conn.close()
+        self._write_conn.close()

@@ -1,0 +1,22 @@
+"""Wires the incident manager's dependencies; tests pass fakes in instead."""
+
+from __future__ import annotations
+
+from incident_manager.adapters.repository import Storage
+from incident_manager.adapters.sqlite import SqliteStorage
+from incident_manager.config import Settings
+from incident_manager.domain.model import Clock, utc_now
+from incident_manager.service.manager import IncidentManager
+from incident_manager.service.streaming import EventHub
+
+
+def build_manager(
+    settings: Settings, *, storage: Storage | None = None, clock: Clock = utc_now
+) -> IncidentManager:
+    """The application service on the configured storage (SQLite unless one is given)."""
+    return IncidentManager(
+        storage if storage is not None else SqliteStorage(settings.database),
+        dedup_window=settings.dedup_window,
+        clock=clock,
+        hub=EventHub(settings.stream_buffer),
+    )

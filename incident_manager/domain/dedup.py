@@ -1,0 +1,46 @@
+"""Deduplication: which alerts are the same problem.
+
+The fingerprint is a SHA-256 over the alert's source, type, title and sorted
+affected resources, or over its dedup key when the source gives one. Alerts
+with the same fingerprint merge into the newest active incident opened within
+the dedup window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+
+from incident_manager.domain.model import Alert, IncidentType
+
+DEFAULT_WINDOW = timedelta(minutes=15)
+
+FINGERPRINT_FIELDS = "source,type,title,affected_resources"
+"""What a computed fingerprint matches on, as recorded in ALERT_MERGED events."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    value: str
+    matched_on: str
+    """Which fields or key two alerts share when their fingerprints match."""
+
+
+def fingerprint_of(
+    source: str, type: IncidentType, title: str, affected_resources: list[str] | tuple[str, ...]
+) -> str:
+    # JSON keeps the parts unambiguous: no separator can be forged by a title.
+    canonical = json.dumps(
+        [source, type.name, title, sorted(affected_resources)], ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def alert_fingerprint(alert: Alert) -> Fingerprint:
+    if alert.dedup_key is not None:
+        digest = hashlib.sha256(f"dedup_key\0{alert.dedup_key}".encode()).hexdigest()
+        return Fingerprint(digest, f"dedup_key={alert.dedup_key}")
+    digest = fingerprint_of(alert.source, alert.type, alert.title, tuple(alert.affected_resources))
+    return Fingerprint(digest, FINGERPRINT_FIELDS)

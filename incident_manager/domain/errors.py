@@ -1,0 +1,126 @@
+"""Errors the domain and service layers raise. The gRPC layer maps each to one status code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class DomainError(Exception):
+    """Base of every error a client can cause or a dependency can raise."""
+
+    reason = "DOMAIN_ERROR"
+
+    def __init__(self, message: str, *, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = dict(metadata or {})
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field: its path in the request (`alert.title`) and what is wrong."""
+
+    field: str
+    description: str
+
+
+class ValidationError(DomainError):
+    """The request is malformed; `violations` names every offending field."""
+
+    reason = "INVALID_REQUEST"
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        if not violations:
+            raise ValueError("a ValidationError needs at least one violation")
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(f"invalid request: {summary}")
+        self.violations = list(violations)
+
+    @classmethod
+    def single(cls, field: str, description: str) -> ValidationError:
+        return cls([FieldViolation(field, description)])
+
+
+class IncidentNotFound(DomainError):
+    """No incident has the given id."""
+
+    reason = "INCIDENT_NOT_FOUND"
+
+    def __init__(self, incident_id: str) -> None:
+        super().__init__(
+            f"incident {incident_id!r} does not exist", metadata={"incident_id": incident_id}
+        )
+        self.incident_id = incident_id
+
+
+class InvalidTransition(DomainError):
+    """The lifecycle does not allow moving the incident between these two states."""
+
+    reason = "INVALID_STATE_TRANSITION"
+
+    def __init__(self, incident_id: str, current: str, requested: str, why: str) -> None:
+        super().__init__(
+            f"incident {incident_id!r} cannot move from {current} to {requested}: {why}",
+            metadata={"incident_id": incident_id, "from": current, "to": requested},
+        )
+
+
+class EtagMismatch(DomainError):
+    """The client's etag is stale: someone else changed the incident first."""
+
+    reason = "ETAG_MISMATCH"
+
+    def __init__(self, incident_id: str, given: str, current: str) -> None:
+        super().__init__(
+            f"incident {incident_id!r} has changed since you read it (your etag {given!r}, "
+            f"current etag {current!r}); get it again and retry",
+            metadata={"incident_id": incident_id, "current_etag": current},
+        )
+
+
+class ConcurrentModification(DomainError):
+    """Two writers changed the same incident version at once; the later one lost."""
+
+    reason = "CONCURRENT_MODIFICATION"
+
+    def __init__(self, incident_id: str) -> None:
+        super().__init__(
+            f"incident {incident_id!r} was changed concurrently by another request; retry",
+            metadata={"incident_id": incident_id},
+        )
+
+
+class SubscriberTooSlow(DomainError):
+    """A StreamIncidents subscriber fell too far behind the live events."""
+
+    reason = "SUBSCRIBER_TOO_SLOW"
+
+    def __init__(self, last_sequence: int, limit: int) -> None:
+        super().__init__(
+            f"this stream fell more than {limit} events behind and was ended; reconnect with "
+            f"after_sequence={last_sequence} to resume without gaps",
+            metadata={"last_sequence": str(last_sequence)},
+        )
+        self.last_sequence = last_sequence
+
+
+class ShuttingDown(DomainError):
+    """The server is stopping; the client should reconnect (to another replica)."""
+
+    reason = "SHUTTING_DOWN"
+
+    def __init__(self, last_sequence: int) -> None:
+        super().__init__(
+            "the server is shutting down; reconnect with "
+            f"after_sequence={last_sequence} to resume without gaps",
+            metadata={"last_sequence": str(last_sequence)},
+        )
+
+
+class StorageUnavailable(DomainError):
+    """The database cannot be reached or written; nothing was stored."""
+
+    reason = "STORAGE_UNAVAILABLE"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"storage is unavailable, nothing was changed: {detail}")

@@ -1,0 +1,88 @@
+"""Input rules, with messages a person can act on. Field paths are the API's."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from incident_manager.domain.errors import FieldViolation, ValidationError
+from incident_manager.domain.model import Alert
+
+MAX_ID = 256
+MAX_NAME = 256
+MAX_TITLE = 256
+MAX_TEXT = 8192
+MAX_URL = 2048
+MAX_ITEMS = 64
+MAX_LABEL_KEY = 128
+MAX_LABEL_VALUE = 1024
+MAX_ASSIGNEES = 32
+
+
+class Checker:
+    """Collects every violation of a request, so the client can fix them all at once."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.violations: list[FieldViolation] = []
+
+    def fail(self, field: str, description: str) -> None:
+        self.violations.append(FieldViolation(self.prefix + field, description))
+
+    def required(self, field: str, value: str, max_length: int) -> None:
+        if not value.strip():
+            self.fail(field, "is required")
+        else:
+            self.at_most(field, value, max_length)
+
+    def at_most(self, field: str, value: str, max_length: int) -> None:
+        if len(value) > max_length:
+            self.fail(field, f"must be at most {max_length} characters (got {len(value)})")
+
+    def string_list(
+        self, field: str, values: Sequence[str], max_items: int, max_length: int
+    ) -> None:
+        if len(values) > max_items:
+            self.fail(field, f"must have at most {max_items} entries (got {len(values)})")
+            return
+        for i, value in enumerate(values):
+            if not value.strip():
+                self.fail(f"{field}[{i}]", "must not be empty")
+            else:
+                self.at_most(f"{field}[{i}]", value, max_length)
+
+    def string_map(self, field: str, values: Mapping[str, str]) -> None:
+        if len(values) > MAX_ITEMS:
+            self.fail(field, f"must have at most {MAX_ITEMS} entries (got {len(values)})")
+            return
+        for key, value in values.items():
+            if not key.strip():
+                self.fail(field, "keys must not be empty")
+            elif len(key) > MAX_LABEL_KEY:
+                self.fail(
+                    f"{field}[{key[:32]}...]", f"keys must be at most {MAX_LABEL_KEY} characters"
+                )
+            elif len(value) > MAX_LABEL_VALUE:
+                self.fail(f"{field}[{key}]", f"values must be at most {MAX_LABEL_VALUE} characters")
+
+    def raise_if_any(self) -> None:
+        if self.violations:
+            raise ValidationError(self.violations)
+
+
+def validate_alert(alert: Alert, checker: Checker) -> None:
+    checker.required("id", alert.id, MAX_ID)
+    checker.required("source", alert.source, MAX_NAME)
+    checker.required("title", alert.title, MAX_TITLE)
+    checker.at_most("description", alert.description, MAX_TEXT)
+    checker.string_map("labels", alert.labels)
+    checker.string_map("annotations", alert.annotations)
+    checker.string_list("affected_resources", alert.affected_resources, MAX_ITEMS, MAX_NAME)
+    checker.at_most("runbook_url", alert.runbook_url, MAX_URL)
+    if alert.dedup_key is not None:
+        checker.required("dedup_key", alert.dedup_key, MAX_ID)
+
+
+def validate_assignees(assignees: Sequence[str], checker: Checker, field: str) -> None:
+    checker.string_list(field, assignees, MAX_ASSIGNEES, MAX_NAME)
+    if len(set(assignees)) != len(assignees):
+        checker.fail(field, "must not contain the same assignee twice")

@@ -1,0 +1,456 @@
+"""The one place that maps between protobuf messages and domain objects, both ways.
+
+Enum tables are built from the proto constants by name and checked to cover
+every value at import, so adding a value to one side and not the other fails
+loudly. Converting from proto validates: an UNSPECIFIED or unknown enum value
+where one is required is a ValidationError naming the field, never a default.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, Protocol, TypeVar
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from generated.incident_manager.v1 import (
+    alert_pb2,
+    incident_pb2,
+    incident_service_pb2,
+)
+from incident_manager.domain.errors import FieldViolation, ValidationError
+from incident_manager.domain.model import (
+    AckStatus,
+    Alert,
+    AlertAck,
+    EventType,
+    Incident,
+    IncidentEvent,
+    IncidentState,
+    IncidentType,
+    Note,
+    Resolution,
+    ResolutionMethod,
+    Severity,
+    TimelineEvent,
+)
+from incident_manager.domain.query import IncidentFilter
+from incident_manager.service.commands import (
+    ANONYMOUS,
+    AddNote,
+    CreateIncident,
+    IncidentChanges,
+    ResolveIncident,
+    UpdateIncident,
+)
+
+E = TypeVar("E", bound=enum.IntEnum)
+
+
+class EnumTable(Generic[E]):
+    """A total, two-way map between a domain enum and a proto enum (by member name)."""
+
+    # `proto` is a generated enum (e.g. incident_pb2.Severity); its
+    # `Value(name)` and `values()` come from protobuf's enum wrapper.
+    def __init__(self, domain: type[E], proto: Any, prefix: str) -> None:
+        self.domain = domain
+        self.prefix = prefix
+        self.to_proto: dict[E, int] = {m: proto.Value(prefix + m.name) for m in domain}
+        self.from_proto: dict[int, E] = {v: m for m, v in self.to_proto.items()}
+        uncovered = set(proto.values()) - set(self.from_proto) - {0}
+        if uncovered:
+            raise RuntimeError(f"{domain.__name__} has no member for proto values {uncovered}")
+
+    def parse(self, value: int, field: str) -> E:
+        member = self.from_proto.get(value)
+        if member is None:
+            choices = ", ".join(self.prefix + m.name for m in self.domain)
+            what = "is required" if value == 0 else f"has unknown value {value}"
+            raise ValidationError.single(field, f"{what}; one of {choices}")
+        return member
+
+    def parse_many(self, values: Iterable[int], field: str) -> frozenset[E]:
+        return frozenset(self.parse(v, f"{field}[{i}]") for i, v in enumerate(values))
+
+
+SEVERITY = EnumTable(Severity, incident_pb2.Severity, "SEVERITY_")
+STATE = EnumTable(IncidentState, incident_pb2.IncidentState, "INCIDENT_STATE_")
+TYPE = EnumTable(IncidentType, incident_pb2.IncidentType, "INCIDENT_TYPE_")
+RESOLUTION_METHOD = EnumTable(ResolutionMethod, incident_pb2.ResolutionMethod, "RESOLUTION_METHOD_")
+EVENT_TYPE = EnumTable(EventType, incident_pb2.EventType, "EVENT_TYPE_")
+ACK_STATUS = EnumTable(AckStatus, alert_pb2.AckStatus, "ACK_STATUS_")
+
+# ---------------------------------------------------------------- scalars
+
+
+def timestamp_to_proto(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def timestamp_from_proto(stamp: Timestamp, field: str) -> datetime:
+    if not 0 <= stamp.nanos < 1_000_000_000:
+        raise ValidationError.single(field, "nanos must be between 0 and 999,999,999")
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as error:
+        raise ValidationError.single(
+            field, "must be between 0001-01-01 and 9999-12-31 (UTC)"
+        ) from error
+
+
+def duration_to_proto(span: timedelta) -> Duration:
+    duration = Duration()
+    duration.FromTimedelta(span)
+    return duration
+
+
+def duration_from_proto(duration: Duration) -> timedelta:
+    return duration.ToTimedelta()
+
+
+# ---------------------------------------------------------------- alerts
+
+
+def alert_from_proto(message: alert_pb2.Alert, prefix: str = "alert.") -> Alert:
+    return Alert(
+        id=message.id,
+        source=message.source,
+        title=message.title,
+        description=message.description,
+        severity=SEVERITY.parse(message.severity, prefix + "severity"),
+        type=TYPE.parse(message.type, prefix + "type"),
+        labels=dict(message.labels),
+        annotations=dict(message.annotations),
+        affected_resources=tuple(message.affected_resources),
+        runbook_url=message.runbook_url,
+        fire_time=(
+            timestamp_from_proto(message.fire_time, prefix + "fire_time")
+            if message.HasField("fire_time")
+            else None
+        ),
+        dedup_key=message.dedup_key if message.HasField("dedup_key") else None,
+    )
+
+
+def alert_to_proto(alert: Alert) -> alert_pb2.Alert:
+    message = alert_pb2.Alert(
+        id=alert.id,
+        source=alert.source,
+        title=alert.title,
+        description=alert.description,
+        severity=SEVERITY.to_proto[alert.severity],  # type: ignore[arg-type]
+        type=TYPE.to_proto[alert.type],  # type: ignore[arg-type]
+        labels=dict(alert.labels),
+        annotations=dict(alert.annotations),
+        affected_resources=list(alert.affected_resources),
+        runbook_url=alert.runbook_url,
+    )
+    if alert.fire_time is not None:
+        message.fire_time.CopyFrom(timestamp_to_proto(alert.fire_time))
+    if alert.dedup_key is not None:
+        message.dedup_key = alert.dedup_key
+    return message
+
+
+def ack_to_proto(ack: AlertAck) -> alert_pb2.AlertAck:
+    return alert_pb2.AlertAck(
+        alert_id=ack.alert_id,
+        status=ACK_STATUS.to_proto[ack.status],  # type: ignore[arg-type]
+        incident_id=ack.incident_id,
+        message=ack.message,
+    )
+
+
+def ack_from_proto(message: alert_pb2.AlertAck) -> AlertAck:
+    return AlertAck(
+        alert_id=message.alert_id,
+        status=ACK_STATUS.parse(message.status, "status"),
+        incident_id=message.incident_id,
+        message=message.message,
+    )
+
+
+# ---------------------------------------------------------------- incidents
+
+
+def resolution_to_proto(resolution: Resolution) -> incident_pb2.Resolution:
+    return incident_pb2.Resolution(
+        method=RESOLUTION_METHOD.to_proto[resolution.method],  # type: ignore[arg-type]
+        root_cause=resolution.root_cause,
+        notes=resolution.notes,
+        resolved_by=resolution.resolved_by,
+        resolve_time=timestamp_to_proto(resolution.resolve_time),
+        time_to_resolve=duration_to_proto(resolution.time_to_resolve),
+    )
+
+
+def resolution_from_proto(message: incident_pb2.Resolution) -> Resolution:
+    return Resolution(
+        method=RESOLUTION_METHOD.parse(message.method, "resolution.method"),
+        root_cause=message.root_cause,
+        notes=message.notes,
+        resolved_by=message.resolved_by,
+        resolve_time=timestamp_from_proto(message.resolve_time, "resolution.resolve_time"),
+        time_to_resolve=duration_from_proto(message.time_to_resolve),
+    )
+
+
+def timeline_event_to_proto(event: TimelineEvent) -> incident_pb2.TimelineEvent:
+    return incident_pb2.TimelineEvent(
+        sequence=event.sequence,
+        type=EVENT_TYPE.to_proto[event.type],  # type: ignore[arg-type]
+        actor=event.actor,
+        message=event.message,
+        details=dict(event.details),
+        create_time=timestamp_to_proto(event.create_time),
+    )
+
+
+def timeline_event_from_proto(message: incident_pb2.TimelineEvent) -> TimelineEvent:
+    return TimelineEvent(
+        sequence=message.sequence,
+        type=EVENT_TYPE.parse(message.type, "type"),
+        actor=message.actor,
+        message=message.message,
+        details=dict(message.details),
+        create_time=timestamp_from_proto(message.create_time, "create_time"),
+    )
+
+
+def note_to_proto(note: Note) -> incident_pb2.Note:
+    return incident_pb2.Note(
+        id=note.id,
+        author=note.author,
+        content=note.content,
+        create_time=timestamp_to_proto(note.create_time),
+    )
+
+
+def note_from_proto(message: incident_pb2.Note) -> Note:
+    return Note(
+        id=message.id,
+        author=message.author,
+        content=message.content,
+        create_time=timestamp_from_proto(message.create_time, "create_time"),
+    )
+
+
+def incident_to_proto(incident: Incident) -> incident_pb2.Incident:
+    message = incident_pb2.Incident(
+        id=incident.id,
+        title=incident.title,
+        description=incident.description,
+        severity=SEVERITY.to_proto[incident.severity],  # type: ignore[arg-type]
+        type=TYPE.to_proto[incident.type],  # type: ignore[arg-type]
+        state=STATE.to_proto[incident.state],  # type: ignore[arg-type]
+        source=incident.source,
+        affected_resources=incident.affected_resources,
+        labels=incident.labels,
+        assignees=incident.assignees,
+        fingerprint=incident.fingerprint,
+        alert_count=incident.alert_count,
+        create_time=timestamp_to_proto(incident.create_time),
+        update_time=timestamp_to_proto(incident.update_time),
+        timeline=[timeline_event_to_proto(e) for e in incident.timeline],
+        notes=[note_to_proto(n) for n in incident.notes],
+        etag=incident.etag,
+        timeline_size=incident.timeline_size,
+    )
+    if incident.resolution is not None:
+        message.resolution.CopyFrom(resolution_to_proto(incident.resolution))
+    return message
+
+
+_ETAG = re.compile(r'^W/"(\d{1,18})"$')
+
+
+def incident_from_proto(message: incident_pb2.Incident) -> Incident:
+    """A full incident as the server sent it (clients and tests use this)."""
+    etag = _ETAG.match(message.etag)
+    return Incident(
+        id=message.id,
+        title=message.title,
+        description=message.description,
+        severity=SEVERITY.parse(message.severity, "incident.severity"),
+        type=TYPE.parse(message.type, "incident.type"),
+        state=STATE.parse(message.state, "incident.state"),
+        source=message.source,
+        affected_resources=list(message.affected_resources),
+        labels=dict(message.labels),
+        assignees=list(message.assignees),
+        fingerprint=message.fingerprint,
+        alert_count=message.alert_count,
+        create_time=timestamp_from_proto(message.create_time, "incident.create_time"),
+        update_time=timestamp_from_proto(message.update_time, "incident.update_time"),
+        resolution=(
+            resolution_from_proto(message.resolution) if message.HasField("resolution") else None
+        ),
+        version=int(etag.group(1)) if etag else 0,
+        timeline_size=message.timeline_size,
+        timeline=[timeline_event_from_proto(e) for e in message.timeline],
+        notes=[note_from_proto(n) for n in message.notes],
+    )
+
+
+def incident_event_to_proto(event: IncidentEvent) -> incident_service_pb2.IncidentEvent:
+    return incident_service_pb2.IncidentEvent(
+        sequence=event.sequence,
+        incident_id=event.incident_id,
+        event=timeline_event_to_proto(event.event),
+        title=event.title,
+        state=STATE.to_proto[event.state],  # type: ignore[arg-type]
+        severity=SEVERITY.to_proto[event.severity],  # type: ignore[arg-type]
+        type=TYPE.to_proto[event.type],  # type: ignore[arg-type]
+        source=event.source,
+        assignees=list(event.assignees),
+        alert_count=event.alert_count,
+    )
+
+
+def incident_event_from_proto(message: incident_service_pb2.IncidentEvent) -> IncidentEvent:
+    return IncidentEvent(
+        incident_id=message.incident_id,
+        event=timeline_event_from_proto(message.event),
+        title=message.title,
+        state=STATE.parse(message.state, "state"),
+        severity=SEVERITY.parse(message.severity, "severity"),
+        type=TYPE.parse(message.type, "type"),
+        source=message.source,
+        assignees=tuple(message.assignees),
+        alert_count=message.alert_count,
+    )
+
+
+# ---------------------------------------------------------------- requests
+
+
+def create_incident_from_proto(
+    request: incident_service_pb2.CreateIncidentRequest,
+) -> CreateIncident:
+    incident = request.incident
+    return CreateIncident(
+        title=incident.title,
+        description=incident.description,
+        severity=SEVERITY.parse(incident.severity, "incident.severity"),
+        type=TYPE.parse(incident.type, "incident.type"),
+        source=incident.source,
+        affected_resources=tuple(incident.affected_resources),
+        labels=dict(incident.labels),
+        assignees=tuple(incident.assignees),
+        actor=request.actor or ANONYMOUS,
+    )
+
+
+UPDATABLE_FIELDS = (
+    "title",
+    "description",
+    "severity",
+    "type",
+    "state",
+    "affected_resources",
+    "labels",
+    "assignees",
+)
+
+
+def update_incident_from_proto(
+    request: incident_service_pb2.UpdateIncidentRequest,
+) -> UpdateIncident:
+    paths = _mask_paths(request.update_mask if request.HasField("update_mask") else None)
+    incident = request.incident
+    changes = IncidentChanges(
+        title=incident.title if "title" in paths else None,
+        description=incident.description if "description" in paths else None,
+        severity=(
+            SEVERITY.parse(incident.severity, "incident.severity") if "severity" in paths else None
+        ),
+        type=TYPE.parse(incident.type, "incident.type") if "type" in paths else None,
+        state=STATE.parse(incident.state, "incident.state") if "state" in paths else None,
+        affected_resources=(
+            tuple(incident.affected_resources) if "affected_resources" in paths else None
+        ),
+        labels=dict(incident.labels) if "labels" in paths else None,
+        assignees=tuple(incident.assignees) if "assignees" in paths else None,
+    )
+    return UpdateIncident(
+        incident_id=incident.id,
+        changes=changes,
+        etag=incident.etag,
+        actor=request.actor or ANONYMOUS,
+    )
+
+
+def _mask_paths(mask: FieldMask | None) -> frozenset[str]:
+    if mask is None or not mask.paths:
+        raise ValidationError.single(
+            "update_mask",
+            f"is required: name the fields to change, from {', '.join(UPDATABLE_FIELDS)}",
+        )
+    violations = []
+    for path in mask.paths:
+        # Accept both `title` and `incident.title`.
+        name = path.removeprefix("incident.")
+        if name not in UPDATABLE_FIELDS:
+            violations.append(
+                FieldViolation(
+                    "update_mask",
+                    f"cannot update {path!r}; updatable fields are {', '.join(UPDATABLE_FIELDS)}",
+                )
+            )
+    if violations:
+        raise ValidationError(violations)
+    return frozenset(p.removeprefix("incident.") for p in mask.paths)
+
+
+def resolve_incident_from_proto(
+    request: incident_service_pb2.ResolveIncidentRequest,
+) -> ResolveIncident:
+    return ResolveIncident(
+        incident_id=request.id,
+        method=RESOLUTION_METHOD.parse(request.method, "method"),
+        resolved_by=request.resolved_by,
+        root_cause=request.root_cause,
+        notes=request.notes,
+        etag=request.etag,
+    )
+
+
+def add_note_from_proto(request: incident_service_pb2.AddNoteRequest) -> AddNote:
+    return AddNote(incident_id=request.incident_id, author=request.author, content=request.content)
+
+
+class _FilterFields(Protocol):
+    @property
+    def states(self) -> Iterable[int]: ...
+    @property
+    def severities(self) -> Iterable[int]: ...
+    @property
+    def types(self) -> Iterable[int]: ...
+    @property
+    def sources(self) -> Iterable[str]: ...
+    @property
+    def assignee(self) -> str: ...
+
+
+def filter_from_proto(request: _FilterFields, incident_id: str = "") -> IncidentFilter:
+    return IncidentFilter(
+        states=STATE.parse_many(request.states, "states"),
+        severities=SEVERITY.parse_many(request.severities, "severities"),
+        types=TYPE.parse_many(request.types, "types"),
+        sources=frozenset(request.sources),
+        assignee=request.assignee,
+        incident_id=incident_id,
+    )
+
+
+def wants_full_view(view: int) -> bool:
+    if view not in incident_service_pb2.IncidentView.values():
+        raise ValidationError.single("view", f"has unknown value {view}; use BASIC or FULL")
+    return bool(view == incident_service_pb2.INCIDENT_VIEW_FULL)

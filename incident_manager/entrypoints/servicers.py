@@ -1,0 +1,149 @@
+"""gRPC servicers: convert the request, call the incident manager, convert the answer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import grpc
+
+from generated.incident_manager.v1 import (
+    alert_ingestion_service_pb2 as ingestion_pb2,
+)
+from generated.incident_manager.v1 import (
+    alert_ingestion_service_pb2_grpc as ingestion_grpc,
+)
+from generated.incident_manager.v1 import (
+    incident_service_pb2 as service_pb2,
+)
+from generated.incident_manager.v1 import (
+    incident_service_pb2_grpc as service_grpc,
+)
+from incident_manager import __version__
+from incident_manager.domain.errors import ValidationError
+from incident_manager.domain.model import AckStatus, AlertAck
+from incident_manager.entrypoints import conversions as conv
+from incident_manager.entrypoints.status import streaming, unary
+from incident_manager.service.manager import IncidentManager, ListRequest
+from incident_manager.service.pagination import parse_order_by
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class IncidentServicer(service_grpc.IncidentServiceServicer):
+    def __init__(self, manager: IncidentManager) -> None:
+        self.manager = manager
+
+    @unary
+    async def CreateIncident(
+        self, request: service_pb2.CreateIncidentRequest, context: Context
+    ) -> service_pb2.CreateIncidentResponse:
+        command = conv.create_incident_from_proto(request)
+        incident = await self.manager.create_incident(command)
+        return service_pb2.CreateIncidentResponse(incident=conv.incident_to_proto(incident))
+
+    @unary
+    async def GetIncident(
+        self, request: service_pb2.GetIncidentRequest, context: Context
+    ) -> service_pb2.GetIncidentResponse:
+        incident = await self.manager.get_incident(request.id)
+        return service_pb2.GetIncidentResponse(incident=conv.incident_to_proto(incident))
+
+    @unary
+    async def UpdateIncident(
+        self, request: service_pb2.UpdateIncidentRequest, context: Context
+    ) -> service_pb2.UpdateIncidentResponse:
+        command = conv.update_incident_from_proto(request)
+        incident = await self.manager.update_incident(command)
+        return service_pb2.UpdateIncidentResponse(incident=conv.incident_to_proto(incident))
+
+    @unary
+    async def ResolveIncident(
+        self, request: service_pb2.ResolveIncidentRequest, context: Context
+    ) -> service_pb2.ResolveIncidentResponse:
+        command = conv.resolve_incident_from_proto(request)
+        incident = await self.manager.resolve_incident(command)
+        return service_pb2.ResolveIncidentResponse(incident=conv.incident_to_proto(incident))
+
+    @unary
+    async def AddNote(
+        self, request: service_pb2.AddNoteRequest, context: Context
+    ) -> service_pb2.AddNoteResponse:
+        note, incident = await self.manager.add_note(conv.add_note_from_proto(request))
+        return service_pb2.AddNoteResponse(
+            note=conv.note_to_proto(note), incident=conv.incident_to_proto(incident)
+        )
+
+    @unary
+    async def ListIncidents(
+        self, request: service_pb2.ListIncidentsRequest, context: Context
+    ) -> service_pb2.ListIncidentsResponse:
+        result = await self.manager.list_incidents(
+            ListRequest(
+                filter=conv.filter_from_proto(request),
+                ordering=parse_order_by(request.order_by),
+                page_size=request.page_size,
+                page_token=request.page_token,
+                with_history=conv.wants_full_view(request.view),
+            )
+        )
+        return service_pb2.ListIncidentsResponse(
+            incidents=[conv.incident_to_proto(i) for i in result.incidents],
+            next_page_token=result.next_page_token,
+            total_size=result.total_size,
+        )
+
+    @streaming
+    async def StreamIncidents(
+        self, request: service_pb2.StreamIncidentsRequest, context: Context
+    ) -> AsyncIterator[service_pb2.StreamIncidentsResponse]:
+        event_filter = conv.filter_from_proto(request, incident_id=request.incident_id)
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        async for event in self.manager.follow_events(event_filter, after):
+            yield service_pb2.StreamIncidentsResponse(event=conv.incident_event_to_proto(event))
+
+
+class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
+    def __init__(self, manager: IncidentManager, is_serving: Callable[[], bool]) -> None:
+        self.manager = manager
+        self.is_serving = is_serving
+
+    @unary
+    async def SubmitAlert(
+        self, request: ingestion_pb2.SubmitAlertRequest, context: Context
+    ) -> ingestion_pb2.SubmitAlertResponse:
+        ack = await self.manager.submit_alert(conv.alert_from_proto(request.alert))
+        return ingestion_pb2.SubmitAlertResponse(ack=conv.ack_to_proto(ack))
+
+    @streaming
+    async def StreamAlerts(
+        self, request_iterator: AsyncIterator[ingestion_pb2.StreamAlertsRequest], context: Context
+    ) -> AsyncIterator[ingestion_pb2.StreamAlertsResponse]:
+        async for request in request_iterator:
+            try:
+                ack = await self.manager.submit_alert(conv.alert_from_proto(request.alert))
+            except ValidationError as error:
+                # One bad alert must not end the stream: it gets its own ack.
+                ack = AlertAck(
+                    alert_id=request.alert.id, status=AckStatus.REJECTED, message=error.message
+                )
+            yield ingestion_pb2.StreamAlertsResponse(ack=conv.ack_to_proto(ack))
+
+    @unary
+    async def HealthCheck(
+        self, request: ingestion_pb2.HealthCheckRequest, context: Context
+    ) -> ingestion_pb2.HealthCheckResponse:
+        status = (
+            ingestion_pb2.SERVING_STATUS_SERVING
+            if self.is_serving()
+            else ingestion_pb2.SERVING_STATUS_NOT_SERVING
+        )
+        return ingestion_pb2.HealthCheckResponse(
+            status=status,
+            version=__version__,
+            uptime=conv.duration_to_proto(timedelta(seconds=self.manager.uptime())),
+        )

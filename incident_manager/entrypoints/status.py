@@ -1,0 +1,156 @@
+"""Domain errors become gRPC statuses here, and only here.
+
+Every status carries a `google.rpc.ErrorInfo` (an UPPER_SNAKE reason in our
+domain, with metadata such as the incident id) and, for bad input, a
+`google.rpc.BadRequest` listing each offending field. Anything unexpected is
+logged with its traceback and reaches the client as INTERNAL with an error
+id to quote, never with the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from functools import wraps
+from typing import Any, NoReturn, TypeVar, cast
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from incident_manager.domain.errors import (
+    ConcurrentModification,
+    DomainError,
+    EtagMismatch,
+    IncidentNotFound,
+    InvalidTransition,
+    ShuttingDown,
+    StorageUnavailable,
+    SubscriberTooSlow,
+    ValidationError,
+)
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+ERROR_DOMAIN = "incident-manager.llmops"
+
+STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
+    ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
+    IncidentNotFound: grpc.StatusCode.NOT_FOUND,
+    InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
+    EtagMismatch: grpc.StatusCode.ABORTED,
+    ConcurrentModification: grpc.StatusCode.ABORTED,
+    SubscriberTooSlow: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code_of(error: DomainError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        code = STATUS_CODES.get(kind)
+        if code is not None:
+            return code
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _packed(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_status(error: DomainError) -> grpc.Status:
+    code = status_code_of(error)
+    details = [
+        _packed(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+            )
+        )
+    ]
+    if isinstance(error, ValidationError):
+        details.append(
+            _packed(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
+
+
+def internal_status(error_id: str) -> grpc.Status:
+    status = status_pb2.Status(
+        code=code_pb2.INTERNAL,
+        message=f"internal error {error_id}; the server logged the details under this id",
+        details=[
+            _packed(
+                error_details_pb2.ErrorInfo(
+                    reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"error_id": error_id}
+                )
+            )
+        ],
+    )
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:
+    if isinstance(error, DomainError):
+        code = status_code_of(error)
+        log.info(
+            "request refused",
+            extra={"grpc_code": code.name, "reason": error.reason, "error": error.message},
+        )
+        await context.abort_with_status(to_status(error))
+    else:
+        error_id = secrets.token_hex(6)
+        log.error("unexpected error", exc_info=error, extra={"error_id": error_id})
+        await context.abort_with_status(internal_status(error_id))
+    raise AssertionError("abort_with_status returned")  # it always raises AbortError
+
+
+def unary(method: F) -> F:
+    """Wrap a unary servicer method so every error becomes a proper status."""
+
+    @wraps(method)
+    async def wrapper(self: object, request: object, context: Context) -> object:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort_with(context, error)
+
+    return cast(F, wrapper)
+
+
+def streaming(method: F) -> F:
+    """Wrap a streaming servicer method so every error becomes a proper status."""
+
+    @wraps(method)
+    async def wrapper(self: object, request: object, context: Context) -> AsyncIterator[object]:
+        try:
+            async for response in method(self, request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort_with(context, error)
+
+    return cast(F, wrapper)

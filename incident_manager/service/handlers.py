@@ -1,0 +1,261 @@
+"""What the incident manager does for each request, as plain functions over a unit of work.
+
+Each handler validates its input first, then runs inside one transaction;
+`IncidentManager` runs them on the storage's thread.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from incident_manager.adapters.repository import UnitOfWork
+from incident_manager.domain.dedup import alert_fingerprint, fingerprint_of
+from incident_manager.domain.errors import (
+    EtagMismatch,
+    FieldViolation,
+    IncidentNotFound,
+    ValidationError,
+)
+from incident_manager.domain.model import (
+    AckStatus,
+    Alert,
+    AlertAck,
+    Incident,
+    IncidentState,
+    Note,
+    ReceivedAlert,
+)
+from incident_manager.domain.query import IncidentPage, IncidentQuery
+from incident_manager.domain.validation import (
+    MAX_ID,
+    MAX_ITEMS,
+    MAX_NAME,
+    MAX_TEXT,
+    MAX_TITLE,
+    Checker,
+    validate_alert,
+    validate_assignees,
+)
+from incident_manager.service.commands import (
+    AddNote,
+    CreateIncident,
+    ResolveIncident,
+    UpdateIncident,
+)
+
+
+def submit_alert(uow: UnitOfWork, alert: Alert, window: timedelta, now: datetime) -> AlertAck:
+    """Store an alert: merge it into a matching active incident, or open a new one.
+
+    A retry of an alert already stored (same source and id) gets the answer
+    the first submission got and changes nothing.
+    """
+    checker = Checker("alert.")
+    validate_alert(alert, checker)
+    checker.raise_if_any()
+    with uow:
+        earlier = uow.alerts.get(alert.source, alert.id)
+        if earlier is not None:
+            return AlertAck(
+                alert_id=alert.id,
+                status=earlier.status,
+                incident_id=earlier.incident_id,
+                message=(
+                    f"already received at {earlier.receive_time.isoformat()}; "
+                    "counted once (this was a retry)"
+                ),
+            )
+        fingerprint = alert_fingerprint(alert)
+        incident = uow.incidents.find_mergeable(fingerprint.value, now - window)
+        if incident is not None:
+            incident.merge_alert(alert, fingerprint.matched_on, now)
+            uow.incidents.save(incident)
+            status = AckStatus.DUPLICATE
+            message = (
+                f"merged into incident {incident.id} (matched on {fingerprint.matched_on}); "
+                f"{incident.alert_count} alerts so far"
+            )
+        else:
+            incident = Incident.open(
+                title=alert.title,
+                description=alert.description,
+                severity=alert.severity,
+                type=alert.type,
+                source=alert.source,
+                affected_resources=alert.affected_resources,
+                labels=alert.labels,
+                assignees=(),
+                fingerprint=fingerprint.value,
+                actor=alert.source,
+                now=now,
+                alert_count=1,
+                details={"alert_id": alert.id, "source": alert.source},
+            )
+            uow.incidents.add(incident)
+            status = AckStatus.ACCEPTED
+            message = f"opened incident {incident.id}"
+        uow.alerts.add(
+            ReceivedAlert(
+                alert=alert,
+                incident_id=incident.id,
+                status=status,
+                fingerprint=fingerprint.value,
+                receive_time=now,
+            )
+        )
+        uow.commit()
+    return AlertAck(alert_id=alert.id, status=status, incident_id=incident.id, message=message)
+
+
+def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> Incident:
+    checker = Checker("incident.")
+    checker.required("title", command.title, MAX_TITLE)
+    checker.required("source", command.source, MAX_NAME)
+    checker.at_most("description", command.description, MAX_TEXT)
+    checker.string_list("affected_resources", command.affected_resources, MAX_ITEMS, MAX_NAME)
+    checker.string_map("labels", command.labels)
+    validate_assignees(command.assignees, checker, "assignees")
+    _check_actor(checker, command.actor)
+    checker.raise_if_any()
+    incident = Incident.open(
+        title=command.title,
+        description=command.description,
+        severity=command.severity,
+        type=command.type,
+        source=command.source,
+        affected_resources=command.affected_resources,
+        labels=command.labels,
+        assignees=command.assignees,
+        fingerprint=fingerprint_of(
+            command.source, command.type, command.title, tuple(command.affected_resources)
+        ),
+        actor=command.actor,
+        now=now,
+    )
+    with uow:
+        uow.incidents.add(incident)
+        stored = _reload(uow, incident.id)
+        uow.commit()
+    return stored
+
+
+def get_incident(uow: UnitOfWork, incident_id: str) -> Incident:
+    _check_id("id", incident_id)
+    return _reload(uow, incident_id)
+
+
+def update_incident(uow: UnitOfWork, command: UpdateIncident, now: datetime) -> Incident:
+    changes = command.changes
+    checker = Checker("incident.")
+    if not command.incident_id:
+        checker.fail("id", "is required")
+    if changes.title is not None:
+        checker.required("title", changes.title, MAX_TITLE)
+    if changes.description is not None:
+        checker.at_most("description", changes.description, MAX_TEXT)
+    if changes.affected_resources is not None:
+        checker.string_list("affected_resources", changes.affected_resources, MAX_ITEMS, MAX_NAME)
+    if changes.labels is not None:
+        checker.string_map("labels", changes.labels)
+    if changes.assignees is not None:
+        validate_assignees(changes.assignees, checker, "assignees")
+    if changes.state is IncidentState.RESOLVED:
+        checker.fail("state", "use ResolveIncident to resolve, so the resolution is recorded")
+    _check_actor(checker, command.actor)
+    checker.raise_if_any()
+    with uow:
+        incident = _load(uow, command.incident_id)
+        _check_etag(incident, command.etag)
+        incident.update(
+            actor=command.actor,
+            now=now,
+            title=changes.title,
+            description=changes.description,
+            severity=changes.severity,
+            type=changes.type,
+            state=changes.state,
+            affected_resources=changes.affected_resources,
+            labels=changes.labels,
+            assignees=changes.assignees,
+        )
+        if incident.pending_events:
+            uow.incidents.save(incident)
+        stored = _reload(uow, incident.id)
+        uow.commit()
+    return stored
+
+
+def resolve_incident(uow: UnitOfWork, command: ResolveIncident, now: datetime) -> Incident:
+    checker = Checker()
+    if not command.incident_id:
+        checker.fail("id", "is required")
+    checker.required("resolved_by", command.resolved_by, MAX_NAME)
+    checker.at_most("root_cause", command.root_cause, MAX_TEXT)
+    checker.at_most("notes", command.notes, MAX_TEXT)
+    checker.raise_if_any()
+    with uow:
+        incident = _load(uow, command.incident_id)
+        _check_etag(incident, command.etag)
+        incident.resolve(
+            method=command.method,
+            root_cause=command.root_cause,
+            notes=command.notes,
+            resolved_by=command.resolved_by,
+            now=now,
+        )
+        uow.incidents.save(incident)
+        stored = _reload(uow, incident.id)
+        uow.commit()
+    return stored
+
+
+def add_note(uow: UnitOfWork, command: AddNote, now: datetime) -> tuple[Note, Incident]:
+    checker = Checker()
+    if not command.incident_id:
+        checker.fail("incident_id", "is required")
+    checker.required("author", command.author, MAX_NAME)
+    checker.required("content", command.content, MAX_TEXT)
+    checker.raise_if_any()
+    with uow:
+        incident = _load(uow, command.incident_id)
+        note = incident.add_note(author=command.author, content=command.content, now=now)
+        uow.incidents.save(incident)
+        stored = _reload(uow, incident.id)
+        uow.commit()
+    return note, stored
+
+
+def list_incidents(uow: UnitOfWork, query: IncidentQuery) -> IncidentPage:
+    return uow.incidents.list(query)
+
+
+def _check_id(field: str, incident_id: str) -> None:
+    if not incident_id:
+        raise ValidationError.single(field, "is required")
+    if len(incident_id) > MAX_ID:
+        raise ValidationError.single(field, f"must be at most {MAX_ID} characters")
+
+
+def _check_actor(checker: Checker, actor: str) -> None:
+    # `actor` sits beside the incident in the request, not inside it.
+    if len(actor) > MAX_NAME:
+        checker.violations.append(FieldViolation("actor", f"must be at most {MAX_NAME} characters"))
+
+
+def _check_etag(incident: Incident, etag: str) -> None:
+    if etag and etag != incident.etag:
+        raise EtagMismatch(incident.id, etag, incident.etag)
+
+
+def _load(uow: UnitOfWork, incident_id: str) -> Incident:
+    incident = uow.incidents.get(incident_id)
+    if incident is None:
+        raise IncidentNotFound(incident_id)
+    return incident
+
+
+def _reload(uow: UnitOfWork, incident_id: str) -> Incident:
+    incident = uow.incidents.get(incident_id, with_history=True)
+    if incident is None:
+        raise IncidentNotFound(incident_id)
+    return incident

@@ -1,0 +1,179 @@
+"""The incident manager's application service: one async method per use case.
+
+It runs the handlers as units of work on the storage and follows committed
+events for StreamIncidents. Transport code (gRPC) calls this and nothing
+below it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+
+from incident_manager.adapters.repository import Storage, UnitOfWork
+from incident_manager.domain.dedup import DEFAULT_WINDOW
+from incident_manager.domain.errors import ShuttingDown, SubscriberTooSlow, ValidationError
+from incident_manager.domain.model import Alert, AlertAck, Clock, Incident, IncidentEvent, Note
+from incident_manager.domain.model import utc_now as _utc_now
+from incident_manager.domain.query import IncidentFilter, IncidentQuery, Ordering
+from incident_manager.service import handlers
+from incident_manager.service.commands import (
+    AddNote,
+    CreateIncident,
+    ResolveIncident,
+    UpdateIncident,
+)
+from incident_manager.service.pagination import (
+    decode_page_token,
+    encode_page_token,
+    page_size_or_default,
+)
+from incident_manager.service.streaming import EventHub
+
+REPLAY_PAGE = 500
+"""Stored events read per query while a subscriber catches up."""
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    filter: IncidentFilter
+    ordering: Ordering
+    page_size: int = 0
+    page_token: str = ""
+    with_history: bool = False
+
+
+@dataclass(frozen=True)
+class ListResult:
+    incidents: list[Incident]
+    next_page_token: str
+    total_size: int
+
+
+class IncidentManager:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        dedup_window: timedelta = DEFAULT_WINDOW,
+        clock: Clock = _utc_now,
+        hub: EventHub | None = None,
+    ) -> None:
+        self.storage = storage
+        self.dedup_window = dedup_window
+        self.clock = clock
+        self.hub = hub or EventHub()
+        self.started = time.monotonic()
+        storage.add_listener(self.hub.publish)
+
+    async def submit_alert(self, alert: Alert) -> AlertAck:
+        return await self.storage.write(
+            partial(handlers.submit_alert, alert=alert, window=self.dedup_window, now=self.clock())
+        )
+
+    async def create_incident(self, command: CreateIncident) -> Incident:
+        return await self.storage.write(
+            partial(handlers.create_incident, command=command, now=self.clock())
+        )
+
+    async def get_incident(self, incident_id: str) -> Incident:
+        return await self.storage.read(partial(handlers.get_incident, incident_id=incident_id))
+
+    async def update_incident(self, command: UpdateIncident) -> Incident:
+        return await self.storage.write(
+            partial(handlers.update_incident, command=command, now=self.clock())
+        )
+
+    async def resolve_incident(self, command: ResolveIncident) -> Incident:
+        return await self.storage.write(
+            partial(handlers.resolve_incident, command=command, now=self.clock())
+        )
+
+    async def add_note(self, command: AddNote) -> tuple[Note, Incident]:
+        return await self.storage.write(
+            partial(handlers.add_note, command=command, now=self.clock())
+        )
+
+    async def list_incidents(self, request: ListRequest) -> ListResult:
+        page_size = page_size_or_default(request.page_size)
+        after = (
+            decode_page_token(request.page_token, request.filter, request.ordering)
+            if request.page_token
+            else None
+        )
+        query = IncidentQuery(
+            filter=request.filter,
+            ordering=request.ordering,
+            page_size=page_size,
+            after=after,
+            with_history=request.with_history,
+        )
+        page = await self.storage.read(partial(handlers.list_incidents, query=query))
+        next_token = ""
+        if page.has_more and page.incidents:
+            cursor = request.ordering.key_of(page.incidents[-1])
+            next_token = encode_page_token(cursor, request.filter, request.ordering)
+        return ListResult(page.incidents, next_token, page.total_size)
+
+    async def follow_events(
+        self, event_filter: IncidentFilter, after_sequence: int | None
+    ) -> AsyncIterator[IncidentEvent]:
+        """Matching events: first the stored ones after `after_sequence` (if given), then live.
+
+        The subscription starts before storage is read, so an event committed
+        during the replay is either in what storage returns or in the live
+        buffer; events already replayed are skipped by sequence. No gap, no
+        repeat.
+        """
+        if after_sequence is not None and after_sequence < 0:
+            raise ValidationError.single("after_sequence", "must not be negative")
+        subscription = self.hub.subscribe(event_filter)
+        try:
+            # Without after_sequence the stream starts at the last committed
+            # event; read after subscribing, so nothing later is missed.
+            cursor = await self.storage.read(_last_sequence)
+            if after_sequence is not None:
+                cursor = after_sequence
+                while True:
+                    page = await self.storage.read(
+                        partial(_events_after, sequence=cursor, limit=REPLAY_PAGE)
+                    )
+                    for event in page:
+                        cursor = event.sequence
+                        if event_filter.matches_event(event):
+                            yield event
+                    if len(page) < REPLAY_PAGE:
+                        if not subscription.overflowed:
+                            break
+                        # Live events overflowed while replaying: they are all
+                        # in storage, so keep reading from there.
+                        subscription.forget_overflow()
+            while True:
+                live = await subscription.next()
+                if live is None:
+                    if subscription.closed:
+                        raise ShuttingDown(cursor)
+                    raise SubscriberTooSlow(cursor, subscription.capacity)
+                if live.sequence <= cursor:
+                    continue
+                cursor = live.sequence
+                yield live
+        finally:
+            self.hub.unsubscribe(subscription)
+
+    def close_streams(self) -> None:
+        self.hub.close()
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _events_after(uow: UnitOfWork, sequence: int, limit: int) -> list[IncidentEvent]:
+    return uow.events.after(sequence, limit)
+
+
+def _last_sequence(uow: UnitOfWork) -> int:
+    return uow.events.last_sequence()
