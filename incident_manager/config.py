@@ -24,6 +24,9 @@ class Settings:
     log_level: str = "INFO"
     shutdown_grace: timedelta = timedelta(seconds=10)
     """How long in-flight calls get to finish after SIGTERM."""
+    drain_delay: timedelta = timedelta(0)
+    """After SIGTERM, how long to keep serving while health says NOT_SERVING, so load
+    balancers stop sending traffic first (a few seconds on Kubernetes)."""
     stream_buffer: int = 1000
     """Live events buffered per StreamIncidents subscriber before it is ended as too slow."""
 
@@ -75,6 +78,7 @@ _OPTIONS = (
     ("--dedup-window", "dedup_window", _positive_duration, "dedup window, e.g. 15m"),
     ("--log-level", "log_level", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     ("--shutdown-grace", "shutdown_grace", _positive_duration, "grace period on SIGTERM"),
+    ("--drain-delay", "drain_delay", parse_duration, "serve on while NOT_SERVING, e.g. 5s"),
     ("--stream-buffer", "stream_buffer", _positive_int, "live events buffered per subscriber"),
 )
 

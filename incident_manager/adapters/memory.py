@@ -53,7 +53,6 @@ class MemoryIncidents(IncidentRepository):
     def __init__(self, state: _State, staged: _Staged) -> None:
         self._state = state
         self._staged = staged
-        self._read_versions: dict[str, int] = {}
 
     def _current(self, incident_id: str) -> Incident | None:
         return self._staged.incidents.get(incident_id) or self._state.incidents.get(incident_id)
@@ -63,7 +62,7 @@ class MemoryIncidents(IncidentRepository):
         if stored is None:
             return None
         incident = copy.deepcopy(stored)
-        self._read_versions[incident.id] = incident.version
+        incident.loaded_version = incident.version
         if with_history:
             events = [e.event for e in self._all_events() if e.incident_id == incident_id]
             incident.timeline = events[-TIMELINE_LIMIT:]
@@ -96,8 +95,7 @@ class MemoryIncidents(IncidentRepository):
 
     def save(self, incident: Incident) -> None:
         current = self._current(incident.id)
-        read_version = self._read_versions.get(incident.id)
-        if current is None or read_version is None or current.version != read_version:
+        if current is None or current.version != incident.loaded_version:
             raise ConcurrentModification(incident.id)
         self._stage(incident)
 
@@ -108,8 +106,8 @@ class MemoryIncidents(IncidentRepository):
         self._staged.notes.extend((incident.id, note) for note in incident.pending_notes)
         incident.pending_events = []
         incident.pending_notes = []
+        incident.loaded_version = incident.version
         self._staged.incidents[incident.id] = _stored_copy(incident)
-        self._read_versions[incident.id] = incident.version
 
     def list(self, query: IncidentQuery) -> IncidentPage:
         matching = [i for i in self._merged_view() if query.filter.matches_incident(i)]

@@ -209,6 +209,7 @@ def _incident_from_row(row: Sequence[Any]) -> Incident:
         update_time=from_micros(row[13]),
         resolution=_resolution_from_json(row[14]),
         version=row[15],
+        loaded_version=row[15],
         timeline_size=row[16],
     )
 
@@ -274,7 +275,6 @@ def _alert_from_json(text: str) -> Alert:
 class SqliteIncidents(IncidentRepository):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
-        self._read_versions: dict[str, int] = {}
         self.stored_events: list[IncidentEvent] = []
         """Events stored by this unit of work, with their sequences, in order."""
 
@@ -285,7 +285,6 @@ class SqliteIncidents(IncidentRepository):
         if row is None:
             return None
         incident = _incident_from_row(row)
-        self._read_versions[incident.id] = incident.version
         if with_history:
             self._load_history(incident)
         return incident
@@ -315,9 +314,7 @@ class SqliteIncidents(IncidentRepository):
         ).fetchone()
         if row is None:
             return None
-        incident = _incident_from_row(row)
-        self._read_versions[incident.id] = incident.version
-        return incident
+        return _incident_from_row(row)
 
     def add(self, incident: Incident) -> None:
         placeholders = ", ".join("?" * 17)
@@ -328,14 +325,11 @@ class SqliteIncidents(IncidentRepository):
         self._store_pending(incident)
 
     def save(self, incident: Incident) -> None:
-        read_version = self._read_versions.get(incident.id)
-        if read_version is None:
-            raise ConcurrentModification(incident.id)
         row = _incident_row(incident)
         assignments = ", ".join(f"{c.strip()} = ?" for c in _INCIDENT_COLUMNS.split(",")[1:])
         cursor = self._conn.execute(
             f"UPDATE incidents SET {assignments} WHERE id = ? AND version = ?",
-            (*row[1:], incident.id, read_version),
+            (*row[1:], incident.id, incident.loaded_version),
         )
         if cursor.rowcount != 1:
             raise ConcurrentModification(incident.id)
@@ -372,7 +366,7 @@ class SqliteIncidents(IncidentRepository):
                 "VALUES (?, ?, ?, ?, ?)",
                 (note.id, incident.id, note.author, note.content, micros(note.create_time)),
             )
-        self._read_versions[incident.id] = incident.version
+        incident.loaded_version = incident.version
         incident.pending_events = []
         incident.pending_notes = []
         self.stored_events.extend(stored)

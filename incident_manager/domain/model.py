@@ -218,7 +218,10 @@ class Incident:
     update_time: datetime
     resolution: Resolution | None = None
     version: int = 1
-    """Bumped on every change; the etag is derived from it."""
+    """Bumped once per operation that changes it; the etag is derived from it."""
+    loaded_version: int = 0
+    """The version storage held when this object was read. Saving succeeds only if
+    storage still holds it (optimistic concurrency); 0 means never stored."""
     timeline_size: int = 0
     timeline: list[TimelineEvent] = field(default_factory=list)
     """The most recent stored events, oldest first (loaded on demand)."""

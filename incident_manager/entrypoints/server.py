@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -73,11 +74,20 @@ class IncidentServer:
         log.info("serving", extra={"listen": self.listen, "port": self.port})
         return self.port
 
-    async def stop(self, grace: float) -> None:
-        """Turn health NOT_SERVING, end event streams, let calls finish, close storage."""
+    async def stop(self, grace: float, drain_delay: float = 0) -> None:
+        """Turn health NOT_SERVING, end event streams, let calls finish, close storage.
+
+        During `drain_delay` the server still accepts calls while reporting
+        NOT_SERVING, so probes and load balancers can move traffic away
+        before the listener closes.
+        """
         self._serving = False
         await self.health.enter_graceful_shutdown()
-        log.info("shutting down", extra={"grace_seconds": grace})
+        log.info(
+            "shutting down", extra={"grace_seconds": grace, "drain_delay_seconds": drain_delay}
+        )
+        if drain_delay > 0:
+            await asyncio.sleep(drain_delay)
         self.manager.close_streams()
         await self.server.stop(grace)
         await self.manager.storage.close()

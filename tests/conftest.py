@@ -1,0 +1,111 @@
+"""Shared fixtures: a real server on an ephemeral port, stubs, a clock tests can move."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2_grpc
+
+from generated.incident_manager.v1 import (
+    alert_ingestion_service_pb2_grpc as ingestion_grpc,
+)
+from generated.incident_manager.v1 import (
+    incident_service_pb2_grpc as service_grpc,
+)
+from incident_manager.adapters.repository import Storage
+from incident_manager.adapters.sqlite import SqliteStorage
+from incident_manager.entrypoints.server import IncidentServer
+from incident_manager.service.manager import IncidentManager
+from incident_manager.service.streaming import EventHub
+
+
+class FakeClock:
+    """A clock that only moves when a test says so."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+@dataclass
+class Running:
+    """A started server with a channel and a stub for every service."""
+
+    server: IncidentServer
+    channel: grpc.aio.Channel
+    incidents: service_grpc.IncidentServiceStub
+    ingestion: ingestion_grpc.AlertIngestionServiceStub
+    health: health_pb2_grpc.HealthStub
+    address: str
+
+    async def close(self, grace: float = 0) -> None:
+        await self.channel.close()
+        await self.server.stop(grace)
+
+
+StartServer = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "incident-manager.db"
+
+
+@pytest.fixture
+async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
+    """Start servers (on `db_path` unless told otherwise); all are stopped at the end."""
+    running: list[Running] = []
+
+    async def start(
+        *,
+        storage: Storage | None = None,
+        clock: Callable[[], datetime] | None = None,
+        dedup_window: timedelta = timedelta(minutes=15),
+        stream_buffer: int = 1000,
+        path: Path | None = None,
+    ) -> Running:
+        manager = IncidentManager(
+            storage if storage is not None else SqliteStorage(path or db_path),
+            dedup_window=dedup_window,
+            hub=EventHub(stream_buffer),
+            **({"clock": clock} if clock is not None else {}),
+        )
+        server = IncidentServer(manager, "127.0.0.1:0")
+        port = await server.start()
+        address = f"127.0.0.1:{port}"
+        channel = grpc.aio.insecure_channel(address)
+        harness = Running(
+            server=server,
+            channel=channel,
+            incidents=service_grpc.IncidentServiceStub(channel),
+            ingestion=ingestion_grpc.AlertIngestionServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+            address=address,
+        )
+        running.append(harness)
+        return harness
+
+    yield start
+    for harness in running:
+        await harness.close()
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> Running:
+    """A server on a fresh SQLite database with the real clock."""
+    return await start_server()

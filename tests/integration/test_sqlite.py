@@ -1,0 +1,68 @@
+"""What only the SQLite backend promises: a versioned schema and durable files."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from incident_manager.adapters.sqlite import MIGRATIONS, SqliteStorage
+from incident_manager.domain.errors import StorageUnavailable
+from incident_manager.domain.model import Alert, IncidentType, Severity
+from incident_manager.service.manager import IncidentManager
+
+
+async def test_the_schema_is_versioned_and_reopening_does_not_migrate_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db" / "nested" / "im.db"
+    storage = SqliteStorage(path)
+    await storage.close()
+    reopened = SqliteStorage(path)
+    await reopened.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_a_database_from_a_newer_server_is_refused_with_a_clear_message(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "im.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(StorageUnavailable, match="newer than this server knows"):
+        SqliteStorage(path)
+
+
+async def test_a_database_path_that_cannot_be_created_is_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageUnavailable, match="cannot open database"):
+        SqliteStorage(blocker / "im.db")
+
+
+async def test_alerts_and_their_counts_survive_reopening_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "im.db"
+    manager = IncidentManager(SqliteStorage(path))
+    alert = Alert(
+        id="a-1", source="edge-agent", title="t", severity=Severity.P1, type=IncidentType.DATA
+    )
+    first = await manager.submit_alert(alert)
+    await manager.submit_alert(Alert(**{**alert.__dict__, "id": "a-2"}))
+    await manager.storage.close()
+
+    reopened = IncidentManager(SqliteStorage(path))
+    retry = await reopened.submit_alert(alert)
+    incident = await reopened.get_incident(first.incident_id)
+    assert retry.incident_id == first.incident_id
+    assert incident.alert_count == 2
+    await reopened.storage.close()
+
+
+async def test_a_closed_storage_refuses_work_as_unavailable(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "im.db")
+    await storage.close()
+    with pytest.raises(StorageUnavailable, match="closed"):
+        await storage.read(lambda uow: uow.events.last_sequence())

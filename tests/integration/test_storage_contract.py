@@ -1,0 +1,317 @@
+"""The storage contract: every backend passes the same tests, so none can drift."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from incident_manager.adapters.memory import MemoryStorage
+from incident_manager.adapters.repository import Storage, UnitOfWork
+from incident_manager.adapters.sqlite import SqliteStorage
+from incident_manager.domain.errors import ConcurrentModification
+from incident_manager.domain.model import (
+    AckStatus,
+    Alert,
+    EventType,
+    Incident,
+    IncidentEvent,
+    IncidentState,
+    IncidentType,
+    ReceivedAlert,
+    ResolutionMethod,
+    Severity,
+)
+from incident_manager.domain.query import (
+    TIMELINE_LIMIT,
+    IncidentFilter,
+    IncidentQuery,
+    Ordering,
+    SortKey,
+)
+
+T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    backend: Storage = (
+        MemoryStorage() if request.param == "memory" else SqliteStorage(tmp_path / "c.db")
+    )
+    yield backend
+    await backend.close()
+
+
+def incident(
+    title: str = "embedding drift on index v3",
+    *,
+    at: datetime = T0,
+    severity: Severity = Severity.P2,
+    fingerprint: str = "fp-1",
+    source: str = "drift-detector",
+    assignees: tuple[str, ...] = (),
+    type: IncidentType = IncidentType.DATA,
+) -> Incident:
+    return Incident.open(
+        title=title,
+        description="cosine distance to baseline above 0.3",
+        severity=severity,
+        type=type,
+        source=source,
+        affected_resources=["index/v3", "model/embed-2"],
+        labels={"team": "search", "région": "eu"},
+        assignees=assignees,
+        fingerprint=fingerprint,
+        actor=source,
+        now=at,
+        alert_count=1,
+    )
+
+
+async def store(storage: Storage, *incidents: Incident) -> None:
+    def work(uow: UnitOfWork) -> None:
+        with uow:
+            for item in incidents:
+                uow.incidents.add(item)
+            uow.commit()
+
+    await storage.write(work)
+
+
+async def read(storage: Storage, fn: Callable[[UnitOfWork], Any]) -> Any:
+    return await storage.read(fn)
+
+
+async def test_a_stored_incident_reads_back_with_every_field(storage: Storage) -> None:
+    original = incident(assignees=("alice", "bob"))
+    original.add_note(author="alice", content="looking into it ✓", now=T0)
+    await store(storage, original)
+    loaded = await read(storage, lambda uow: uow.incidents.get(original.id, with_history=True))
+    assert loaded is not None
+    for field in (
+        "id", "title", "description", "severity", "type", "state", "source",
+        "affected_resources", "labels", "assignees", "fingerprint", "alert_count",
+        "create_time", "update_time", "resolution", "version", "timeline_size",
+    ):  # fmt: skip
+        assert getattr(loaded, field) == getattr(original, field), field
+    assert [e.type for e in loaded.timeline] == [EventType.CREATED, EventType.NOTE_ADDED]
+    assert [n.content for n in loaded.notes] == ["looking into it ✓"]
+    assert loaded.pending_events == []
+
+
+async def test_an_unknown_incident_reads_as_none(storage: Storage) -> None:
+    assert await read(storage, lambda uow: uow.incidents.get("inc_missing")) is None
+
+
+async def test_a_resolution_is_stored_with_its_times(storage: Storage) -> None:
+    item = incident()
+    item.resolve(
+        method=ResolutionMethod.AUTO_ASSISTED_MANUAL,
+        root_cause="stale index",
+        notes="reindexed",
+        resolved_by="carol",
+        now=T0 + timedelta(hours=2, microseconds=7),
+    )
+    await store(storage, item)
+    loaded = await read(storage, lambda uow: uow.incidents.get(item.id))
+    assert loaded.resolution == item.resolution
+
+
+async def test_work_that_is_not_committed_leaves_no_trace(storage: Storage) -> None:
+    item = incident()
+
+    def abandon(uow: UnitOfWork) -> None:
+        with uow:
+            uow.incidents.add(item)
+            uow.alerts.add(_received("a-1", item.id))
+
+    await storage.write(abandon)
+
+    def failing(uow: UnitOfWork) -> None:
+        with uow:
+            uow.incidents.add(incident("other"))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await storage.write(failing)
+    assert await read(storage, lambda uow: uow.incidents.get(item.id)) is None
+    assert await read(storage, lambda uow: uow.alerts.get("s", "a-1")) is None
+    assert await read(storage, lambda uow: uow.events.last_sequence()) == 0
+    page = await read(storage, lambda uow: uow.incidents.list(IncidentQuery()))
+    assert page.total_size == 0
+
+
+async def test_sequences_strictly_increase_across_incidents_and_commits(storage: Storage) -> None:
+    first, second = incident("a"), incident("b")
+    await store(storage, first)
+    await store(storage, second)
+    events: list[IncidentEvent] = await read(storage, lambda uow: uow.events.after(0, 100))
+    assert [e.sequence for e in events] == [1, 2]
+    assert [e.incident_id for e in events] == [first.id, second.id]
+    assert await read(storage, lambda uow: uow.events.last_sequence()) == 2
+    assert [e.sequence for e in await read(storage, lambda uow: uow.events.after(1, 100))] == [2]
+
+
+async def test_listeners_hear_committed_events_in_sequence_order(storage: Storage) -> None:
+    heard: list[int] = []
+    storage.add_listener(lambda events: heard.extend(e.sequence for e in events))
+    await store(storage, incident("a"), incident("b"))
+    await store(storage, incident("c"))
+    assert heard == [1, 2, 3]
+
+
+async def test_a_stale_version_is_refused(storage: Storage) -> None:
+    item = incident()
+    await store(storage, item)
+    stale = await read(storage, lambda uow: uow.incidents.get(item.id))
+    fresh = await read(storage, lambda uow: uow.incidents.get(item.id))
+
+    def save(target: Incident) -> Callable[[UnitOfWork], None]:
+        def work(uow: UnitOfWork) -> None:
+            with uow:
+                uow.incidents.save(target)
+                uow.commit()
+
+        return work
+
+    fresh.update(actor="a", now=T0, title="first writer wins")
+    await storage.write(save(fresh))
+    stale.update(actor="b", now=T0, title="second writer loses")
+    with pytest.raises(ConcurrentModification):
+        await storage.write(save(stale))
+    loaded = await read(storage, lambda uow: uow.incidents.get(item.id, with_history=True))
+    assert loaded.title == "first writer wins"
+    assert [e.actor for e in loaded.timeline] == ["drift-detector", "a"]
+
+
+async def test_mergeable_means_newest_active_with_the_fingerprint_inside_the_window(
+    storage: Storage,
+) -> None:
+    old = incident(at=T0)
+    newer = incident(at=T0 + timedelta(minutes=5))
+    other = incident(at=T0 + timedelta(minutes=6), fingerprint="fp-2")
+    resolved = incident(at=T0 + timedelta(minutes=7))
+    resolved.resolve(
+        method=ResolutionMethod.MANUAL, root_cause="", notes="", resolved_by="x", now=T0
+    )
+    await store(storage, old, newer, other, resolved)
+
+    def find(since: datetime) -> Callable[[UnitOfWork], Incident | None]:
+        return lambda uow: uow.incidents.find_mergeable("fp-1", since)
+
+    assert (await read(storage, find(T0))).id == newer.id
+    assert (await read(storage, find(T0 + timedelta(minutes=5)))).id == newer.id
+    assert await read(storage, find(T0 + timedelta(minutes=5, microseconds=1))) is None
+
+
+async def test_a_received_alert_is_found_by_source_and_id(storage: Storage) -> None:
+    item = incident()
+    received = _received("a-77", item.id)
+
+    def work(uow: UnitOfWork) -> None:
+        with uow:
+            uow.incidents.add(item)
+            uow.alerts.add(received)
+            uow.commit()
+
+    await storage.write(work)
+    assert await read(storage, lambda uow: uow.alerts.get("s", "a-77")) == received
+    assert await read(storage, lambda uow: uow.alerts.get("other-source", "a-77")) is None
+
+
+async def test_filters_combine_kinds_with_and_and_values_with_or(storage: Storage) -> None:
+    items = [
+        incident("a", severity=Severity.P0, source="llm-shield", assignees=("ann",)),
+        incident("b", severity=Severity.P1, source="llm-shield", type=IncidentType.SECURITY),
+        incident("c", severity=Severity.P0, source="llm-sentinel", assignees=("ann", "bo")),
+        incident("d", severity=Severity.P3, source="llm-sentinel"),
+    ]
+    items[3].update(actor="x", now=T0, state=IncidentState.TRIAGED)
+    await store(storage, *items)
+
+    async def titles(query_filter: IncidentFilter) -> set[str]:
+        page = await read(storage, lambda uow: uow.incidents.list(IncidentQuery(query_filter)))
+        assert page.total_size == len(page.incidents)
+        return {i.title for i in page.incidents}
+
+    assert await titles(IncidentFilter()) == {"a", "b", "c", "d"}
+    assert await titles(IncidentFilter(severities=frozenset({Severity.P0}))) == {"a", "c"}
+    assert await titles(
+        IncidentFilter(severities=frozenset({Severity.P0}), sources=frozenset({"llm-shield"}))
+    ) == {"a"}
+    assert await titles(IncidentFilter(assignee="ann")) == {"a", "c"}
+    assert await titles(IncidentFilter(assignee="an")) == set()
+    assert await titles(IncidentFilter(states=frozenset({IncidentState.TRIAGED}))) == {"d"}
+    assert await titles(IncidentFilter(types=frozenset({IncidentType.SECURITY}))) == {"b"}
+    assert await titles(IncidentFilter(incident_id=items[2].id)) == {"c"}
+
+
+@pytest.mark.parametrize(
+    "ordering",
+    [Ordering(key, descending) for key in SortKey for descending in (True, False)],
+    ids=lambda o: f"{o.key.value}-{'desc' if o.descending else 'asc'}",
+)
+async def test_keyset_pages_walk_every_incident_once_in_order(
+    storage: Storage, ordering: Ordering
+) -> None:
+    severities = list(Severity)
+    items = [
+        incident(
+            f"t{i}",
+            at=T0 + timedelta(seconds=i // 3),  # ties on time, broken by id
+            severity=severities[i % len(severities)],
+        )
+        for i in range(23)
+    ]
+    await store(storage, *items)
+    seen: list[Incident] = []
+    after = None
+    while True:
+        query = IncidentQuery(ordering=ordering, page_size=4, after=after)
+        page = await read(storage, lambda uow, q=query: uow.incidents.list(q))
+        assert page.total_size == 23
+        seen.extend(page.incidents)
+        if not page.has_more:
+            break
+        after = ordering.key_of(page.incidents[-1])
+    keys = [ordering.key_of(i) for i in seen]
+    assert len(seen) == 23 and len(set(keys)) == 23
+    assert keys == sorted(keys, reverse=ordering.descending)
+
+
+async def test_a_long_timeline_keeps_its_most_recent_events(storage: Storage) -> None:
+    item = incident()
+    noisy = Alert(id="n", source="s", title="t", severity=Severity.P4, type=IncidentType.DATA)
+    for _ in range(TIMELINE_LIMIT + 4):
+        item.merge_alert(noisy, "dedup_key=n", T0)
+    await store(storage, item)
+    loaded = await read(storage, lambda uow: uow.incidents.get(item.id, with_history=True))
+    assert loaded.timeline_size == TIMELINE_LIMIT + 5
+    assert len(loaded.timeline) == TIMELINE_LIMIT
+    assert loaded.timeline[-1].sequence == TIMELINE_LIMIT + 5
+    assert loaded.timeline[0].sequence == 6
+
+
+def _received(alert_id: str, incident_id: str) -> ReceivedAlert:
+    return ReceivedAlert(
+        alert=Alert(
+            id=alert_id,
+            source="s",
+            title="t",
+            severity=Severity.P1,
+            type=IncidentType.SECURITY,
+            labels={"k": "v"},
+            annotations={"summary": "s"},
+            affected_resources=("r",),
+            runbook_url="https://runbooks.example/r",
+            fire_time=T0,
+            dedup_key="dk",
+        ),
+        incident_id=incident_id,
+        status=AckStatus.ACCEPTED,
+        fingerprint="fp",
+        receive_time=T0,
+    )
