@@ -34,8 +34,8 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check incident_manager tests examples
-	$(BIN)/ruff format --check incident_manager tests examples
+	$(BIN)/ruff check incident_manager tests
+	$(BIN)/ruff format --check incident_manager tests
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
@@ -54,9 +54,13 @@ buf-lint:
 # the imports are rewritten to point there.
 generate: $(DEV_STAMP)
 	rm -rf $(GENERATED_DIR).tmp && mkdir -p $(GENERATED_DIR).tmp
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
 	  --python_out=$(GENERATED_DIR).tmp --grpc_python_out=$(GENERATED_DIR).tmp \
-	  --mypy_out=$(GENERATED_DIR).tmp --mypy_grpc_out=$(GENERATED_DIR).tmp $(PROTOS) 2>/dev/null
+	  --mypy_out=quiet:$(GENERATED_DIR).tmp --mypy_grpc_out=quiet:$(GENERATED_DIR).tmp $(PROTOS)
+	# The _pb2 descriptors carry no comments; reflection serves this set instead,
+	# so `grpcurl describe` shows the documentation.
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --include_source_info \
+	  --descriptor_set_out=$(GENERATED_DIR).tmp/incident_manager/v1/descriptor_set.binpb $(PROTOS)
 	sed -i -E 's/^from incident_manager\.v1 import /from generated.incident_manager.v1 import /' \
 	  $(GENERATED_DIR).tmp/incident_manager/v1/*.py $(GENERATED_DIR).tmp/incident_manager/v1/*.pyi
 	echo '"""Generated gRPC stubs. Never edit by hand: change protos/ and run `make generate`."""' \

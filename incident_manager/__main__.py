@@ -34,9 +34,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
-    await server.stop(
-        settings.shutdown_grace.total_seconds(), settings.drain_delay.total_seconds()
-    )
+    await server.stop(settings.shutdown_grace.total_seconds(), settings.drain_delay.total_seconds())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

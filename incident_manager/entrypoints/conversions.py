@@ -111,8 +111,25 @@ def duration_to_proto(span: timedelta) -> Duration:
     return duration
 
 
-def duration_from_proto(duration: Duration) -> timedelta:
-    return duration.ToTimedelta()
+MAX_DURATION_SECONDS = 315_576_000_000
+"""About 10,000 years: the range google.protobuf.Duration allows."""
+
+
+def duration_from_proto(duration: Duration, field: str) -> timedelta:
+    seconds, nanos = duration.seconds, duration.nanos
+    if (
+        abs(seconds) > MAX_DURATION_SECONDS
+        or abs(nanos) > 999_999_999
+        or (seconds > 0 > nanos)
+        or (seconds < 0 < nanos)
+    ):
+        raise ValidationError.single(
+            field, "must be within ±10,000 years with seconds and nanos of the same sign"
+        )
+    try:
+        return duration.ToTimedelta()
+    except (ValueError, OverflowError) as error:
+        raise ValidationError.single(field, "is too long to represent") from error
 
 
 # ---------------------------------------------------------------- alerts
@@ -198,7 +215,7 @@ def resolution_from_proto(message: incident_pb2.Resolution) -> Resolution:
         notes=message.notes,
         resolved_by=message.resolved_by,
         resolve_time=timestamp_from_proto(message.resolve_time, "resolution.resolve_time"),
-        time_to_resolve=duration_from_proto(message.time_to_resolve),
+        time_to_resolve=duration_from_proto(message.time_to_resolve, "resolution.time_to_resolve"),
     )
 
 

@@ -7,7 +7,7 @@ import logging
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from generated.incident_manager.v1 import (
     alert_ingestion_service_pb2,
@@ -15,6 +15,7 @@ from generated.incident_manager.v1 import (
     incident_service_pb2,
     incident_service_pb2_grpc,
 )
+from incident_manager.entrypoints.reflection import DocumentedReflectionServicer
 from incident_manager.entrypoints.servicers import AlertIngestionServicer, IncidentServicer
 from incident_manager.service.manager import IncidentManager
 
@@ -49,8 +50,11 @@ class IncidentServer:
             AlertIngestionServicer(manager, lambda: self._serving), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            DocumentedReflectionServicer(
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            ),
+            self.server,
         )
         self.port = 0
 
@@ -62,7 +66,8 @@ class IncidentServer:
             self.port = self.server.add_insecure_port(self.listen)
         except RuntimeError as error:
             raise ListenError(
-                f"cannot listen on {self.listen}: {error}. Is another server already using "
+                f"cannot listen on {self.listen}: {str(error).rstrip('.')}. "
+                "Is another server already using "
                 "this port? Choose another with --listen or INCIDENT_MANAGER_LISTEN."
             ) from error
         if self.port == 0:

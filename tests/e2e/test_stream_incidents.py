@@ -18,7 +18,7 @@ from tests.helpers import alert, error_reason
 
 
 async def take(
-    stream: AsyncIterator[pb2.StreamIncidentsResponse], count: int, timeout: float = 10
+    stream: AsyncIterator[pb2.StreamIncidentsResponse], count: int, wait: float = 10
 ) -> list[pb2.IncidentEvent]:
     async def read() -> list[pb2.IncidentEvent]:
         events = []
@@ -28,7 +28,7 @@ async def take(
                 break
         return events
 
-    return await asyncio.wait_for(read(), timeout)
+    return await asyncio.wait_for(read(), wait)
 
 
 async def wait_subscribed(server: Running, count: int = 1) -> None:

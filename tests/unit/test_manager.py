@@ -303,6 +303,7 @@ async def test_streams_end_with_a_resume_point_when_the_server_stops(
     await manager.submit_alert(alert())
     stream = manager.follow_events(IncidentFilter(), after_sequence=0)
     [event] = await collect(stream, 1)
+    assert event.sequence == 1
     manager.close_streams()
     with pytest.raises(ShuttingDown, match="after_sequence=1"):
         await collect(stream, 1)

@@ -116,7 +116,8 @@ class Alert(_message.Message):
     id: _builtins.str
     """The source's own identifier for this alert. Required, at most 256
     characters. Submitting the same `source` and `id` again (a retry) is
-    acknowledged with the same incident and counted once.
+    counted once and acknowledged exactly as the first time (same status,
+    same incident).
     """
     source: _builtins.str
     """The module that fired it, e.g. `llm-sentinel` or `llm-shield`. Required,

@@ -1,0 +1,456 @@
+"""The server as operators run it: a real OS process, configured by flags or environment,
+stopped by signals, killed with `kill -9`, restarted on the same database file.
+
+These tests are synchronous: each server runs in its own process, so a
+blocking gRPC channel in the test is the simplest faithful client.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
+from generated.incident_manager.v1 import (
+    alert_ingestion_service_pb2_grpc as ingestion_grpc,
+)
+from generated.incident_manager.v1 import alert_pb2, incident_pb2
+from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
+from generated.incident_manager.v1 import incident_service_pb2_grpc as service_grpc
+from tests.helpers import alert, new_incident
+
+pytestmark = pytest.mark.slow
+
+PYTHON = sys.executable
+STARTUP_TIMEOUT = 15.0
+CALL_TIMEOUT = 10.0
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the OS picks it; we release it at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def console_script() -> Path | None:
+    beside_python = Path(sys.executable).parent / "incident-manager"
+    if beside_python.exists():
+        return beside_python
+    on_path = shutil.which("incident-manager")
+    return Path(on_path) if on_path else None
+
+
+def server_environment(**variables: str) -> dict[str, str]:
+    """This process's environment without any INCIDENT_MANAGER_* leaking in, plus `variables`."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("INCIDENT_MANAGER_")}
+    environment.update(variables)
+    return environment
+
+
+@dataclass
+class Client:
+    """Blocking stubs for every service on one channel."""
+
+    channel: grpc.Channel
+    incidents: service_grpc.IncidentServiceStub = field(init=False)
+    ingestion: ingestion_grpc.AlertIngestionServiceStub = field(init=False)
+    health: health_pb2_grpc.HealthStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.incidents = service_grpc.IncidentServiceStub(self.channel)
+        self.ingestion = ingestion_grpc.AlertIngestionServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def get_incident(self, incident_id: str) -> incident_pb2.Incident:
+        response = self.incidents.GetIncident(
+            service_pb2.GetIncidentRequest(id=incident_id), timeout=CALL_TIMEOUT
+        )
+        return response.incident
+
+    def list_all_incidents(self, page_size: int = 100) -> list[incident_pb2.Incident]:
+        incidents: list[incident_pb2.Incident] = []
+        token = ""
+        while True:
+            page = self.incidents.ListIncidents(
+                service_pb2.ListIncidentsRequest(page_size=page_size, page_token=token),
+                timeout=CALL_TIMEOUT,
+            )
+            incidents.extend(page.incidents)
+            token = page.next_page_token
+            if not token:
+                return incidents
+
+
+@dataclass
+class ServerProcess:
+    """One `python -m incident_manager` process and where its stderr goes."""
+
+    popen: subprocess.Popen[bytes]
+    address: str
+    stderr_path: Path
+    clients: list[Client] = field(default_factory=list)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def client(self) -> Client:
+        client = Client(grpc.insecure_channel(self.address))
+        self.clients.append(client)
+        return client
+
+    def wait_until_serving(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Poll the standard health check until it says SERVING."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.popen.poll() is not None:
+                raise AssertionError(
+                    f"server exited with {self.popen.returncode} before serving:\n{self.stderr()}"
+                )
+            # A fresh channel per attempt: a channel that failed to connect
+            # backs off for a second or more before it tries again.
+            with grpc.insecure_channel(self.address) as channel:
+                try:
+                    response = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=0.5
+                    )
+                    if response.status == SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"server on {self.address} not SERVING after {timeout}s:\n{self.stderr()}"
+                )
+            time.sleep(0.05)
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.popen.pid, signum)
+
+    def wait_for_exit(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"server still running {timeout}s later:\n{self.stderr()}"
+            ) from None
+
+    def close_clients(self) -> None:
+        for client in self.clients:
+            client.channel.close()
+        self.clients.clear()
+
+
+Launch = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    """Start server processes; any still running at the end is killed."""
+    started: list[ServerProcess] = []
+
+    def start(
+        args: Sequence[str],
+        *,
+        address: str,
+        environment: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> ServerProcess:
+        stderr_path = tmp_path / f"server-{len(started)}.stderr"
+        with stderr_path.open("wb") as stderr:
+            popen = subprocess.Popen(
+                [PYTHON, "-m", "incident_manager", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=environment if environment is not None else server_environment(),
+                # The default database path is relative: keep it out of the repository.
+                cwd=tmp_path,
+            )
+        process = ServerProcess(popen, address, stderr_path)
+        started.append(process)
+        if wait:
+            process.wait_until_serving()
+        return process
+
+    yield start
+    for process in started:
+        process.close_clients()
+        if process.popen.poll() is None:
+            process.popen.kill()
+        process.popen.wait(timeout=10)
+
+
+def serve(launch: Launch, database: Path, *extra: str) -> ServerProcess:
+    """A server on a free port of 127.0.0.1 and `database`, once it is SERVING."""
+    address = f"127.0.0.1:{free_port()}"
+    return launch(["--listen", address, "--database", str(database), *extra], address=address)
+
+
+def test_help_names_the_environment_variables_for_listen_and_database() -> None:
+    script = console_script()
+    commands = [[PYTHON, "-m", "incident_manager", "--help"]]
+    if script is not None:
+        commands.append([str(script), "--help"])
+    for command in commands:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=20, env=server_environment()
+        )
+        assert result.returncode == 0, result.stderr
+        assert "INCIDENT_MANAGER_LISTEN" in result.stdout
+        assert "INCIDENT_MANAGER_DATABASE" in result.stdout
+    if script is None:
+        pytest.skip("the incident-manager console script is not installed; checked -m only")
+
+
+def test_the_server_takes_its_address_and_database_from_environment_variables(
+    launch: Launch, tmp_path: Path
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    database = tmp_path / "from-env" / "incidents.db"
+    server = launch(
+        [],
+        address=address,
+        environment=server_environment(
+            INCIDENT_MANAGER_LISTEN=address, INCIDENT_MANAGER_DATABASE=str(database)
+        ),
+    )
+
+    ack = (
+        server.client()
+        .ingestion.SubmitAlert(
+            ingestion_pb2.SubmitAlertRequest(alert=alert()), timeout=CALL_TIMEOUT
+        )
+        .ack
+    )
+
+    assert ack.status == alert_pb2.ACK_STATUS_ACCEPTED
+    assert database.exists()
+    assert not (tmp_path / "data").exists(), "the default database path was used"
+
+
+def test_a_bad_environment_variable_stops_the_server_with_a_message_naming_it(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "incident_manager", "--listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=tmp_path,
+        env=server_environment(INCIDENT_MANAGER_DEDUP_WINDOW="soon"),
+    )
+
+    assert result.returncode != 0
+    assert "INCIDENT_MANAGER_DEDUP_WINDOW" in result.stderr
+    assert "soon" in result.stderr
+
+
+def test_a_second_server_on_a_port_in_use_exits_instead_of_sharing_it(
+    launch: Launch, tmp_path: Path
+) -> None:
+    first = serve(launch, tmp_path / "first.db")
+    port = first.address.rsplit(":", 1)[1]
+
+    second = launch(
+        ["--listen", first.address, "--database", str(tmp_path / "second.db")],
+        address=first.address,
+        wait=False,
+    )
+    returncode = second.wait_for_exit(timeout=10)
+
+    stderr = second.stderr()
+    assert returncode != 0
+    assert port in stderr
+    assert "in use" in stderr or "already using" in stderr, stderr
+    # The first server still owns the port and answers.
+    health = first.client().health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT)
+    assert health.status == SERVING
+
+
+def test_every_acked_alert_survives_kill_9(launch: Launch, tmp_path: Path) -> None:
+    database = tmp_path / "durable.db"
+    server = serve(launch, database)
+    client = server.client()
+    fingerprints = 20
+    alerts = [
+        alert(
+            id=f"durable-{n}",
+            title=f"Hallucination rate above 5% on model {n % fingerprints}",
+            affected_resources=[f"model/m{n % fingerprints}"],
+        )
+        for n in range(200)
+    ]
+    # Retries of alerts already acked must be counted once.
+    retries = alerts[::10]
+
+    def submit(one: alert_pb2.Alert) -> alert_pb2.AlertAck:
+        request = ingestion_pb2.SubmitAlertRequest(alert=one)
+        return client.ingestion.SubmitAlert(request, timeout=CALL_TIMEOUT).ack
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        acks = list(pool.map(submit, alerts))
+        retry_acks = list(pool.map(submit, retries))
+    server.signal(signal.SIGKILL)
+    assert server.wait_for_exit(timeout=10) == -signal.SIGKILL
+
+    acked_alerts: dict[str, set[str]] = defaultdict(set)
+    first_ack: dict[str, alert_pb2.AlertAck] = {}
+    for sent, ack in zip(alerts, acks, strict=True):
+        assert ack.alert_id == sent.id
+        assert ack.status in (alert_pb2.ACK_STATUS_ACCEPTED, alert_pb2.ACK_STATUS_DUPLICATE)
+        acked_alerts[ack.incident_id].add(sent.id)
+        first_ack[sent.id] = ack
+    for sent, ack in zip(retries, retry_acks, strict=True):
+        # A retry gets the answer the first submission got.
+        assert ack.status == first_ack[sent.id].status
+        assert ack.incident_id == first_ack[sent.id].incident_id
+    assert len(acked_alerts) == fingerprints
+    assert sum(ack.status == alert_pb2.ACK_STATUS_ACCEPTED for ack in acks) == fingerprints
+
+    restarted = serve(launch, database)
+    client = restarted.client()
+
+    stored = client.list_all_incidents(page_size=7)
+    assert sorted(incident.id for incident in stored) == sorted(acked_alerts)
+    for incident_id, alert_ids in acked_alerts.items():
+        assert client.get_incident(incident_id).alert_count == len(alert_ids)
+
+    resent = alerts[42]
+    incident_id = first_ack[resent.id].incident_id
+    count_before = client.get_incident(incident_id).alert_count
+    ack = client.ingestion.SubmitAlert(
+        ingestion_pb2.SubmitAlertRequest(alert=resent), timeout=CALL_TIMEOUT
+    ).ack
+    assert ack.status == first_ack[resent.id].status
+    assert ack.incident_id == incident_id
+    assert "retry" in ack.message
+    assert client.get_incident(incident_id).alert_count == count_before
+
+
+def _drain(stream: Iterator[object], into: queue.Queue[object]) -> None:
+    """Put every message of a server stream, then the error that ended it, into `into`."""
+    try:
+        for message in stream:
+            into.put(message)
+        into.put(None)
+    except grpc.RpcError as error:
+        into.put(error)
+
+
+def _next(messages: queue.Queue[object], what: str, timeout: float = 10.0) -> object:
+    try:
+        return messages.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no {what} within {timeout}s") from None
+
+
+def test_sigterm_drains_health_and_event_streams_then_exits_cleanly(
+    launch: Launch, tmp_path: Path
+) -> None:
+    grace = 2.0
+    server = serve(launch, tmp_path / "sigterm.db", "--shutdown-grace", f"{grace:g}s")
+    client = server.client()
+    created = client.incidents.CreateIncident(
+        service_pb2.CreateIncidentRequest(incident=new_incident()), timeout=CALL_TIMEOUT
+    ).incident
+
+    health_updates: queue.Queue[object] = queue.Queue()
+    watch = client.health.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+    threading.Thread(target=_drain, args=(watch, health_updates), daemon=True).start()
+    events: queue.Queue[object] = queue.Queue()
+    stream = client.incidents.StreamIncidents(
+        service_pb2.StreamIncidentsRequest(after_sequence=0), timeout=60
+    )
+    threading.Thread(target=_drain, args=(stream, events), daemon=True).start()
+    try:
+        first_health = _next(health_updates, "health update")
+        assert isinstance(first_health, health_pb2.HealthCheckResponse)
+        assert first_health.status == SERVING
+        # The replayed CREATED event proves the stream is connected.
+        replayed = _next(events, "replayed event")
+        assert isinstance(replayed, service_pb2.StreamIncidentsResponse)
+        assert replayed.event.incident_id == created.id
+        last_sequence = replayed.event.sequence
+
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+
+        update = _next(health_updates, "health update after SIGTERM")
+        assert isinstance(update, health_pb2.HealthCheckResponse), update
+        assert update.status == NOT_SERVING
+        ended = _next(events, "end of StreamIncidents after SIGTERM")
+        assert isinstance(ended, grpc.RpcError), f"expected the stream to end, got {ended}"
+        assert ended.code() == grpc.StatusCode.UNAVAILABLE
+        assert f"after_sequence={last_sequence}" in (ended.details() or "")
+
+        returncode = server.wait_for_exit(timeout=grace + 8)
+        assert returncode == 0, server.stderr()
+        assert time.monotonic() - signalled < grace + 8
+    finally:
+        watch.cancel()
+        stream.cancel()
+
+
+def test_a_restarted_server_keeps_incidents_with_their_timeline(
+    launch: Launch, tmp_path: Path
+) -> None:
+    database = tmp_path / "restart.db"
+    server = serve(launch, database, "--shutdown-grace", "2s")
+    client = server.client()
+    created = client.incidents.CreateIncident(
+        service_pb2.CreateIncidentRequest(incident=new_incident(), actor="alice"),
+        timeout=CALL_TIMEOUT,
+    ).incident
+    client.incidents.AddNote(
+        service_pb2.AddNoteRequest(
+            incident_id=created.id, author="bob", content="Rate-limited the tenant."
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    client.incidents.UpdateIncident(
+        service_pb2.UpdateIncidentRequest(
+            incident=incident_pb2.Incident(
+                id=created.id, state=incident_pb2.INCIDENT_STATE_INVESTIGATING
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["state"]),
+            actor="bob",
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    before = client.get_incident(created.id)
+    server.signal(signal.SIGTERM)
+    assert server.wait_for_exit(timeout=10) == 0, server.stderr()
+
+    after = serve(launch, database).client().get_incident(created.id)
+
+    assert after == before
+    assert after.state == incident_pb2.INCIDENT_STATE_INVESTIGATING
+    assert [event.type for event in after.timeline] == [
+        incident_pb2.EVENT_TYPE_CREATED,
+        incident_pb2.EVENT_TYPE_NOTE_ADDED,
+        incident_pb2.EVENT_TYPE_STATE_CHANGED,
+    ]
+    assert after.timeline[0].actor == "alice"
+    assert after.timeline_size == 3
+    assert [note.content for note in after.notes] == ["Rate-limited the tenant."]
