@@ -30,7 +30,7 @@ class _ServingStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Serving
     SERVING_STATUS_SERVING: _ServingStatus.ValueType  # 1
     """Accepting requests."""
     SERVING_STATUS_NOT_SERVING: _ServingStatus.ValueType  # 2
-    """Shutting down or unable to reach its storage."""
+    """Shutting down: finish in-flight work and reconnect elsewhere."""
 
 class ServingStatus(_ServingStatus, metaclass=_ServingStatusEnumTypeWrapper):
     """Whether the service is serving."""
@@ -40,7 +40,7 @@ SERVING_STATUS_UNSPECIFIED: ServingStatus.ValueType  # 0
 SERVING_STATUS_SERVING: ServingStatus.ValueType  # 1
 """Accepting requests."""
 SERVING_STATUS_NOT_SERVING: ServingStatus.ValueType  # 2
-"""Shutting down or unable to reach its storage."""
+"""Shutting down: finish in-flight work and reconnect elsewhere."""
 Global___ServingStatus: _TypeAlias = ServingStatus  # noqa: Y015
 
 @_typing.final
