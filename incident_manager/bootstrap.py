@@ -6,6 +6,7 @@ from incident_manager.adapters.repository import Storage
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.config import Settings
 from incident_manager.domain.model import Clock, utc_now
+from incident_manager.domain.ratelimit import RateLimit
 from incident_manager.service.manager import IncidentManager
 from incident_manager.service.streaming import EventHub
 
@@ -19,4 +20,7 @@ def build_manager(
         dedup_window=settings.dedup_window,
         clock=clock,
         hub=EventHub(settings.stream_buffer),
+        rate_limit=(
+            RateLimit(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
+        ),
     )

@@ -29,6 +29,10 @@ class Settings:
     balancers stop sending traffic first (a few seconds on Kubernetes)."""
     stream_buffer: int = 1000
     """Live events buffered per StreamIncidents subscriber before it is ended as too slow."""
+    rate_limit: float = 0.0
+    """Alerts per second each source may send on average; 0 turns rate limiting off."""
+    rate_burst: int = 100
+    """Alerts a quiet source may send at once before its rate limit applies."""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -64,6 +68,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise ValueError(f"{text!r} must be zero or more")
+    return value
+
+
 def _listen(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -80,6 +91,8 @@ _OPTIONS = (
     ("--shutdown-grace", "shutdown_grace", _positive_duration, "grace period on SIGTERM"),
     ("--drain-delay", "drain_delay", parse_duration, "serve on while NOT_SERVING, e.g. 5s"),
     ("--stream-buffer", "stream_buffer", _positive_int, "live events buffered per subscriber"),
+    ("--rate-limit", "rate_limit", _non_negative_float, "alerts/s per source, 0 = no limit"),
+    ("--rate-burst", "rate_burst", _positive_int, "alerts a quiet source may send at once"),
 )
 
 

@@ -19,6 +19,7 @@ from generated.incident_manager.v1 import (
 )
 from incident_manager.adapters.repository import Storage
 from incident_manager.adapters.sqlite import SqliteStorage
+from incident_manager.domain.ratelimit import RateLimit
 from incident_manager.entrypoints.server import IncidentServer
 from incident_manager.service.manager import IncidentManager
 from incident_manager.service.streaming import EventHub
@@ -78,11 +79,13 @@ async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
         dedup_window: timedelta = timedelta(minutes=15),
         stream_buffer: int = 1000,
         path: Path | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Running:
         manager = IncidentManager(
             storage if storage is not None else SqliteStorage(path or db_path),
             dedup_window=dedup_window,
             hub=EventHub(stream_buffer),
+            rate_limit=rate_limit,
             **({"clock": clock} if clock is not None else {}),
         )
         server = IncidentServer(manager, "127.0.0.1:0")

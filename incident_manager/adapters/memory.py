@@ -20,7 +20,7 @@ from incident_manager.adapters.repository import (
 )
 from incident_manager.domain.errors import ConcurrentModification
 from incident_manager.domain.model import Incident, IncidentEvent, Note, ReceivedAlert
-from incident_manager.domain.query import TIMELINE_LIMIT, IncidentPage, IncidentQuery
+from incident_manager.domain.query import NOTES_LIMIT, TIMELINE_LIMIT, IncidentPage, IncidentQuery
 
 
 class _State:
@@ -66,9 +66,10 @@ class MemoryIncidents(IncidentRepository):
         if with_history:
             events = [e.event for e in self._all_events() if e.incident_id == incident_id]
             incident.timeline = events[-TIMELINE_LIMIT:]
-            incident.notes = list(self._state.notes.get(incident_id, [])) + [
+            notes = list(self._state.notes.get(incident_id, [])) + [
                 n for iid, n in self._staged.notes if iid == incident_id
             ]
+            incident.notes = notes[-NOTES_LIMIT:]
         return incident
 
     def _all_events(self) -> list[IncidentEvent]:

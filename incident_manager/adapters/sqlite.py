@@ -10,14 +10,16 @@ returns only after the WAL is on disk, so an acknowledged alert survives
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from incident_manager.adapters.repository import (
     AlertLog,
@@ -44,6 +46,7 @@ from incident_manager.domain.model import (
     TimelineEvent,
 )
 from incident_manager.domain.query import (
+    NOTES_LIMIT,
     TIMELINE_LIMIT,
     IncidentPage,
     IncidentQuery,
@@ -118,12 +121,16 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (source, alert_id)
     ) WITHOUT ROWID;
     """,
+    """
+    ALTER TABLE incidents ADD COLUMN notes_size INTEGER NOT NULL DEFAULT 0;
+    UPDATE incidents SET notes_size = (SELECT COUNT(*) FROM notes WHERE incident_id = incidents.id);
+    """,
 )
 
 _INCIDENT_COLUMNS = (
     "id, title, description, severity, type, state, source, affected_resources, labels, "
     "assignees, fingerprint, alert_count, create_time, update_time, resolution, version, "
-    "timeline_size"
+    "timeline_size, notes_size"
 )
 _EVENT_COLUMNS = (
     "sequence, incident_id, type, actor, message, details, create_time, title, state, "
@@ -188,6 +195,7 @@ def _incident_row(incident: Incident) -> tuple[Any, ...]:
         _resolution_to_json(incident.resolution),
         incident.version,
         incident.timeline_size,
+        incident.notes_size,
     )
 
 
@@ -211,6 +219,7 @@ def _incident_from_row(row: Sequence[Any]) -> Incident:
         version=row[15],
         loaded_version=row[15],
         timeline_size=row[16],
+        notes_size=row[17],
     )
 
 
@@ -296,14 +305,15 @@ class SqliteIncidents(IncidentRepository):
             (incident.id, TIMELINE_LIMIT),
         ).fetchall()
         incident.timeline = [_event_from_row(r).event for r in reversed(rows)]
-        incident.notes = [
+        notes = [
             Note(id=r[0], author=r[1], content=r[2], create_time=from_micros(r[3]))
             for r in self._conn.execute(
                 "SELECT id, author, content, create_time FROM notes WHERE incident_id = ? "
-                "ORDER BY create_time, rowid",
-                (incident.id,),
+                "ORDER BY create_time DESC, rowid DESC LIMIT ?",
+                (incident.id, NOTES_LIMIT),
             )
         ]
+        incident.notes = notes[::-1]
 
     def find_mergeable(self, fingerprint: str, opened_since: datetime) -> Incident | None:
         row = self._conn.execute(
@@ -317,7 +327,7 @@ class SqliteIncidents(IncidentRepository):
         return _incident_from_row(row)
 
     def add(self, incident: Incident) -> None:
-        placeholders = ", ".join("?" * 17)
+        placeholders = ", ".join("?" * 18)
         self._conn.execute(
             f"INSERT INTO incidents ({_INCIDENT_COLUMNS}) VALUES ({placeholders})",
             _incident_row(incident),
@@ -494,6 +504,30 @@ class SqliteUnitOfWork(UnitOfWork):
             self._conn.execute("ROLLBACK")
 
 
+def _lock_exclusively(path: Path) -> IO[str]:
+    """Hold a lock beside the database so that a second server cannot open it.
+
+    Two servers on one file would each keep their own live event fan-out, so
+    the subscribers of one would silently miss the other's changes.
+    """
+    lock = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 - held until close
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise StorageUnavailable(
+            f"database {str(path)!r} is already in use by another incident-manager "
+            f"(pid {holder}); stop it, or give this one another --database"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -530,9 +564,14 @@ class SqliteStorage(Storage):
 
     def __init__(self, path: Path | str) -> None:
         super().__init__()
+        if str(path) == ":memory:" or str(path).startswith("file:"):
+            raise StorageUnavailable(
+                f"{str(path)!r} is not supported: give the path of a database file"
+            )
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_exclusively(self.path)
             self._write_conn = _connect(self.path)
             migrate(self._write_conn)
             self._read_conn = _connect(self.path)
@@ -567,13 +606,12 @@ class SqliteStorage(Storage):
         if self._closed:
             raise StorageUnavailable("the database is closed because the server is stopping")
         try:
-            # Shielded: once a transaction starts it runs to its end, even if
-            # the client gives up; an idempotent retry then finds the result.
-            return await asyncio.shield(asyncio.get_running_loop().run_in_executor(executor, job))
-        except sqlite3.OperationalError as error:
-            raise StorageUnavailable(str(error)) from error
-        except sqlite3.DatabaseError as error:
-            raise StorageUnavailable(f"database error: {error}") from error
+            # A job that has started runs to its end even if the caller is
+            # cancelled; one still queued is dropped with the caller.
+            return await asyncio.get_running_loop().run_in_executor(executor, job)
+        except sqlite3.Error as error:
+            log.error("database error", extra={"database": str(self.path), "error": str(error)})
+            raise StorageUnavailable(f"{error} (database {str(self.path)!r})") from error
 
     async def close(self) -> None:
         if self._closed:
@@ -584,3 +622,4 @@ class SqliteStorage(Storage):
         await loop.run_in_executor(None, self._reader.shutdown, True)
         self._read_conn.close()
         self._write_conn.close()
+        self._lock.close()

@@ -5,6 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def quoted(value: str, limit: int = 80) -> str:
+    """A client-supplied value for a message: quoted, and cut short if it is long.
+
+    Error messages travel in HTTP/2 headers; echoing a 100 kB value back would
+    turn a clear error into a header-size failure.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 class DomainError(Exception):
     """Base of every error a client can cause or a dependency can raise."""
 
@@ -48,7 +59,8 @@ class IncidentNotFound(DomainError):
 
     def __init__(self, incident_id: str) -> None:
         super().__init__(
-            f"incident {incident_id!r} does not exist", metadata={"incident_id": incident_id}
+            f"incident {quoted(incident_id)} does not exist",
+            metadata={"incident_id": incident_id[:256]},
         )
         self.incident_id = incident_id
 
@@ -60,8 +72,22 @@ class InvalidTransition(DomainError):
 
     def __init__(self, incident_id: str, current: str, requested: str, why: str) -> None:
         super().__init__(
-            f"incident {incident_id!r} cannot move from {current} to {requested}: {why}",
+            f"incident {quoted(incident_id)} cannot move from {current} to {requested}: {why}",
             metadata={"incident_id": incident_id, "from": current, "to": requested},
+        )
+
+
+class IncidentClosed(InvalidTransition):
+    """Nothing about a CLOSED incident can change (notes can still be added)."""
+
+    reason = "INCIDENT_CLOSED"
+
+    def __init__(self, incident_id: str) -> None:
+        DomainError.__init__(
+            self,
+            f"incident {quoted(incident_id)} is CLOSED, and closed incidents cannot be changed; "
+            "open a new incident instead",
+            metadata={"incident_id": incident_id[:256]},
         )
 
 
@@ -72,8 +98,8 @@ class EtagMismatch(DomainError):
 
     def __init__(self, incident_id: str, given: str, current: str) -> None:
         super().__init__(
-            f"incident {incident_id!r} has changed since you read it (your etag {given!r}, "
-            f"current etag {current!r}); get it again and retry",
+            f"incident {quoted(incident_id)} has changed since you read it (your etag "
+            f"{quoted(given)}, current etag {current!r}); get it again and retry",
             metadata={"incident_id": incident_id, "current_etag": current},
         )
 
@@ -85,7 +111,7 @@ class ConcurrentModification(DomainError):
 
     def __init__(self, incident_id: str) -> None:
         super().__init__(
-            f"incident {incident_id!r} was changed concurrently by another request; retry",
+            f"incident {quoted(incident_id)} was changed concurrently by another request; retry",
             metadata={"incident_id": incident_id},
         )
 
@@ -104,6 +130,20 @@ class SubscriberTooSlow(DomainError):
         self.last_sequence = last_sequence
 
 
+class SequenceOutOfRange(DomainError):
+    """A stream was asked to resume after a sequence this server has never reached."""
+
+    reason = "SEQUENCE_OUT_OF_RANGE"
+
+    def __init__(self, requested: int, last: int) -> None:
+        super().__init__(
+            f"after_sequence={requested} is beyond the last stored event ({last}); was the "
+            "database replaced? Resume with after_sequence=0 to replay everything, or leave "
+            "it out for live events only",
+            metadata={"last_sequence": str(last)},
+        )
+
+
 class ShuttingDown(DomainError):
     """The server is stopping; the client should reconnect (to another replica)."""
 
@@ -115,6 +155,20 @@ class ShuttingDown(DomainError):
             f"after_sequence={last_sequence} to resume without gaps",
             metadata={"last_sequence": str(last_sequence)},
         )
+
+
+class RateLimited(DomainError):
+    """The alert's source is over its rate limit; nothing was stored."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, source: str, retry_after: float) -> None:
+        super().__init__(
+            f"source {quoted(source)} is over its rate limit; nothing was stored, retry in "
+            f"{retry_after:.2f}s (P0 alerts are never limited)",
+            metadata={"source": source[:256], "retry_after_seconds": f"{retry_after:.3f}"},
+        )
+        self.retry_after = retry_after
 
 
 class StorageUnavailable(DomainError):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from incident_manager.domain.errors import InvalidTransition
+from incident_manager.domain.errors import IncidentClosed, InvalidTransition
 
 Clock = Callable[[], datetime]
 
@@ -223,6 +223,7 @@ class Incident:
     """The version storage held when this object was read. Saving succeeds only if
     storage still holds it (optimistic concurrency); 0 means never stored."""
     timeline_size: int = 0
+    notes_size: int = 0
     timeline: list[TimelineEvent] = field(default_factory=list)
     """The most recent stored events, oldest first (loaded on demand)."""
     notes: list[Note] = field(default_factory=list)
@@ -303,7 +304,7 @@ class Incident:
     ) -> None:
         """Apply the given changes; None means "leave as it is". Unchanged values record nothing."""
         if self.state is IncidentState.CLOSED:
-            raise InvalidTransition(self.id, "CLOSED", "CLOSED", "a closed incident is final")
+            raise IncidentClosed(self.id)
         if state is not None and state is not self.state:
             self.check_transition(state)
         changed: list[str] = []
@@ -378,6 +379,7 @@ class Incident:
     def add_note(self, *, author: str, content: str, now: datetime) -> Note:
         note = Note(id=new_note_id(), author=author, content=content, create_time=now)
         self.pending_notes.append(note)
+        self.notes_size += 1
         self._record(
             EventType.NOTE_ADDED, author, f"{author} added a note", now, {"note_id": note.id}
         )

@@ -18,6 +18,10 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 TIMELINE_LIMIT = 1000
 """How many of its most recent timeline events an incident carries when read in full."""
+NOTES_LIMIT = 100
+"""How many of its most recent notes an incident carries when read in full."""
+MAX_FULL_PAGE_SIZE = 10
+"""Page size cap when incidents come with timelines and notes (keeps a page under 4 MiB)."""
 
 
 @dataclass(frozen=True)

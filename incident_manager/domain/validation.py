@@ -16,6 +16,8 @@ MAX_ITEMS = 64
 MAX_LABEL_KEY = 128
 MAX_LABEL_VALUE = 1024
 MAX_ASSIGNEES = 32
+MAX_ETAG = 64
+MAX_FILTER_VALUES = 100
 
 
 class Checker:
@@ -79,7 +81,13 @@ def validate_alert(alert: Alert, checker: Checker) -> None:
     checker.string_list("affected_resources", alert.affected_resources, MAX_ITEMS, MAX_NAME)
     checker.at_most("runbook_url", alert.runbook_url, MAX_URL)
     if alert.dedup_key is not None:
-        checker.required("dedup_key", alert.dedup_key, MAX_ID)
+        if not alert.dedup_key.strip():
+            checker.fail(
+                "dedup_key",
+                "must not be empty when set; leave it out to use the computed fingerprint",
+            )
+        else:
+            checker.at_most("dedup_key", alert.dedup_key, MAX_ID)
 
 
 def validate_assignees(assignees: Sequence[str], checker: Checker, field: str) -> None:

@@ -23,7 +23,7 @@ from generated.incident_manager.v1 import (
     incident_pb2,
     incident_service_pb2,
 )
-from incident_manager.domain.errors import FieldViolation, ValidationError
+from incident_manager.domain.errors import FieldViolation, ValidationError, quoted
 from incident_manager.domain.model import (
     AckStatus,
     Alert,
@@ -40,6 +40,7 @@ from incident_manager.domain.model import (
     TimelineEvent,
 )
 from incident_manager.domain.query import IncidentFilter
+from incident_manager.domain.validation import MAX_FILTER_VALUES
 from incident_manager.service.commands import (
     ANONYMOUS,
     AddNote,
@@ -75,6 +76,19 @@ class EnumTable(Generic[E]):
         return member
 
     def parse_many(self, values: Iterable[int], field: str) -> frozenset[E]:
+        """A filter's values; UNSPECIFIED cannot be a filter value."""
+        values = list(values)
+        if len(values) > MAX_FILTER_VALUES:
+            raise ValidationError.single(
+                field, f"must have at most {MAX_FILTER_VALUES} entries (got {len(values)})"
+            )
+        for i, value in enumerate(values):
+            if value == 0:
+                raise ValidationError.single(
+                    f"{field}[{i}]",
+                    f"{self.prefix}UNSPECIFIED cannot be used as a filter; leave {field} empty "
+                    "to match every value",
+                )
         return frozenset(self.parse(v, f"{field}[{i}]") for i, v in enumerate(values))
 
 
@@ -279,6 +293,7 @@ def incident_to_proto(incident: Incident) -> incident_pb2.Incident:
         notes=[note_to_proto(n) for n in incident.notes],
         etag=incident.etag,
         timeline_size=incident.timeline_size,
+        notes_size=incident.notes_size,
     )
     if incident.resolution is not None:
         message.resolution.CopyFrom(resolution_to_proto(incident.resolution))
@@ -311,6 +326,7 @@ def incident_from_proto(message: incident_pb2.Incident) -> Incident:
         ),
         version=int(etag.group(1)) if etag else 0,
         timeline_size=message.timeline_size,
+        notes_size=message.notes_size,
         timeline=[timeline_event_from_proto(e) for e in message.timeline],
         notes=[note_from_proto(n) for n in message.notes],
     )
@@ -410,6 +426,11 @@ def _mask_paths(mask: FieldMask | None) -> frozenset[str]:
             "update_mask",
             f"is required: name the fields to change, from {', '.join(UPDATABLE_FIELDS)}",
         )
+    if len(mask.paths) > 2 * len(UPDATABLE_FIELDS):
+        raise ValidationError.single(
+            "update_mask", f"names {len(mask.paths)} paths; there are only {len(UPDATABLE_FIELDS)}"
+        )
+    allowed = ", ".join(UPDATABLE_FIELDS)
     violations = []
     for path in mask.paths:
         # Accept both `title` and `incident.title`.
@@ -418,7 +439,7 @@ def _mask_paths(mask: FieldMask | None) -> frozenset[str]:
             violations.append(
                 FieldViolation(
                     "update_mask",
-                    f"cannot update {path!r}; updatable fields are {', '.join(UPDATABLE_FIELDS)}",
+                    f"cannot update {quoted(path)}; updatable fields are {allowed}",
                 )
             )
     if violations:
@@ -457,6 +478,11 @@ class _FilterFields(Protocol):
 
 
 def filter_from_proto(request: _FilterFields, incident_id: str = "") -> IncidentFilter:
+    sources = list(request.sources)
+    if len(sources) > MAX_FILTER_VALUES:
+        raise ValidationError.single(
+            "sources", f"must have at most {MAX_FILTER_VALUES} entries (got {len(sources)})"
+        )
     return IncidentFilter(
         states=STATE.parse_many(request.states, "states"),
         severities=SEVERITY.parse_many(request.severities, "severities"),

@@ -22,7 +22,7 @@ from generated.incident_manager.v1 import (
     incident_service_pb2_grpc as service_grpc,
 )
 from incident_manager import __version__
-from incident_manager.domain.errors import ValidationError
+from incident_manager.domain.errors import RateLimited, ValidationError
 from incident_manager.domain.model import AckStatus, AlertAck
 from incident_manager.entrypoints import conversions as conv
 from incident_manager.entrypoints.status import streaming, unary
@@ -130,6 +130,10 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
                 # One bad alert must not end the stream: it gets its own ack.
                 ack = AlertAck(
                     alert_id=request.alert.id, status=AckStatus.REJECTED, message=error.message
+                )
+            except RateLimited as error:
+                ack = AlertAck(
+                    alert_id=request.alert.id, status=AckStatus.RATE_LIMITED, message=error.message
                 )
             yield ingestion_pb2.StreamAlertsResponse(ack=conv.ack_to_proto(ack))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from functools import wraps
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -26,6 +27,8 @@ from incident_manager.domain.errors import (
     EtagMismatch,
     IncidentNotFound,
     InvalidTransition,
+    RateLimited,
+    SequenceOutOfRange,
     ShuttingDown,
     StorageUnavailable,
     SubscriberTooSlow,
@@ -45,6 +48,8 @@ STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
     EtagMismatch: grpc.StatusCode.ABORTED,
     ConcurrentModification: grpc.StatusCode.ABORTED,
     SubscriberTooSlow: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    SequenceOutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
@@ -64,29 +69,46 @@ def _packed(message: Any) -> any_pb2.Any:
     return packed
 
 
+# The status travels in HTTP/2 trailers, which clients cap (16 KiB by default in
+# grpc): past that the client sees RESOURCE_EXHAUSTED instead of our error.
+MAX_MESSAGE = 1000
+MAX_VIOLATIONS = 20
+MAX_DETAIL = 200
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def to_status(error: DomainError) -> grpc.Status:
     code = status_code_of(error)
+    metadata = {key: _cut(value, MAX_DETAIL) for key, value in error.metadata.items()}
     details = [
         _packed(
-            error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-            )
+            error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
         )
     ]
     if isinstance(error, ValidationError):
-        details.append(
-            _packed(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in error.violations
-                    ]
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(
+                field=_cut(v.field, MAX_DETAIL), description=_cut(v.description, MAX_DETAIL)
+            )
+            for v in error.violations[:MAX_VIOLATIONS]
+        ]
+        if len(error.violations) > MAX_VIOLATIONS:
+            violations.append(
+                error_details_pb2.BadRequest.FieldViolation(
+                    field="...",
+                    description=f"and {len(error.violations) - MAX_VIOLATIONS} more violations",
                 )
             )
-        )
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
+        details.append(_packed(error_details_pb2.BadRequest(field_violations=violations)))
+    if isinstance(error, RateLimited):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromTimedelta(timedelta(seconds=error.retry_after))
+        details.append(_packed(retry))
+    message = _cut(error.message, MAX_MESSAGE)
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
     result: grpc.Status = rpc_status.to_status(status)
     return result
 
@@ -113,7 +135,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:
     if isinstance(error, DomainError):
         code = status_code_of(error)
-        log.info(
+        # A storage failure is the operator's problem, not the client's.
+        level = logging.ERROR if isinstance(error, StorageUnavailable) else logging.INFO
+        log.log(
+            level,
             "request refused",
             extra={"grpc_code": code.name, "reason": error.reason, "error": error.message},
         )

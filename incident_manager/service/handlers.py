@@ -14,7 +14,6 @@ from incident_manager.domain.errors import (
     EtagMismatch,
     FieldViolation,
     IncidentNotFound,
-    ValidationError,
 )
 from incident_manager.domain.model import (
     AckStatus,
@@ -27,6 +26,7 @@ from incident_manager.domain.model import (
 )
 from incident_manager.domain.query import IncidentPage, IncidentQuery
 from incident_manager.domain.validation import (
+    MAX_ETAG,
     MAX_ID,
     MAX_ITEMS,
     MAX_NAME,
@@ -147,8 +147,8 @@ def get_incident(uow: UnitOfWork, incident_id: str) -> Incident:
 def update_incident(uow: UnitOfWork, command: UpdateIncident, now: datetime) -> Incident:
     changes = command.changes
     checker = Checker("incident.")
-    if not command.incident_id:
-        checker.fail("id", "is required")
+    checker.required("id", command.incident_id, MAX_ID)
+    checker.at_most("etag", command.etag, MAX_ETAG)
     if changes.title is not None:
         checker.required("title", changes.title, MAX_TITLE)
     if changes.description is not None:
@@ -187,8 +187,8 @@ def update_incident(uow: UnitOfWork, command: UpdateIncident, now: datetime) -> 
 
 def resolve_incident(uow: UnitOfWork, command: ResolveIncident, now: datetime) -> Incident:
     checker = Checker()
-    if not command.incident_id:
-        checker.fail("id", "is required")
+    checker.required("id", command.incident_id, MAX_ID)
+    checker.at_most("etag", command.etag, MAX_ETAG)
     checker.required("resolved_by", command.resolved_by, MAX_NAME)
     checker.at_most("root_cause", command.root_cause, MAX_TEXT)
     checker.at_most("notes", command.notes, MAX_TEXT)
@@ -211,8 +211,7 @@ def resolve_incident(uow: UnitOfWork, command: ResolveIncident, now: datetime) -
 
 def add_note(uow: UnitOfWork, command: AddNote, now: datetime) -> tuple[Note, Incident]:
     checker = Checker()
-    if not command.incident_id:
-        checker.fail("incident_id", "is required")
+    checker.required("incident_id", command.incident_id, MAX_ID)
     checker.required("author", command.author, MAX_NAME)
     checker.required("content", command.content, MAX_TEXT)
     checker.raise_if_any()
@@ -230,10 +229,9 @@ def list_incidents(uow: UnitOfWork, query: IncidentQuery) -> IncidentPage:
 
 
 def _check_id(field: str, incident_id: str) -> None:
-    if not incident_id:
-        raise ValidationError.single(field, "is required")
-    if len(incident_id) > MAX_ID:
-        raise ValidationError.single(field, f"must be at most {MAX_ID} characters")
+    checker = Checker()
+    checker.required(field, incident_id, MAX_ID)
+    checker.raise_if_any()
 
 
 def _check_actor(checker: Checker, actor: str) -> None:

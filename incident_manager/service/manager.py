@@ -15,10 +15,22 @@ from functools import partial
 
 from incident_manager.adapters.repository import Storage, UnitOfWork
 from incident_manager.domain.dedup import DEFAULT_WINDOW
-from incident_manager.domain.errors import ShuttingDown, SubscriberTooSlow, ValidationError
+from incident_manager.domain.errors import (
+    RateLimited,
+    SequenceOutOfRange,
+    ShuttingDown,
+    SubscriberTooSlow,
+    ValidationError,
+)
 from incident_manager.domain.model import Alert, AlertAck, Clock, Incident, IncidentEvent, Note
 from incident_manager.domain.model import utc_now as _utc_now
-from incident_manager.domain.query import IncidentFilter, IncidentQuery, Ordering
+from incident_manager.domain.query import (
+    MAX_FULL_PAGE_SIZE,
+    IncidentFilter,
+    IncidentQuery,
+    Ordering,
+)
+from incident_manager.domain.ratelimit import RateLimit, SourceRateLimiter
 from incident_manager.service import handlers
 from incident_manager.service.commands import (
     AddNote,
@@ -61,15 +73,21 @@ class IncidentManager:
         dedup_window: timedelta = DEFAULT_WINDOW,
         clock: Clock = _utc_now,
         hub: EventHub | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.storage = storage
         self.dedup_window = dedup_window
         self.clock = clock
+        self.rate_limiter = SourceRateLimiter(rate_limit, clock)
         self.hub = hub or EventHub()
         self.started = time.monotonic()
         storage.add_listener(self.hub.publish)
 
     async def submit_alert(self, alert: Alert) -> AlertAck:
+        """Store an alert; RateLimited if its source is over its limit."""
+        retry_after = self.rate_limiter.admit(alert.source, alert.severity)
+        if retry_after > 0:
+            raise RateLimited(alert.source, retry_after)
         return await self.storage.write(
             partial(handlers.submit_alert, alert=alert, window=self.dedup_window, now=self.clock())
         )
@@ -99,6 +117,8 @@ class IncidentManager:
 
     async def list_incidents(self, request: ListRequest) -> ListResult:
         page_size = page_size_or_default(request.page_size)
+        if request.with_history:
+            page_size = min(page_size, MAX_FULL_PAGE_SIZE)
         after = (
             decode_page_token(request.page_token, request.filter, request.ordering)
             if request.page_token
@@ -128,19 +148,25 @@ class IncidentManager:
         buffer; events already replayed are skipped by sequence. No gap, no
         repeat.
         """
-        if after_sequence is not None and after_sequence < 0:
-            raise ValidationError.single("after_sequence", "must not be negative")
+        if after_sequence is not None and not 0 <= after_sequence < 2**63:
+            raise ValidationError.single("after_sequence", "must be between 0 and 2^63-1")
+        if event_filter.incident_id:
+            await self.get_incident(event_filter.incident_id)  # NOT_FOUND if it does not exist
         subscription = self.hub.subscribe(event_filter)
         try:
             # Without after_sequence the stream starts at the last committed
             # event; read after subscribing, so nothing later is missed.
             cursor = await self.storage.read(_last_sequence)
             if after_sequence is not None:
+                if after_sequence > cursor:
+                    raise SequenceOutOfRange(after_sequence, cursor)
                 cursor = after_sequence
                 while True:
                     page = await self.storage.read(
                         partial(_events_after, sequence=cursor, limit=REPLAY_PAGE)
                     )
+                    if subscription.closed:
+                        raise ShuttingDown(cursor)
                     for event in page:
                         cursor = event.sequence
                         if event_filter.matches_event(event):

@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import json
 
-from incident_manager.domain.errors import ValidationError
+from incident_manager.domain.errors import ValidationError, quoted
 from incident_manager.domain.query import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -37,7 +37,7 @@ def parse_order_by(text: str) -> Ordering:
     if key is None or len(words) > 2 or direction not in (None, "asc", "desc"):
         raise ValidationError.single(
             "order_by",
-            f"cannot sort by {text!r}; use one of {', '.join(sorted(keys))}, "
+            f"cannot sort by {quoted(text)}; use one of {', '.join(sorted(keys))}, "
             "optionally followed by ' asc' or ' desc'",
         )
     if direction is None:
@@ -78,27 +78,40 @@ def encode_page_token(cursor: Cursor, query_filter: IncidentFilter, ordering: Or
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
+MAX_TOKEN_LENGTH = 1024
+_INT64 = 2**63
+
+
 def decode_page_token(token: str, query_filter: IncidentFilter, ordering: Ordering) -> Cursor:
-    """The cursor a token carries; INVALID_ARGUMENT if it is malformed or for another query."""
+    """The cursor a token carries; INVALID_ARGUMENT if it is malformed or for another query.
+
+    Tokens are not signed: a client that forges one only moves its own
+    cursor, and every part is checked to be a value the query could hold.
+    """
+    payload: object = None
     try:
-        padded = token + "=" * (-len(token) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        cursor = payload["k"]
-        valid = (
-            payload["v"] == _TOKEN_VERSION
-            and isinstance(cursor, list)
-            and len(cursor) == (3 if ordering.key is SortKey.SEVERITY else 2)
-            and all(type(part) is int for part in cursor[:-1])
-            and isinstance(cursor[-1], str)
-        )
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        valid = False
+        if len(token) <= MAX_TOKEN_LENGTH:
+            padded = token + "=" * (-len(token) % 4)
+            payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
+        payload = None
+    cursor = payload.get("k") if isinstance(payload, dict) else None
+    valid = (
+        isinstance(payload, dict)
+        and payload.get("v") == _TOKEN_VERSION
+        and isinstance(payload.get("q"), str)
+        and isinstance(cursor, list)
+        and len(cursor) == (3 if ordering.key is SortKey.SEVERITY else 2)
+        and all(type(part) is int and -_INT64 <= part < _INT64 for part in cursor[:-1])
+        and isinstance(cursor[-1], str)
+    )
     if not valid:
         raise ValidationError.single(
             "page_token",
             "is not a token this server issued; pass next_page_token from the previous "
             "response unchanged, or leave it empty for the first page",
         )
+    assert isinstance(payload, dict) and isinstance(cursor, list)
     if payload["q"] != _query_digest(query_filter, ordering):
         raise ValidationError.single(
             "page_token",

@@ -26,6 +26,7 @@ from incident_manager.domain.model import (
     Severity,
 )
 from incident_manager.domain.query import (
+    NOTES_LIMIT,
     TIMELINE_LIMIT,
     IncidentFilter,
     IncidentQuery,
@@ -94,7 +95,7 @@ async def test_a_stored_incident_reads_back_with_every_field(storage: Storage) -
     for field in (
         "id", "title", "description", "severity", "type", "state", "source",
         "affected_resources", "labels", "assignees", "fingerprint", "alert_count",
-        "create_time", "update_time", "resolution", "version", "timeline_size",
+        "create_time", "update_time", "resolution", "version", "timeline_size", "notes_size",
     ):  # fmt: skip
         assert getattr(loaded, field) == getattr(original, field), field
     assert [e.type for e in loaded.timeline] == [EventType.CREATED, EventType.NOTE_ADDED]
@@ -315,3 +316,15 @@ def _received(alert_id: str, incident_id: str) -> ReceivedAlert:
         fingerprint="fp",
         receive_time=T0,
     )
+
+
+async def test_many_notes_keep_the_most_recent_and_count_them_all(storage: Storage) -> None:
+    item = incident()
+    for i in range(NOTES_LIMIT + 3):
+        item.add_note(author="a", content=f"note {i}", now=T0 + timedelta(seconds=i))
+    await store(storage, item)
+    loaded = await read(storage, lambda uow: uow.incidents.get(item.id, with_history=True))
+    assert loaded.notes_size == NOTES_LIMIT + 3
+    assert len(loaded.notes) == NOTES_LIMIT
+    assert loaded.notes[0].content == "note 3"
+    assert loaded.notes[-1].content == f"note {NOTES_LIMIT + 2}"

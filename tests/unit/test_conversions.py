@@ -123,6 +123,7 @@ incidents = st.builds(
     # The etag carries the version as at most 18 digits.
     version=st.integers(0, 10**18 - 1),
     timeline_size=int64s,
+    notes_size=int64s,
     timeline=st.lists(timeline_events, max_size=3),
     notes=st.lists(notes, max_size=3),
 )

@@ -439,6 +439,7 @@ class Incident(_message.Message):
     NOTES_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     TIMELINE_SIZE_FIELD_NUMBER: _builtins.int
+    NOTES_SIZE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier, e.g. `inc_01J9Z3...`. Ignored on create."""
     title: _builtins.str
@@ -471,6 +472,8 @@ class Incident(_message.Message):
     """
     timeline_size: _builtins.int
     """Output only. Total number of timeline events of this incident."""
+    notes_size: _builtins.int
+    """Output only. Total number of notes on this incident."""
     @_builtins.property
     def affected_resources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Resources affected: models, endpoints, hosts. At most 64 entries."""
@@ -504,8 +507,9 @@ class Incident(_message.Message):
 
     @_builtins.property
     def notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Note]:
-        """Output only. Notes, oldest first. Empty in ListIncidents responses
-        unless the FULL view is asked for.
+        """Output only. The most recent notes, oldest first (at most the last 100;
+        `notes_size` is the full count). Empty in ListIncidents responses unless
+        the FULL view is asked for.
         """
 
     def __init__(
@@ -530,10 +534,11 @@ class Incident(_message.Message):
         notes: _abc.Iterable[Global___Note] | None = ...,
         etag: _builtins.str = ...,
         timeline_size: _builtins.int = ...,
+        notes_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "resolution", b"resolution", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_resources", b"affected_resources", "alert_count", b"alert_count", "assignees", b"assignees", "create_time", b"create_time", "description", b"description", "etag", b"etag", "fingerprint", b"fingerprint", "id", b"id", "labels", b"labels", "notes", b"notes", "resolution", b"resolution", "severity", b"severity", "source", b"source", "state", b"state", "timeline", b"timeline", "timeline_size", b"timeline_size", "title", b"title", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_resources", b"affected_resources", "alert_count", b"alert_count", "assignees", b"assignees", "create_time", b"create_time", "description", b"description", "etag", b"etag", "fingerprint", b"fingerprint", "id", b"id", "labels", b"labels", "notes", b"notes", "notes_size", b"notes_size", "resolution", b"resolution", "severity", b"severity", "source", b"source", "state", b"state", "timeline", b"timeline", "timeline_size", b"timeline_size", "title", b"title", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

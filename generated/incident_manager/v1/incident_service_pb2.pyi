@@ -369,7 +369,9 @@ class ListIncidentsRequest(_message.Message):
     `severity` sorts P0 first; `severity desc` sorts P4 first.
     """
     view: Global___IncidentView.ValueType
-    """How much of each incident to return. Default BASIC."""
+    """How much of each incident to return. Default BASIC. With FULL, a page
+    holds at most 10 incidents, so that it fits in one response.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_incident_pb2.IncidentState.ValueType]:
         """Only incidents in one of these states."""
