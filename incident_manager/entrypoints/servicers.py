@@ -23,7 +23,7 @@ from generated.incident_manager.v1 import (
 )
 from incident_manager import __version__
 from incident_manager.domain.errors import RateLimited, ValidationError
-from incident_manager.domain.model import AckStatus, AlertAck
+from incident_manager.domain.model import AckStatus, Alert, AlertAck
 from incident_manager.entrypoints import conversions as conv
 from incident_manager.entrypoints.status import streaming, unary
 from incident_manager.service.manager import IncidentManager, ListRequest
@@ -118,6 +118,19 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
     ) -> ingestion_pb2.SubmitAlertResponse:
         ack = await self.manager.submit_alert(conv.alert_from_proto(request.alert))
         return ingestion_pb2.SubmitAlertResponse(ack=conv.ack_to_proto(ack))
+
+    @unary
+    async def BatchSubmitAlerts(
+        self, request: ingestion_pb2.BatchSubmitAlertsRequest, context: Context
+    ) -> ingestion_pb2.BatchSubmitAlertsResponse:
+        items: list[Alert | AlertAck] = []
+        for index, message in enumerate(request.alerts):
+            try:
+                items.append(conv.alert_from_proto(message, prefix=f"alerts[{index}]."))
+            except ValidationError as error:
+                items.append(AlertAck(message.id, AckStatus.REJECTED, message=error.message))
+        acks = await self.manager.submit_alerts(items)
+        return ingestion_pb2.BatchSubmitAlertsResponse(acks=[conv.ack_to_proto(a) for a in acks])
 
     @streaming
     async def StreamAlerts(

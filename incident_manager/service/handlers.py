@@ -6,6 +6,7 @@ Each handler validates its input first, then runs inside one transaction;
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from incident_manager.adapters.repository import UnitOfWork
@@ -14,6 +15,7 @@ from incident_manager.domain.errors import (
     EtagMismatch,
     FieldViolation,
     IncidentNotFound,
+    ValidationError,
 )
 from incident_manager.domain.model import (
     AckStatus,
@@ -54,56 +56,90 @@ def submit_alert(uow: UnitOfWork, alert: Alert, window: timedelta, now: datetime
     validate_alert(alert, checker)
     checker.raise_if_any()
     with uow:
-        earlier = uow.alerts.get(alert.source, alert.id)
-        if earlier is not None:
-            return AlertAck(
-                alert_id=alert.id,
-                status=earlier.status,
-                incident_id=earlier.incident_id,
-                message=(
-                    f"already received at {earlier.receive_time.isoformat()}; "
-                    "counted once (this was a retry)"
-                ),
-            )
-        fingerprint = alert_fingerprint(alert)
-        incident = uow.incidents.find_mergeable(fingerprint.value, now - window)
-        if incident is not None:
-            incident.merge_alert(alert, fingerprint.matched_on, now)
-            uow.incidents.save(incident)
-            status = AckStatus.DUPLICATE
-            message = (
-                f"merged into incident {incident.id} (matched on {fingerprint.matched_on}); "
-                f"{incident.alert_count} alerts so far"
-            )
-        else:
-            incident = Incident.open(
-                title=alert.title,
-                description=alert.description,
-                severity=alert.severity,
-                type=alert.type,
-                source=alert.source,
-                affected_resources=alert.affected_resources,
-                labels=alert.labels,
-                assignees=(),
-                fingerprint=fingerprint.value,
-                actor=alert.source,
-                now=now,
-                alert_count=1,
-                details={"alert_id": alert.id, "source": alert.source},
-            )
-            uow.incidents.add(incident)
-            status = AckStatus.ACCEPTED
-            message = f"opened incident {incident.id}"
-        uow.alerts.add(
-            ReceivedAlert(
-                alert=alert,
-                incident_id=incident.id,
-                status=status,
-                fingerprint=fingerprint.value,
-                receive_time=now,
-            )
-        )
+        ack = _ingest(uow, alert, window, now)
         uow.commit()
+    return ack
+
+
+def submit_alerts(
+    uow: UnitOfWork, alerts: Sequence[Alert | AlertAck], window: timedelta, now: datetime
+) -> list[AlertAck]:
+    """Store a batch in one unit of work; invalid alerts get REJECTED acks, in place.
+
+    Entries that are already acks (refused before storage) are passed through.
+    """
+    acks: list[AlertAck] = []
+    with uow:
+        for index, item in enumerate(alerts):
+            if isinstance(item, AlertAck):
+                acks.append(item)
+                continue
+            checker = Checker(f"alerts[{index}].")
+            validate_alert(item, checker)
+            if checker.violations:
+                acks.append(
+                    AlertAck(
+                        alert_id=item.id,
+                        status=AckStatus.REJECTED,
+                        message=ValidationError(checker.violations).message,
+                    )
+                )
+                continue
+            acks.append(_ingest(uow, item, window, now))
+        uow.commit()
+    return acks
+
+
+def _ingest(uow: UnitOfWork, alert: Alert, window: timedelta, now: datetime) -> AlertAck:
+    earlier = uow.alerts.get(alert.source, alert.id)
+    if earlier is not None:
+        return AlertAck(
+            alert_id=alert.id,
+            status=earlier.status,
+            incident_id=earlier.incident_id,
+            message=(
+                f"already received at {earlier.receive_time.isoformat()}; "
+                "counted once (this was a retry)"
+            ),
+        )
+    fingerprint = alert_fingerprint(alert)
+    incident = uow.incidents.find_mergeable(fingerprint.value, now - window)
+    if incident is not None:
+        incident.merge_alert(alert, fingerprint.matched_on, now)
+        uow.incidents.save(incident)
+        status = AckStatus.DUPLICATE
+        message = (
+            f"merged into incident {incident.id} (matched on {fingerprint.matched_on}); "
+            f"{incident.alert_count} alerts so far"
+        )
+    else:
+        incident = Incident.open(
+            title=alert.title,
+            description=alert.description,
+            severity=alert.severity,
+            type=alert.type,
+            source=alert.source,
+            affected_resources=alert.affected_resources,
+            labels=alert.labels,
+            assignees=(),
+            fingerprint=fingerprint.value,
+            actor=alert.source,
+            now=now,
+            alert_count=1,
+            details={"alert_id": alert.id, "source": alert.source},
+        )
+        uow.incidents.add(incident)
+        status = AckStatus.ACCEPTED
+        message = f"opened incident {incident.id}"
+    uow.alerts.add(
+        ReceivedAlert(
+            alert=alert,
+            incident_id=incident.id,
+            status=status,
+            fingerprint=fingerprint.value,
+            receive_time=now,
+        )
+    )
     return AlertAck(alert_id=alert.id, status=status, incident_id=incident.id, message=message)
 
 

@@ -8,7 +8,7 @@ below it.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -22,7 +22,15 @@ from incident_manager.domain.errors import (
     SubscriberTooSlow,
     ValidationError,
 )
-from incident_manager.domain.model import Alert, AlertAck, Clock, Incident, IncidentEvent, Note
+from incident_manager.domain.model import (
+    AckStatus,
+    Alert,
+    AlertAck,
+    Clock,
+    Incident,
+    IncidentEvent,
+    Note,
+)
 from incident_manager.domain.model import utc_now as _utc_now
 from incident_manager.domain.query import (
     MAX_FULL_PAGE_SIZE,
@@ -45,6 +53,8 @@ from incident_manager.service.pagination import (
 )
 from incident_manager.service.streaming import EventHub
 
+MAX_BATCH = 1000
+"""Alerts in one BatchSubmitAlerts call at most."""
 REPLAY_PAGE = 500
 """Stored events read per query while a subscriber catches up."""
 
@@ -90,6 +100,36 @@ class IncidentManager:
             raise RateLimited(alert.source, retry_after)
         return await self.storage.write(
             partial(handlers.submit_alert, alert=alert, window=self.dedup_window, now=self.clock())
+        )
+
+    async def submit_alerts(self, alerts: Sequence[Alert | AlertAck]) -> list[AlertAck]:
+        """Store a batch in one transaction: one ack per entry, in order.
+
+        Entries that are already acks (refused while decoding) pass through;
+        alerts over their source's rate limit get RATE_LIMITED acks.
+        """
+        if not alerts:
+            raise ValidationError.single("alerts", "must hold at least one alert")
+        if len(alerts) > MAX_BATCH:
+            raise ValidationError.single(
+                "alerts", f"must hold at most {MAX_BATCH} alerts (got {len(alerts)}); split it"
+            )
+        admitted: list[Alert | AlertAck] = []
+        for item in alerts:
+            retry_after = (
+                0.0
+                if isinstance(item, AlertAck)
+                else self.rate_limiter.admit(item.source, item.severity)
+            )
+            if retry_after > 0 and isinstance(item, Alert):
+                limited = RateLimited(item.source, retry_after)
+                admitted.append(AlertAck(item.id, AckStatus.RATE_LIMITED, message=limited.message))
+            else:
+                admitted.append(item)
+        return await self.storage.write(
+            partial(
+                handlers.submit_alerts, alerts=admitted, window=self.dedup_window, now=self.clock()
+            )
         )
 
     async def create_incident(self, command: CreateIncident) -> Incident:

@@ -26,27 +26,31 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from generated.incident_manager.v1 import alert_pb2 as incident__manager_dot_v1_dot_alert__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1incident_manager/v1/alert_ingestion_service.proto\x12\x13incident_manager.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fincident_manager/v1/alert.proto\"?\n\x12SubmitAlertRequest\x12)\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1a.incident_manager.v1.Alert\"A\n\x13SubmitAlertResponse\x12*\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.AlertAck\"@\n\x13StreamAlertsRequest\x12)\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1a.incident_manager.v1.Alert\"B\n\x14StreamAlertsResponse\x12*\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.AlertAck\"\x14\n\x12HealthCheckRequest\"\x85\x01\n\x13HealthCheckResponse\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".incident_manager.v1.ServingStatus\x12\x0f\n\x07version\x18\x02 \x01(\t\x12)\n\x06uptime\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration*k\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x02\x32\xc4\x02\n\x15\x41lertIngestionService\x12`\n\x0bSubmitAlert\x12\'.incident_manager.v1.SubmitAlertRequest\x1a(.incident_manager.v1.SubmitAlertResponse\x12g\n\x0cStreamAlerts\x12(.incident_manager.v1.StreamAlertsRequest\x1a).incident_manager.v1.StreamAlertsResponse(\x01\x30\x01\x12`\n\x0bHealthCheck\x12\'.incident_manager.v1.HealthCheckRequest\x1a(.incident_manager.v1.HealthCheckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1incident_manager/v1/alert_ingestion_service.proto\x12\x13incident_manager.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fincident_manager/v1/alert.proto\"?\n\x12SubmitAlertRequest\x12)\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1a.incident_manager.v1.Alert\"A\n\x13SubmitAlertResponse\x12*\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.AlertAck\"F\n\x18\x42\x61tchSubmitAlertsRequest\x12*\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x1a.incident_manager.v1.Alert\"H\n\x19\x42\x61tchSubmitAlertsResponse\x12+\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x1d.incident_manager.v1.AlertAck\"@\n\x13StreamAlertsRequest\x12)\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1a.incident_manager.v1.Alert\"B\n\x14StreamAlertsResponse\x12*\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.AlertAck\"\x14\n\x12HealthCheckRequest\"\x85\x01\n\x13HealthCheckResponse\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".incident_manager.v1.ServingStatus\x12\x0f\n\x07version\x18\x02 \x01(\t\x12)\n\x06uptime\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration*k\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x02\x32\xb8\x03\n\x15\x41lertIngestionService\x12`\n\x0bSubmitAlert\x12\'.incident_manager.v1.SubmitAlertRequest\x1a(.incident_manager.v1.SubmitAlertResponse\x12r\n\x11\x42\x61tchSubmitAlerts\x12-.incident_manager.v1.BatchSubmitAlertsRequest\x1a..incident_manager.v1.BatchSubmitAlertsResponse\x12g\n\x0cStreamAlerts\x12(.incident_manager.v1.StreamAlertsRequest\x1a).incident_manager.v1.StreamAlertsResponse(\x01\x30\x01\x12`\n\x0bHealthCheck\x12\'.incident_manager.v1.HealthCheckRequest\x1a(.incident_manager.v1.HealthCheckResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'incident_manager.v1.alert_ingestion_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SERVINGSTATUS']._serialized_start=563
-  _globals['_SERVINGSTATUS']._serialized_end=670
+  _globals['_SERVINGSTATUS']._serialized_start=709
+  _globals['_SERVINGSTATUS']._serialized_end=816
   _globals['_SUBMITALERTREQUEST']._serialized_start=139
   _globals['_SUBMITALERTREQUEST']._serialized_end=202
   _globals['_SUBMITALERTRESPONSE']._serialized_start=204
   _globals['_SUBMITALERTRESPONSE']._serialized_end=269
-  _globals['_STREAMALERTSREQUEST']._serialized_start=271
-  _globals['_STREAMALERTSREQUEST']._serialized_end=335
-  _globals['_STREAMALERTSRESPONSE']._serialized_start=337
-  _globals['_STREAMALERTSRESPONSE']._serialized_end=403
-  _globals['_HEALTHCHECKREQUEST']._serialized_start=405
-  _globals['_HEALTHCHECKREQUEST']._serialized_end=425
-  _globals['_HEALTHCHECKRESPONSE']._serialized_start=428
-  _globals['_HEALTHCHECKRESPONSE']._serialized_end=561
-  _globals['_ALERTINGESTIONSERVICE']._serialized_start=673
-  _globals['_ALERTINGESTIONSERVICE']._serialized_end=997
+  _globals['_BATCHSUBMITALERTSREQUEST']._serialized_start=271
+  _globals['_BATCHSUBMITALERTSREQUEST']._serialized_end=341
+  _globals['_BATCHSUBMITALERTSRESPONSE']._serialized_start=343
+  _globals['_BATCHSUBMITALERTSRESPONSE']._serialized_end=415
+  _globals['_STREAMALERTSREQUEST']._serialized_start=417
+  _globals['_STREAMALERTSREQUEST']._serialized_end=481
+  _globals['_STREAMALERTSRESPONSE']._serialized_start=483
+  _globals['_STREAMALERTSRESPONSE']._serialized_end=549
+  _globals['_HEALTHCHECKREQUEST']._serialized_start=551
+  _globals['_HEALTHCHECKREQUEST']._serialized_end=571
+  _globals['_HEALTHCHECKRESPONSE']._serialized_start=574
+  _globals['_HEALTHCHECKRESPONSE']._serialized_end=707
+  _globals['_ALERTINGESTIONSERVICE']._serialized_start=819
+  _globals['_ALERTINGESTIONSERVICE']._serialized_end=1259
 # @@protoc_insertion_point(module_scope)

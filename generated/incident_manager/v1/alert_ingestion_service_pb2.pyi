@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from generated.incident_manager.v1 import alert_pb2 as _alert_pb2
 import builtins as _builtins
@@ -90,6 +92,54 @@ class SubmitAlertResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitAlertResponse: _TypeAlias = SubmitAlertResponse  # noqa: Y015
+
+@_typing.final
+class BatchSubmitAlertsRequest(_message.Message):
+    """Request for BatchSubmitAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[_alert_pb2.Alert]:
+        """The alerts, each with the same rules as in SubmitAlert. At most 1000."""
+
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[_alert_pb2.Alert] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchSubmitAlertsRequest: _TypeAlias = BatchSubmitAlertsRequest  # noqa: Y015
+
+@_typing.final
+class BatchSubmitAlertsResponse(_message.Message):
+    """Response for BatchSubmitAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[_alert_pb2.AlertAck]:
+        """One ack per alert, in the order of `alerts` in the request."""
+
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[_alert_pb2.AlertAck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchSubmitAlertsResponse: _TypeAlias = BatchSubmitAlertsResponse  # noqa: Y015
 
 @_typing.final
 class StreamAlertsRequest(_message.Message):

@@ -41,6 +41,11 @@ class AlertIngestionServiceStub:
                 request_serializer=incident__manager_dot_v1_dot_alert__ingestion__service__pb2.SubmitAlertRequest.SerializeToString,
                 response_deserializer=incident__manager_dot_v1_dot_alert__ingestion__service__pb2.SubmitAlertResponse.FromString,
                 _registered_method=True)
+        self.BatchSubmitAlerts = channel.unary_unary(
+                '/incident_manager.v1.AlertIngestionService/BatchSubmitAlerts',
+                request_serializer=incident__manager_dot_v1_dot_alert__ingestion__service__pb2.BatchSubmitAlertsRequest.SerializeToString,
+                response_deserializer=incident__manager_dot_v1_dot_alert__ingestion__service__pb2.BatchSubmitAlertsResponse.FromString,
+                _registered_method=True)
         self.StreamAlerts = channel.stream_stream(
                 '/incident_manager.v1.AlertIngestionService/StreamAlerts',
                 request_serializer=incident__manager_dot_v1_dot_alert__ingestion__service__pb2.StreamAlertsRequest.SerializeToString,
@@ -61,6 +66,15 @@ class AlertIngestionServiceServicer:
     def SubmitAlert(self, request, context):
         """Submits one alert. Returns once it is durably stored. An invalid alert
         is refused with INVALID_ARGUMENT and the offending fields.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchSubmitAlerts(self, request, context):
+        """Submits up to 1000 alerts in one call and returns one ack per alert, in
+        request order. Invalid alerts get REJECTED acks (with the reason) and
+        the others are stored; the call returns once they are durably stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +104,11 @@ def add_AlertIngestionServiceServicer_to_server(servicer, server):
                     servicer.SubmitAlert,
                     request_deserializer=incident__manager_dot_v1_dot_alert__ingestion__service__pb2.SubmitAlertRequest.FromString,
                     response_serializer=incident__manager_dot_v1_dot_alert__ingestion__service__pb2.SubmitAlertResponse.SerializeToString,
+            ),
+            'BatchSubmitAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchSubmitAlerts,
+                    request_deserializer=incident__manager_dot_v1_dot_alert__ingestion__service__pb2.BatchSubmitAlertsRequest.FromString,
+                    response_serializer=incident__manager_dot_v1_dot_alert__ingestion__service__pb2.BatchSubmitAlertsResponse.SerializeToString,
             ),
             'StreamAlerts': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamAlerts,
@@ -131,6 +150,33 @@ class AlertIngestionService:
             '/incident_manager.v1.AlertIngestionService/SubmitAlert',
             incident__manager_dot_v1_dot_alert__ingestion__service__pb2.SubmitAlertRequest.SerializeToString,
             incident__manager_dot_v1_dot_alert__ingestion__service__pb2.SubmitAlertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchSubmitAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incident_manager.v1.AlertIngestionService/BatchSubmitAlerts',
+            incident__manager_dot_v1_dot_alert__ingestion__service__pb2.BatchSubmitAlertsRequest.SerializeToString,
+            incident__manager_dot_v1_dot_alert__ingestion__service__pb2.BatchSubmitAlertsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,11 @@ class AlertIngestionServiceStub:
     """Submits one alert. Returns once it is durably stored. An invalid alert
     is refused with INVALID_ARGUMENT and the offending fields.
     """
+    BatchSubmitAlerts: _grpc.UnaryUnaryMultiCallable[_alert_ingestion_service_pb2.BatchSubmitAlertsRequest, _alert_ingestion_service_pb2.BatchSubmitAlertsResponse]
+    """Submits up to 1000 alerts in one call and returns one ack per alert, in
+    request order. Invalid alerts get REJECTED acks (with the reason) and
+    the others are stored; the call returns once they are durably stored.
+    """
     StreamAlerts: _grpc.StreamStreamMultiCallable[_alert_ingestion_service_pb2.StreamAlertsRequest, _alert_ingestion_service_pb2.StreamAlertsResponse]
     """Submits alerts over one long-lived stream. Every alert gets exactly one
     ack, in the order the alerts were sent; an invalid alert gets a REJECTED
@@ -59,6 +64,11 @@ class AlertIngestionServiceAsyncStub(AlertIngestionServiceStub):
     SubmitAlert: _aio.UnaryUnaryMultiCallable[_alert_ingestion_service_pb2.SubmitAlertRequest, _alert_ingestion_service_pb2.SubmitAlertResponse]  # type: ignore[assignment]
     """Submits one alert. Returns once it is durably stored. An invalid alert
     is refused with INVALID_ARGUMENT and the offending fields.
+    """
+    BatchSubmitAlerts: _aio.UnaryUnaryMultiCallable[_alert_ingestion_service_pb2.BatchSubmitAlertsRequest, _alert_ingestion_service_pb2.BatchSubmitAlertsResponse]  # type: ignore[assignment]
+    """Submits up to 1000 alerts in one call and returns one ack per alert, in
+    request order. Invalid alerts get REJECTED acks (with the reason) and
+    the others are stored; the call returns once they are durably stored.
     """
     StreamAlerts: _aio.StreamStreamMultiCallable[_alert_ingestion_service_pb2.StreamAlertsRequest, _alert_ingestion_service_pb2.StreamAlertsResponse]  # type: ignore[assignment]
     """Submits alerts over one long-lived stream. Every alert gets exactly one
@@ -83,6 +93,17 @@ class AlertIngestionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_alert_ingestion_service_pb2.SubmitAlertResponse, _abc.Awaitable[_alert_ingestion_service_pb2.SubmitAlertResponse]]:
         """Submits one alert. Returns once it is durably stored. An invalid alert
         is refused with INVALID_ARGUMENT and the offending fields.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchSubmitAlerts(
+        self,
+        request: _alert_ingestion_service_pb2.BatchSubmitAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_alert_ingestion_service_pb2.BatchSubmitAlertsResponse, _abc.Awaitable[_alert_ingestion_service_pb2.BatchSubmitAlertsResponse]]:
+        """Submits up to 1000 alerts in one call and returns one ack per alert, in
+        request order. Invalid alerts get REJECTED acks (with the reason) and
+        the others are stored; the call returns once they are durably stored.
         """
 
     @_abc_1.abstractmethod
