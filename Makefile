@@ -12,7 +12,7 @@ PROTOS := $(sort $(wildcard protos/incident_manager/v1/*.proto))
 # Where `make generate` writes; the staleness test points it elsewhere.
 GENERATED_DIR ?= generated
 
-.PHONY: run test check lint typecheck buf-lint generate clean
+.PHONY: run test bench lint typecheck buf-lint generate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ run: $(RUN_STAMP)
 test: $(DEV_STAMP)
 	$(MAKE) --no-print-directory lint typecheck buf-lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Our server against a bare grpc.aio server, side by side; BENCH_ARGS=--quick
+# for small sizes. h2load comes from Debian's nghttp2-client.
+bench: $(DEV_STAMP)
+	@command -v h2load >/dev/null || echo "h2load not found: apt-get install nghttp2-client (unary h2load rows are skipped)"
+	$(BIN)/python -m tests.benchmark.run $(BENCH_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check incident_manager tests

@@ -17,6 +17,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from incident_manager.adapters.cache import WriterCache
 from incident_manager.adapters.repository import (
     AlertLog,
     EventLog,
@@ -138,6 +140,11 @@ _INCIDENT_COLUMNS = (
 _EVENT_COLUMNS = (
     "sequence, incident_id, type, actor, message, details, create_time, title, state, "
     "severity, incident_type, source, assignees, alert_count"
+)
+_UPDATE_INCIDENT = (
+    "UPDATE incidents SET "
+    + ", ".join(f"{c.strip()} = ?" for c in _INCIDENT_COLUMNS.split(",")[1:])
+    + " WHERE id = ? AND version = ?"
 )
 _SORT_COLUMNS = {
     SortKey.CREATE_TIME: ("create_time", "id"),
@@ -285,18 +292,25 @@ def _alert_from_json(text: str) -> Alert:
 
 
 class SqliteIncidents(IncidentRepository):
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, cache: WriterCache | None = None) -> None:
         self._conn = conn
+        self._cache = cache
         self.stored_events: list[IncidentEvent] = []
         """Events stored by this unit of work, with their sequences, in order."""
 
     def get(self, incident_id: str, *, with_history: bool = False) -> Incident | None:
+        if self._cache is not None and not with_history:
+            cached = self._cache.incident(incident_id)
+            if cached is not None:
+                return cached
         row = self._conn.execute(
             f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE id = ?", (incident_id,)
         ).fetchone()
         if row is None:
             return None
         incident = _incident_from_row(row)
+        if self._cache is not None:
+            self._cache.remember(incident)
         if with_history:
             self._load_history(incident)
         return incident
@@ -319,15 +333,46 @@ class SqliteIncidents(IncidentRepository):
         incident.notes = notes[::-1]
 
     def find_mergeable(self, fingerprint: str, opened_since: datetime) -> Incident | None:
-        row = self._conn.execute(
-            f"SELECT {_INCIDENT_COLUMNS} FROM incidents "
-            "WHERE fingerprint = ? AND state < ? AND create_time >= ? "
-            "ORDER BY create_time DESC, id DESC LIMIT 1",
-            (fingerprint, int(IncidentState.RESOLVED), micros(opened_since)),
-        ).fetchone()
+        cache = self._cache
+        if cache is not None and cache.fingerprints_complete:
+            entry = cache.newest_active(fingerprint)
+            if entry is None or entry[0] < micros(opened_since):
+                return None
+            return self.get(entry[1])
+        row = self._newest_active_row(fingerprint, micros(opened_since))
         if row is None:
             return None
-        return _incident_from_row(row)
+        incident = _incident_from_row(row)
+        if cache is not None:
+            cache.remember(incident)
+        return incident
+
+    def _newest_active_row(self, fingerprint: str, opened_since: int) -> Any:
+        # `state < 5` is written out so that the partial index applies.
+        return self._conn.execute(
+            f"SELECT {_INCIDENT_COLUMNS} FROM incidents "
+            "WHERE fingerprint = ? AND state < 5 AND create_time >= ? "
+            "ORDER BY create_time DESC, id DESC LIMIT 1",
+            (fingerprint, opened_since),
+        ).fetchone()
+
+    def _index(self, incident: Incident) -> None:
+        """Keep the writer's cache and dedup index in step with what was just written."""
+        cache = self._cache
+        if cache is None:
+            return
+        cache.remember(incident)
+        if not cache.fingerprints_complete:
+            return
+        current = cache.newest_active(incident.fingerprint)
+        key = (micros(incident.create_time), incident.id)
+        if incident.state.is_active:
+            if current is None or key > current:
+                cache.set_newest(incident.fingerprint, key)
+        elif current is not None and current[1] == incident.id:
+            # The indexed incident closed: an older one may still be open.
+            row = self._newest_active_row(incident.fingerprint, -(2**63))
+            cache.set_newest(incident.fingerprint, None if row is None else (row[12], row[0]))
 
     def add(self, incident: Incident) -> None:
         placeholders = ", ".join("?" * 18)
@@ -336,17 +381,17 @@ class SqliteIncidents(IncidentRepository):
             _incident_row(incident),
         )
         self._store_pending(incident)
+        self._index(incident)
 
     def save(self, incident: Incident) -> None:
         row = _incident_row(incident)
-        assignments = ", ".join(f"{c.strip()} = ?" for c in _INCIDENT_COLUMNS.split(",")[1:])
         cursor = self._conn.execute(
-            f"UPDATE incidents SET {assignments} WHERE id = ? AND version = ?",
-            (*row[1:], incident.id, incident.loaded_version),
+            _UPDATE_INCIDENT, (*row[1:], incident.id, incident.loaded_version)
         )
         if cursor.rowcount != 1:
             raise ConcurrentModification(incident.id)
         self._store_pending(incident)
+        self._index(incident)
 
     def _store_pending(self, incident: Incident) -> None:
         stored: list[IncidentEvent] = []
@@ -435,10 +480,13 @@ class SqliteIncidents(IncidentRepository):
 
 
 class SqliteAlerts(AlertLog):
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, cache: WriterCache | None = None) -> None:
         self._conn = conn
+        self._cache = cache
 
     def get(self, source: str, alert_id: str) -> ReceivedAlert | None:
+        if self._cache is not None and not self._cache.maybe_seen(source, alert_id):
+            return None  # never stored: the common case costs no read
         row = self._conn.execute(
             "SELECT incident_id, status, fingerprint, receive_time, payload FROM alerts "
             "WHERE source = ? AND alert_id = ?",
@@ -455,6 +503,8 @@ class SqliteAlerts(AlertLog):
         )
 
     def add(self, received: ReceivedAlert) -> None:
+        if self._cache is not None:
+            self._cache.saw(received.alert.source, received.alert.id)
         self._conn.execute(
             "INSERT INTO alerts (source, alert_id, incident_id, status, fingerprint, "
             "receive_time, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -495,14 +545,16 @@ class SqliteUnitOfWork(UnitOfWork):
     published or acknowledged before it.
     """
 
-    def __init__(self, conn: sqlite3.Connection, *, write: bool) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, *, write: bool, cache: WriterCache | None = None
+    ) -> None:
         super().__init__()
         self._conn = conn
         self._write = write
         self._finished = False
-        self._incidents = SqliteIncidents(conn)
+        self._incidents = SqliteIncidents(conn, cache)
         self.incidents = self._incidents
-        self.alerts = SqliteAlerts(conn)
+        self.alerts = SqliteAlerts(conn, cache)
         self.events = SqliteEvents(conn)
         conn.execute("SAVEPOINT job" if write else "BEGIN")
 
@@ -601,7 +653,7 @@ class SqliteStorage(Storage):
     MAX_GROUP = 512
     """Jobs per transaction at most, so one group never delays the next for long."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, cache: WriterCache | None = None) -> None:
         super().__init__()
         if str(path) == ":memory:" or str(path).startswith("file:"):
             raise StorageUnavailable(
@@ -616,6 +668,8 @@ class SqliteStorage(Storage):
             self._read_conn = _connect(self.path)
         except (sqlite3.Error, OSError) as error:
             raise StorageUnavailable(f"cannot open database {str(self.path)!r}: {error}") from error
+        self._cache = cache if cache is not None else WriterCache()
+        self._warm_cache()
         self._jobs: queue.SimpleQueue[_WriteJob | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
@@ -650,25 +704,56 @@ class SqliteStorage(Storage):
                 group.append(job)
             self._run_group([job for job in group if not job.future.cancelled()])
 
+    def _warm_cache(self) -> None:
+        """Fill the dedup index and the alert-key filter from the database."""
+        began = time.monotonic()
+        cache = self._cache
+        rows = self._write_conn.execute(
+            "SELECT fingerprint, create_time, id FROM incidents WHERE state < 5 LIMIT ?",
+            (cache.max_fingerprints + 1,),
+        ).fetchall()
+        cache.load_fingerprints(rows)
+        alerts = 0
+        for source, alert_id in self._write_conn.execute("SELECT source, alert_id FROM alerts"):
+            cache.saw(source, alert_id)
+            alerts += 1
+        cache.warm = True
+        log.info(
+            "dedup index loaded",
+            extra={
+                "open_fingerprints": cache.fingerprint_count,
+                "index_complete": cache.fingerprints_complete,
+                "alerts": alerts,
+                "seconds": round(time.monotonic() - began, 3),
+            },
+        )
+
     def _run_group(self, group: list[_WriteJob]) -> None:
         if not group:
             return
         conn = self._write_conn
+        cache = self._cache
         failure: sqlite3.Error | None = None
         try:
+            if not cache.warm:
+                self._warm_cache()
             conn.execute("BEGIN IMMEDIATE")
             for job in group:
+                cache.begin_job()
                 try:
-                    with SqliteUnitOfWork(conn, write=True) as uow:
+                    with SqliteUnitOfWork(conn, write=True, cache=cache) as uow:
                         job.result = job.work(uow)
                     job.events = uow.committed_events
                 except sqlite3.Error:
                     raise  # the whole group's transaction is suspect
                 except Exception as error:  # a domain error of this job alone
                     job.error = error
+                finally:
+                    cache.end_job(succeeded=job.error is None)
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             failure = error
+            cache.clear()
             self._recover(conn)
         for job in group:
             if failure is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -14,6 +15,9 @@ from generated.incident_manager.v1 import (
 )
 from generated.incident_manager.v1 import (
     alert_ingestion_service_pb2_grpc as ingestion_grpc,
+)
+from generated.incident_manager.v1 import (
+    alert_pb2,
 )
 from generated.incident_manager.v1 import (
     incident_service_pb2 as service_pb2,
@@ -30,6 +34,9 @@ from incident_manager.service.manager import IncidentManager, ListRequest
 from incident_manager.service.pagination import parse_order_by
 
 log = logging.getLogger(__name__)
+
+STREAM_WINDOW = 256
+"""Alerts of one StreamAlerts call processed concurrently at most."""
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -136,19 +143,38 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
     async def StreamAlerts(
         self, request_iterator: AsyncIterator[ingestion_pb2.StreamAlertsRequest], context: Context
     ) -> AsyncIterator[ingestion_pb2.StreamAlertsResponse]:
-        async for request in request_iterator:
+        # Up to STREAM_WINDOW alerts of one stream are in flight at once, so
+        # they share group commits; acks still leave in the order alerts came.
+        in_flight: asyncio.Queue[asyncio.Future[AlertAck] | None] = asyncio.Queue(STREAM_WINDOW)
+
+        async def read() -> None:
             try:
-                ack = await self.manager.submit_alert(conv.alert_from_proto(request.alert))
-            except ValidationError as error:
-                # One bad alert must not end the stream: it gets its own ack.
-                ack = AlertAck(
-                    alert_id=request.alert.id, status=AckStatus.REJECTED, message=error.message
-                )
-            except RateLimited as error:
-                ack = AlertAck(
-                    alert_id=request.alert.id, status=AckStatus.RATE_LIMITED, message=error.message
-                )
-            yield ingestion_pb2.StreamAlertsResponse(ack=conv.ack_to_proto(ack))
+                async for request in request_iterator:
+                    await in_flight.put(asyncio.ensure_future(self._ack(request.alert)))
+            finally:
+                await in_flight.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (pending := await in_flight.get()) is not None:
+                ack = await pending
+                yield ingestion_pb2.StreamAlertsResponse(ack=conv.ack_to_proto(ack))
+            await reader  # surfaces an error the reader met
+        finally:
+            reader.cancel()
+            while not in_flight.empty():
+                leftover = in_flight.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+
+    async def _ack(self, message: alert_pb2.Alert) -> AlertAck:
+        """The ack of one streamed alert; a bad or limited alert does not end the stream."""
+        try:
+            return await self.manager.submit_alert(conv.alert_from_proto(message))
+        except ValidationError as error:
+            return AlertAck(message.id, AckStatus.REJECTED, message=error.message)
+        except RateLimited as error:
+            return AlertAck(message.id, AckStatus.RATE_LIMITED, message=error.message)
 
     @unary
     async def HealthCheck(

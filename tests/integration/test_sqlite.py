@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from incident_manager.adapters.cache import WriterCache
 from incident_manager.adapters.sqlite import MIGRATIONS, SqliteStorage
 from incident_manager.domain.errors import StorageUnavailable
 from incident_manager.domain.model import Alert, IncidentType, Severity
@@ -66,3 +67,26 @@ async def test_a_closed_storage_refuses_work_as_unavailable(tmp_path: Path) -> N
     await storage.close()
     with pytest.raises(StorageUnavailable, match="closed"):
         await storage.read(lambda uow: uow.events.last_sequence())
+
+
+async def test_dedup_stays_exact_when_the_index_outgrows_its_limit(tmp_path: Path) -> None:
+    # An index of 3 fingerprints overflows at once; misses must then ask the
+    # database, and every count must still be exact.
+    storage = SqliteStorage(tmp_path / "im.db", cache=WriterCache(max_fingerprints=3))
+    manager = IncidentManager(storage)
+    alerts = [
+        Alert(
+            id=f"a-{i}",
+            source="edge-agent",
+            title=f"agent {i % 8} offline",
+            severity=Severity.P2,
+            type=IncidentType.AVAILABILITY,
+        )
+        for i in range(80)
+    ]
+    acks = await manager.submit_alerts(alerts[:40])
+    acks += [await manager.submit_alert(a) for a in alerts[40:]]
+    assert len({a.incident_id for a in acks}) == 8
+    for incident_id in {a.incident_id for a in acks}:
+        assert (await manager.get_incident(incident_id)).alert_count == 10
+    await storage.close()

@@ -328,3 +328,82 @@ async def test_many_notes_keep_the_most_recent_and_count_them_all(storage: Stora
     assert len(loaded.notes) == NOTES_LIMIT
     assert loaded.notes[0].content == "note 3"
     assert loaded.notes[-1].content == f"note {NOTES_LIMIT + 2}"
+
+
+async def test_when_the_newest_match_resolves_an_older_open_one_takes_its_place(
+    storage: Storage,
+) -> None:
+    older = incident(at=T0)
+    newer = incident(at=T0 + timedelta(minutes=1))
+    await store(storage, older, newer)
+
+    def change(state: IncidentState | None) -> Callable[[UnitOfWork], None]:
+        def work(uow: UnitOfWork) -> None:
+            with uow:
+                target = uow.incidents.get(newer.id)
+                assert target is not None
+                if state is None:
+                    target.resolve(
+                        method=ResolutionMethod.MANUAL,
+                        root_cause="",
+                        notes="",
+                        resolved_by="x",
+                        now=T0,
+                    )
+                else:
+                    target.update(actor="x", now=T0, state=state)
+                uow.incidents.save(target)
+                uow.commit()
+
+        return work
+
+    def mergeable(uow: UnitOfWork) -> str | None:
+        found = uow.incidents.find_mergeable("fp-1", T0)
+        return None if found is None else found.id
+
+    assert await storage.write(mergeable) == newer.id
+    await storage.write(change(None))
+    assert await storage.write(mergeable) == older.id
+    await storage.write(change(IncidentState.TRIAGED))  # reopened
+    assert await storage.write(mergeable) == newer.id
+
+
+async def test_work_that_fails_after_writing_leaves_dedup_as_it_was(storage: Storage) -> None:
+    kept = incident(at=T0)
+    await store(storage, kept)
+
+    def fail_after_adding(uow: UnitOfWork) -> None:
+        with uow:
+            uow.incidents.add(incident(at=T0 + timedelta(minutes=2)))
+            uow.alerts.add(_received("doomed", kept.id))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await storage.write(fail_after_adding)
+
+    def mergeable(uow: UnitOfWork) -> str | None:
+        found = uow.incidents.find_mergeable("fp-1", T0)
+        return None if found is None else found.id
+
+    assert await storage.write(mergeable) == kept.id
+    assert await storage.write(lambda uow: uow.alerts.get("s", "doomed")) is None
+
+
+async def test_a_reopened_database_knows_its_open_incidents_and_alerts(tmp_path: Path) -> None:
+    path = tmp_path / "warm.db"
+    first = SqliteStorage(path)
+    item = incident()
+
+    def work(uow: UnitOfWork) -> None:
+        with uow:
+            uow.incidents.add(item)
+            uow.alerts.add(_received("a-1", item.id))
+            uow.commit()
+
+    await first.write(work)
+    await first.close()
+    second = SqliteStorage(path)
+    found = await second.write(lambda uow: uow.incidents.find_mergeable("fp-1", T0))
+    assert found is not None and found.id == item.id
+    assert await second.write(lambda uow: uow.alerts.get("s", "a-1")) is not None
+    await second.close()

@@ -1,0 +1,505 @@
+"""`make bench`: the real server and a bare grpc.aio server, driven side by side.
+
+Both run as their own processes on 127.0.0.1; the same load generators drive
+both in the same run, so the ratio column is meaningful on a noisy machine.
+Unary calls are driven by h2load (a C client) where the request can be the
+same every time, and by a Python grpc.aio client where every alert must
+differ; streams and batches by the Python client.
+
+    python -m tests.benchmark.run [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
+from generated.incident_manager.v1 import alert_ingestion_service_pb2_grpc as ingestion_grpc
+from generated.incident_manager.v1 import alert_pb2, incident_pb2
+from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
+from generated.incident_manager.v1 import incident_service_pb2_grpc as service_grpc
+from incident_manager.adapters.sqlite import SqliteStorage
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZES = {
+    "full": {
+        "unary": 20_000,
+        "h2load": 50_000,
+        "batch": 200_000,
+        "stream": 10_000,
+        "fanout_seconds": 10,
+        "list_incidents": 1_000_000,
+        "rss_alerts": 1_000_000,
+    },
+    "quick": {
+        "unary": 3_000,
+        "h2load": 10_000,
+        "batch": 20_000,
+        "stream": 2_000,
+        "fanout_seconds": 4,
+        "list_incidents": 100_000,
+        "rss_alerts": 100_000,
+    },
+}
+
+
+@dataclass
+class Row:
+    scenario: str
+    rate: float | None
+    unit: str
+    p50_ms: float | None
+    p99_ms: float | None
+    rss_mb: float | None
+    ratio: float | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Process:
+    """A server process on a free loopback port."""
+
+    def __init__(self, name: str, argv: list[str]) -> None:
+        self.name = name
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.popen = subprocess.Popen(
+            [sys.executable, *argv, "--listen", self.address],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        channel = grpc.insecure_channel(self.address)
+        grpc.channel_ready_future(channel).result(timeout=30)
+        channel.close()
+
+    def peak_rss_mb(self) -> float:
+        status = Path(f"/proc/{self.popen.pid}/status").read_text()
+        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
+    def stop(self) -> None:
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+
+
+def our_server(database: Path) -> Process:
+    return Process(
+        "incident-manager",
+        ["-m", "incident_manager", "--database", str(database), "--log-level", "WARNING"],
+    )
+
+
+def bare_server() -> Process:
+    return Process("bare", ["-m", "tests.benchmark.bare"])
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def alert(i: int, *, distinct_every: int = 1, source: str = "llm-sentinel") -> alert_pb2.Alert:
+    """Alert number i; `distinct_every` alerts share a fingerprint (10 = 90% duplicates)."""
+    return alert_pb2.Alert(
+        id=f"bench-{i}",
+        source=source,
+        title=f"p99 latency above threshold on endpoint {i // distinct_every}",
+        severity=incident_pb2.SEVERITY_P2,
+        type=incident_pb2.INCIDENT_TYPE_PERFORMANCE,
+        affected_resources=["model/gpt-4o"],
+        labels={"region": "eu-west-1"},
+    )
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address)
+
+
+async def unary_load(
+    address: str, make: Callable[[int], alert_pb2.Alert], total: int, concurrency: int = 64
+) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    counter = iter(range(total))
+    async with channel(address) as ch:
+        stub = ingestion_grpc.AlertIngestionServiceStub(ch)
+
+        async def worker() -> None:
+            for i in counter:
+                request = ingestion_pb2.SubmitAlertRequest(alert=make(i))
+                began = time.perf_counter()
+                await stub.SubmitAlert(request)
+                latencies.append(time.perf_counter() - began)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    return total / elapsed, latencies
+
+
+async def batch_load(
+    address: str,
+    make: Callable[[int], alert_pb2.Alert],
+    total: int,
+    batch: int = 500,
+    concurrency: int = 4,
+) -> tuple[float, list[float]]:
+    requests = [
+        ingestion_pb2.BatchSubmitAlertsRequest(
+            alerts=[make(i) for i in range(start, min(start + batch, total))]
+        )
+        for start in range(0, total, batch)
+    ]
+    latencies: list[float] = []
+    pending = iter(requests)
+    async with channel(address) as ch:
+        stub = ingestion_grpc.AlertIngestionServiceStub(ch)
+
+        async def worker() -> None:
+            for request in pending:
+                began = time.perf_counter()
+                response = await stub.BatchSubmitAlerts(request)
+                latencies.append(time.perf_counter() - began)
+                assert len(response.acks) == len(request.alerts)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    return total / elapsed, latencies
+
+
+async def stream_load(
+    address: str, make: Callable[[int], alert_pb2.Alert], per_stream: int, streams: int = 4
+) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    async with channel(address) as ch:
+        stub = ingestion_grpc.AlertIngestionServiceStub(ch)
+
+        async def one(offset: int) -> None:
+            sent: list[float] = []
+
+            async def requests() -> AsyncIterator[ingestion_pb2.StreamAlertsRequest]:
+                for i in range(per_stream):
+                    sent.append(time.perf_counter())
+                    yield ingestion_pb2.StreamAlertsRequest(alert=make(offset + i))
+
+            received = 0
+            async for _ in stub.StreamAlerts(requests()):
+                latencies.append(time.perf_counter() - sent[received])
+                received += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one(s * 10_000_000) for s in range(streams)))
+        elapsed = time.perf_counter() - began
+    return streams * per_stream / elapsed, latencies
+
+
+def h2load(address: str, method: str, message: bytes, total: int) -> tuple[float, list[float]]:
+    """Unary calls from h2load (8 connections x 16 streams), all with the same body."""
+    with tempfile.TemporaryDirectory() as folder:
+        body = Path(folder) / "body"
+        body.write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
+        log = Path(folder) / "log"
+        began = time.perf_counter()
+        subprocess.run(
+            [
+                "h2load", "-n", str(total), "-c", "8", "-m", "16",
+                "-H", "content-type: application/grpc", "-H", "te: trailers",
+                "-d", str(body), f"--log-file={log}", f"http://{address}{method}",
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - began
+        rows = [line.split("\t") for line in log.read_text().splitlines()]
+    failed = sum(1 for r in rows if r[1] != "200")
+    if failed:
+        raise RuntimeError(f"h2load: {failed} of {len(rows)} calls failed")
+    return total / elapsed, [int(r[2]) / 1e6 for r in rows]
+
+
+async def fanout(
+    address: str, seconds: float, rate: int, subscribers: int, filtered: bool, first_id: int
+) -> tuple[float, list[float], int]:
+    """Delivery latency of StreamIncidents while alerts arrive at `rate` per second.
+
+    Filtered: each subscriber follows one of `subscribers` sources, so every
+    event goes to one subscriber. Unfiltered: every event goes to all.
+    """
+    latencies: list[float] = []
+    ended_early = 0
+    async with channel(address) as ch:
+        incidents = service_grpc.IncidentServiceStub(ch)
+        ingestion = ingestion_grpc.AlertIngestionServiceStub(ch)
+        calls = [
+            incidents.StreamIncidents(
+                service_pb2.StreamIncidentsRequest(sources=[f"src-{n}"] if filtered else [])
+            )
+            for n in range(subscribers)
+        ]
+
+        async def follow(call: object) -> None:
+            nonlocal ended_early
+            try:
+                async for response in call:  # type: ignore[attr-defined]
+                    event_time = response.event.event.create_time
+                    sent = event_time.seconds + event_time.nanos / 1e9
+                    latencies.append(time.time() - sent)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.CANCELLED:
+                    ended_early += 1
+
+        followers = [asyncio.ensure_future(follow(c)) for c in calls]
+        await asyncio.sleep(1.0)  # let every subscription register
+        total = int(seconds * rate)
+        began = time.perf_counter()
+        submits = []
+        for i in range(total):
+            due = began + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            source = f"src-{i % subscribers}"
+            request = ingestion_pb2.SubmitAlertRequest(alert=alert(first_id + i, source=source))
+            submits.append(asyncio.ensure_future(ingestion.SubmitAlert(request)))
+        achieved = total / (time.perf_counter() - began)
+        await asyncio.gather(*submits)
+        await asyncio.sleep(2.0)
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+    return achieved, latencies, ended_early
+
+
+async def populate(database: Path, count: int) -> None:
+    """`count` synthetic incidents written straight into a fresh database."""
+    storage = SqliteStorage(database)
+    await storage.close()
+    rng = random.Random(7)
+    base = 1_700_000_000_000_000
+    conn = sqlite3.connect(database)
+    conn.execute("PRAGMA synchronous = OFF")
+    rows = (
+        (
+            f"inc_{i:024x}", f"synthetic incident {i}", "", rng.randint(1, 5), rng.randint(1, 7),
+            1 if rng.random() < 0.7 else 5, f"source-{i % 20}", "[]", "{}",
+            '["alice"]' if i % 10 == 0 else "[]", f"{i:064x}", 1, base + i * 1000,
+            base + i * 1000, None, 1, 1, 0,
+        )
+        for i in range(count)
+    )  # fmt: skip
+    conn.executemany(f"INSERT INTO incidents VALUES ({', '.join('?' * 18)})", rows)
+    conn.commit()
+    conn.execute("ANALYZE")
+    conn.close()
+
+
+async def list_load(address: str) -> tuple[list[float], list[float], float]:
+    """First-page latency (repeated), and the last 100 pages of a walk of up to 1000."""
+    request = service_pb2.ListIncidentsRequest(
+        severities=[incident_pb2.SEVERITY_P0],
+        states=[incident_pb2.INCIDENT_STATE_DETECTED],
+        page_size=50,
+    )
+    first: list[float] = []
+    deep: list[float] = []
+    async with channel(address) as ch:
+        stub = service_grpc.IncidentServiceStub(ch)
+        for _ in range(200):
+            began = time.perf_counter()
+            await stub.ListIncidents(request)
+            first.append(time.perf_counter() - began)
+        walk = service_pb2.ListIncidentsRequest()
+        walk.CopyFrom(request)
+        walk_began = time.perf_counter()
+        walked: list[float] = []
+        for _ in range(1000):
+            began = time.perf_counter()
+            response = await stub.ListIncidents(walk)
+            walked.append(time.perf_counter() - began)
+            if not response.next_page_token:
+                break
+            walk.page_token = response.next_page_token
+        deep = walked[-100:]
+        walk_seconds = time.perf_counter() - walk_began
+    return first, deep, walk_seconds
+
+
+def ms(values: list[float], q: float) -> float:
+    return percentile(values, q) * 1000
+
+
+def row(scenario: str, rate: float, unit: str, latencies: list[float], rss: float | None) -> Row:
+    return Row(scenario, rate, unit, ms(latencies, 0.5), ms(latencies, 0.99), rss)
+
+
+async def run(size: str, workdir: Path) -> list[Row]:
+    n = SIZES[size]
+    rows: list[Row] = []
+    ours = our_server(workdir / "ingest.db")
+    bare = bare_server()
+    try:
+        submit = "/incident_manager.v1.AlertIngestionService/SubmitAlert"
+        body = ingestion_pb2.SubmitAlertRequest(alert=alert(0)).SerializeToString()
+        if shutil.which("h2load"):
+            rate, lat = h2load(bare.address, submit, body, n["h2load"])
+            rows.append(row("bare: unary, h2load", rate, "calls/s", lat, bare.peak_rss_mb()))
+            bare_h2 = rate
+            rate, lat = h2load(ours.address, submit, body, n["h2load"])
+            rows.append(row("SubmitAlert, h2load, one alert retried", rate, "calls/s", lat, None))
+            rows[-1].ratio = rate / bare_h2
+        rate, lat = await unary_load(bare.address, alert, n["unary"])
+        rows.append(row("bare: unary, Python client", rate, "calls/s", lat, None))
+        bare_unary = rate
+        for label, every in (("all new", 1), ("90% duplicates", 10)):
+            offset = 1_000_000 * every
+
+            def make(i: int, every: int = every, offset: int = offset) -> alert_pb2.Alert:
+                return alert(offset + i, distinct_every=every)
+
+            rate, lat = await unary_load(ours.address, make, n["unary"])
+            rows.append(row(f"SubmitAlert, {label}", rate, "alerts/s", lat, None))
+            rows[-1].ratio = rate / bare_unary
+
+        rate, lat = await batch_load(bare.address, alert, n["batch"])
+        rows.append(row("bare: batch of 500", rate, "alerts/s", lat, None))
+        bare_batch = rate
+        for label, every in (("all new", 1), ("90% duplicates", 10)):
+            offset = 50_000_000 * every
+
+            def make(i: int, every: int = every, offset: int = offset) -> alert_pb2.Alert:
+                return alert(offset + i, distinct_every=every)
+
+            rate, lat = await batch_load(ours.address, make, n["batch"])
+            rows.append(row(f"BatchSubmitAlerts x500, {label}", rate, "alerts/s", lat, None))
+            rows[-1].ratio = rate / bare_batch
+
+        rate, lat = await stream_load(bare.address, alert, n["stream"])
+        rows.append(row("bare: 4 bidi streams", rate, "msgs/s", lat, None))
+        bare_stream = rate
+
+        def stream_alert(i: int) -> alert_pb2.Alert:
+            return alert(300_000_000 + i, distinct_every=10)
+
+        rate, lat = await stream_load(ours.address, stream_alert, n["stream"])
+        rows.append(row("StreamAlerts, 4 streams, 90% dup", rate, "alerts/s", lat, None))
+        rows[-1].ratio = rate / bare_stream
+
+        for filtered, rate_target, first_id in ((True, 1000, 10**8), (False, 100, 2 * 10**8)):
+            achieved, lat, ended = await fanout(
+                ours.address, n["fanout_seconds"], rate_target, 100, filtered, first_id
+            )
+            label = (
+                f"StreamIncidents, 100 subscribers, {rate_target} events/s, "
+                + ("each follows 1 source" if filtered else "all follow everything")
+                + (f", {ended} ended as too slow" if ended else "")
+            )
+            rows.append(row(label, achieved, "events/s", lat, ours.peak_rss_mb()))
+        rows.append(
+            Row("incident-manager peak RSS so far", None, "", None, None, ours.peak_rss_mb())
+        )
+    finally:
+        ours.stop()
+        bare.stop()
+
+    listing_db = workdir / "listing.db"
+    await populate(listing_db, n["list_incidents"])
+    lister = our_server(listing_db)
+    try:
+        first, deep, _ = await list_load(lister.address)
+        count = n["list_incidents"]
+        rows.append(
+            row(f"ListIncidents first page, filtered, {count:,} stored", 0, "", first, None)
+        )
+        rows.append(
+            row(
+                "ListIncidents, last 100 of up to 1000 pages walked",
+                0,
+                "",
+                deep,
+                lister.peak_rss_mb(),
+            )
+        )
+    finally:
+        lister.stop()
+
+    total = n["rss_alerts"]
+    memory = our_server(workdir / "memory.db")
+    try:
+
+        def spread(i: int) -> alert_pb2.Alert:
+            return alert(900_000_000 + i, distinct_every=total // 10_000)
+
+        rate, lat = await batch_load(memory.address, spread, total)
+        rows.append(
+            row(
+                f"{total:,} alerts into 10,000 incidents (batches of 500)",
+                rate,
+                "alerts/s",
+                lat,
+                memory.peak_rss_mb(),
+            )
+        )
+    finally:
+        memory.stop()
+    return rows
+
+
+def render(rows: list[Row]) -> str:
+    header = "| scenario | rate | p50 ms | p99 ms | peak RSS MB | ratio to bare |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        rate = f"{r.rate:,.0f} {r.unit}" if r.rate else ""
+        p50 = f"{r.p50_ms:.2f}" if r.p50_ms is not None else ""
+        p99 = f"{r.p99_ms:.2f}" if r.p99_ms is not None else ""
+        rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else ""
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
+        lines.append(f"| {r.scenario} | {rate} | {p50} | {p99} | {rss} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    size = "quick" if args.quick else "full"
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="im-bench-") as folder:
+        rows = asyncio.run(run(size, Path(folder)))
+    print(
+        f"\nmachine: {os.cpu_count()} cores; sizes: {size}; took {time.perf_counter() - began:.0f}s"
+    )
+    print(render(rows))
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
