@@ -36,6 +36,7 @@ def test_the_readme_has_an_example_for_every_rpc() -> None:
     for rpc in (
         "AlertIngestionService/SubmitAlert",
         "AlertIngestionService/StreamAlerts",
+        "AlertIngestionService/BatchSubmitAlerts",
         "AlertIngestionService/HealthCheck",
         "IncidentService/CreateIncident",
         "IncidentService/GetIncident",
