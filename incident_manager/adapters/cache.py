@@ -100,6 +100,10 @@ class WriterCache:
         self._incidents.move_to_end(incident_id)
         return _stored_copy(stored)
 
+    def peek(self, incident_id: str) -> Incident | None:
+        """The stored state as last written, not copied: read it, never change it."""
+        return self._incidents.get(incident_id)
+
     def remember(self, incident: Incident) -> None:
         if self._journal is not None:
             self._journal.incidents.add(incident.id)

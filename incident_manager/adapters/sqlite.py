@@ -150,6 +150,11 @@ _UPDATE_INCIDENT = (
     + ", ".join(f"{c.strip()} = ?" for c in _INCIDENT_COLUMNS.split(",")[1:])
     + " WHERE id = ? AND version = ?"
 )
+_UPDATE_COUNTERS = (
+    "UPDATE incidents SET severity = ?, state = ?, alert_count = ?, update_time = ?, "
+    "resolution = ?, version = ?, timeline_size = ?, notes_size = ? "
+    "WHERE id = ? AND version = ?"
+)
 _SORT_COLUMNS = {
     SortKey.CREATE_TIME: ("create_time", "id"),
     SortKey.UPDATE_TIME: ("update_time", "id"),
@@ -388,14 +393,48 @@ class SqliteIncidents(IncidentRepository):
         self._index(incident)
 
     def save(self, incident: Incident) -> None:
-        row = _incident_row(incident)
-        cursor = self._conn.execute(
-            _UPDATE_INCIDENT, (*row[1:], incident.id, incident.loaded_version)
-        )
+        if self._only_counters_changed(incident):
+            # A merged alert changes counters and times only: skip re-encoding
+            # the JSON columns (the writer's biggest cost in a storm).
+            cursor = self._conn.execute(
+                _UPDATE_COUNTERS,
+                (
+                    int(incident.severity),
+                    int(incident.state),
+                    incident.alert_count,
+                    micros(incident.update_time),
+                    _resolution_to_json(incident.resolution),
+                    incident.version,
+                    incident.timeline_size,
+                    incident.notes_size,
+                    incident.id,
+                    incident.loaded_version,
+                ),
+            )
+        else:
+            row = _incident_row(incident)
+            cursor = self._conn.execute(
+                _UPDATE_INCIDENT, (*row[1:], incident.id, incident.loaded_version)
+            )
         if cursor.rowcount != 1:
             raise ConcurrentModification(incident.id)
         self._store_pending(incident)
         self._index(incident)
+
+    def _only_counters_changed(self, incident: Incident) -> bool:
+        stored = self._cache.peek(incident.id) if self._cache is not None else None
+        return (
+            stored is not None
+            and stored.version == incident.loaded_version
+            and stored.title == incident.title
+            and stored.description == incident.description
+            and stored.type is incident.type
+            and stored.source == incident.source
+            and stored.fingerprint == incident.fingerprint
+            and stored.affected_resources == incident.affected_resources
+            and stored.labels == incident.labels
+            and stored.assignees == incident.assignees
+        )
 
     def _store_pending(self, incident: Incident) -> None:
         stored: list[IncidentEvent] = []

@@ -69,6 +69,9 @@ def submit_alerts(
     Entries that are already acks (refused before storage) are passed through.
     """
     acks: list[AlertAck] = []
+    # Duplicates in one batch accumulate on one object per incident, stored
+    # once at the end: one UPDATE per incident per batch, not per alert.
+    touched: dict[str, Incident] = {}
     with uow:
         for index, item in enumerate(alerts):
             if isinstance(item, AlertAck):
@@ -85,12 +88,22 @@ def submit_alerts(
                     )
                 )
                 continue
-            acks.append(_ingest(uow, item, window, now))
+            acks.append(_ingest(uow, item, window, now, touched))
+        for incident in touched.values():
+            if incident.pending_events:
+                uow.incidents.save(incident)
         uow.commit()
     return acks
 
 
-def _ingest(uow: UnitOfWork, alert: Alert, window: timedelta, now: datetime) -> AlertAck:
+def _ingest(
+    uow: UnitOfWork,
+    alert: Alert,
+    window: timedelta,
+    now: datetime,
+    touched: dict[str, Incident] | None = None,
+) -> AlertAck:
+    """Merge or open; with `touched`, merged incidents are left for the caller to save."""
     earlier = uow.alerts.get(alert.source, alert.id)
     if earlier is not None:
         return AlertAck(
@@ -104,9 +117,12 @@ def _ingest(uow: UnitOfWork, alert: Alert, window: timedelta, now: datetime) -> 
         )
     fingerprint = alert_fingerprint(alert)
     incident = uow.incidents.find_mergeable(fingerprint.value, now - window)
+    if incident is not None and touched is not None:
+        incident = touched.setdefault(incident.id, incident)
     if incident is not None:
         incident.merge_alert(alert, fingerprint.matched_on, now)
-        uow.incidents.save(incident)
+        if touched is None:
+            uow.incidents.save(incident)
         status = AckStatus.DUPLICATE
         message = (
             f"merged into incident {incident.id} (matched on {fingerprint.matched_on}); "
@@ -129,6 +145,8 @@ def _ingest(uow: UnitOfWork, alert: Alert, window: timedelta, now: datetime) -> 
             details={"alert_id": alert.id, "source": alert.source},
         )
         uow.incidents.add(incident)
+        if touched is not None:
+            touched[incident.id] = incident
         status = AckStatus.ACCEPTED
         message = f"opened incident {incident.id}"
     uow.alerts.add(

@@ -10,7 +10,13 @@ import pytest
 from incident_manager.adapters.cache import WriterCache
 from incident_manager.adapters.sqlite import MIGRATIONS, SqliteStorage
 from incident_manager.domain.errors import StorageUnavailable
-from incident_manager.domain.model import Alert, IncidentType, Severity
+from incident_manager.domain.model import Alert, IncidentType, ResolutionMethod, Severity
+from incident_manager.service.commands import (
+    AddNote,
+    IncidentChanges,
+    ResolveIncident,
+    UpdateIncident,
+)
 from incident_manager.service.manager import IncidentManager
 
 
@@ -90,3 +96,29 @@ async def test_dedup_stays_exact_when_the_index_outgrows_its_limit(tmp_path: Pat
     for incident_id in {a.incident_id for a in acks}:
         assert (await manager.get_incident(incident_id)).alert_count == 10
     await storage.close()
+
+
+async def test_every_change_reads_back_the_same_after_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "im.db"
+    manager = IncidentManager(SqliteStorage(path))
+    alert = Alert(
+        id="a-1", source="llm-shield", title="t", severity=Severity.P3, type=IncidentType.SECURITY
+    )
+    ack = await manager.submit_alert(alert)
+    await manager.submit_alert(Alert(**{**alert.__dict__, "id": "a-2", "severity": Severity.P0}))
+    await manager.update_incident(
+        UpdateIncident(ack.incident_id, IncidentChanges(labels={"tenant": "acme"}), actor="x")
+    )
+    await manager.add_note(AddNote(ack.incident_id, "x", "looking"))
+    await manager.resolve_incident(
+        ResolveIncident(ack.incident_id, ResolutionMethod.MANUAL, "x", root_cause="rc")
+    )
+    before = await manager.get_incident(ack.incident_id)
+    await manager.storage.close()
+
+    reopened = IncidentManager(SqliteStorage(path))
+    after = await reopened.get_incident(ack.incident_id)
+    await reopened.storage.close()
+    assert after == before
+    assert (after.alert_count, after.severity, after.notes_size) == (2, Severity.P0, 1)
+    assert after.resolution is not None and after.resolution.root_cause == "rc"
