@@ -806,11 +806,15 @@ class SqliteStorage(Storage):
             failure = error
             cache.clear()
             self._recover(conn)
+        by_loop: dict[asyncio.AbstractEventLoop, list[_WriteJob]] = {}
         for job in group:
             if failure is not None:
                 job.error = StorageUnavailable(f"{failure} (database {str(self.path)!r})")
                 job.events = []
-            job.loop.call_soon_threadsafe(self._deliver, job)
+            by_loop.setdefault(job.loop, []).append(job)
+        # One wake-up of each event loop per group, not one per job.
+        for loop, jobs in by_loop.items():
+            loop.call_soon_threadsafe(self._deliver, jobs)
         if failure is not None:
             log.error(
                 "database write failed", extra={"database": str(self.path), "error": str(failure)}
@@ -826,16 +830,17 @@ class SqliteStorage(Storage):
             conn.close()
             self._write_conn = _connect(self.path)
 
-    def _deliver(self, job: _WriteJob) -> None:
-        """On the event loop: publish the job's events, then answer its caller."""
-        if job.events:
-            self._publish(job.events)
-        if job.future.done():
-            return
-        if job.error is not None:
-            job.future.set_exception(job.error)
-        else:
-            job.future.set_result(job.result)
+    def _deliver(self, jobs: list[_WriteJob]) -> None:
+        """On the event loop: publish each job's events, then answer its caller, in order."""
+        for job in jobs:
+            if job.events:
+                self._publish(job.events)
+            if job.future.done():
+                continue
+            if job.error is not None:
+                job.future.set_exception(job.error)
+            else:
+                job.future.set_result(job.result)
 
     async def read(self, work: Callable[[UnitOfWork], T]) -> T:
         if self._closed:
