@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -40,7 +40,13 @@ from incident_manager.domain.model import (
     TimelineEvent,
 )
 from incident_manager.domain.query import IncidentFilter
-from incident_manager.domain.validation import MAX_FILTER_VALUES
+from incident_manager.domain.validation import (
+    MAX_FILTER_VALUES,
+    MAX_NAME,
+    MAX_TITLE,
+    Checker,
+    validate_alert,
+)
 from incident_manager.service.commands import (
     ANONYMOUS,
     AddNote,
@@ -51,6 +57,7 @@ from incident_manager.service.commands import (
 )
 
 E = TypeVar("E", bound=enum.IntEnum)
+T = TypeVar("T")
 
 
 class EnumTable(Generic[E]):
@@ -149,25 +156,44 @@ def duration_from_proto(duration: Duration, field: str) -> timedelta:
 # ---------------------------------------------------------------- alerts
 
 
+def _attempt(parse: Callable[[], T], violations: list[FieldViolation]) -> T | None:
+    """Run one field's conversion, collecting its violation instead of stopping at it."""
+    try:
+        return parse()
+    except ValidationError as error:
+        violations.extend(error.violations)
+        return None
+
+
 def alert_from_proto(message: alert_pb2.Alert, prefix: str = "alert.") -> Alert:
-    return Alert(
+    violations: list[FieldViolation] = []
+    severity = _attempt(lambda: SEVERITY.parse(message.severity, prefix + "severity"), violations)
+    type_ = _attempt(lambda: TYPE.parse(message.type, prefix + "type"), violations)
+    fire_time = (
+        _attempt(lambda: timestamp_from_proto(message.fire_time, prefix + "fire_time"), violations)
+        if message.HasField("fire_time")
+        else None
+    )
+    alert = Alert(
         id=message.id,
         source=message.source,
         title=message.title,
         description=message.description,
-        severity=SEVERITY.parse(message.severity, prefix + "severity"),
-        type=TYPE.parse(message.type, prefix + "type"),
+        severity=severity or Severity.P4,
+        type=type_ or IncidentType.DATA,
         labels=dict(message.labels),
         annotations=dict(message.annotations),
         affected_resources=tuple(message.affected_resources),
         runbook_url=message.runbook_url,
-        fire_time=(
-            timestamp_from_proto(message.fire_time, prefix + "fire_time")
-            if message.HasField("fire_time")
-            else None
-        ),
+        fire_time=fire_time,
         dedup_key=message.dedup_key if message.HasField("dedup_key") else None,
     )
+    if violations:
+        # Name every bad field in one answer, not just the first enum.
+        checker = Checker(prefix)
+        validate_alert(alert, checker)
+        raise ValidationError(violations + checker.violations)
+    return alert
 
 
 def alert_to_proto(alert: Alert) -> alert_pb2.Alert:
@@ -368,11 +394,19 @@ def create_incident_from_proto(
     request: incident_service_pb2.CreateIncidentRequest,
 ) -> CreateIncident:
     incident = request.incident
+    violations: list[FieldViolation] = []
+    severity = _attempt(lambda: SEVERITY.parse(incident.severity, "incident.severity"), violations)
+    type_ = _attempt(lambda: TYPE.parse(incident.type, "incident.type"), violations)
+    if violations or severity is None or type_ is None:
+        checker = Checker("incident.")
+        checker.required("title", incident.title, MAX_TITLE)
+        checker.required("source", incident.source, MAX_NAME)
+        raise ValidationError(violations + checker.violations)
     return CreateIncident(
         title=incident.title,
         description=incident.description,
-        severity=SEVERITY.parse(incident.severity, "incident.severity"),
-        type=TYPE.parse(incident.type, "incident.type"),
+        severity=severity,
+        type=type_,
         source=incident.source,
         affected_resources=tuple(incident.affected_resources),
         labels=dict(incident.labels),

@@ -126,3 +126,16 @@ async def test_health_check_reports_serving_version_and_uptime(server: Running) 
     assert response.status == pb2.SERVING_STATUS_SERVING
     assert response.version
     assert response.uptime.ToTimedelta().total_seconds() >= 0
+
+
+async def test_an_alert_with_several_problems_gets_them_all_in_one_answer(
+    server: Running,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await submit(server, id="", title="", severity=0, type=0)
+    assert set(field_violations(refused.value)) == {
+        "alert.id",
+        "alert.title",
+        "alert.severity",
+        "alert.type",
+    }

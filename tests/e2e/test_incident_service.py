@@ -338,3 +338,16 @@ async def test_list_page_size_is_capped_at_100(server: Running) -> None:
     assert page.next_page_token
     default = await server.incidents.ListIncidents(pb2.ListIncidentsRequest())
     assert len(default.incidents) == 50
+
+
+async def test_one_answer_names_every_bad_field_including_enums(server: Running) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await server.incidents.CreateIncident(
+            pb2.CreateIncidentRequest(incident=incident_pb2.Incident())
+        )
+    assert set(field_violations(refused.value)) == {
+        "incident.title",
+        "incident.source",
+        "incident.severity",
+        "incident.type",
+    }
