@@ -92,6 +92,8 @@ class MemoryIncidents(IncidentRepository):
         return list(merged.values())
 
     def add(self, incident: Incident) -> None:
+        if self._current(incident.id) is not None:
+            raise ValueError(f"incident {incident.id} already exists")
         self._stage(incident)
 
     def save(self, incident: Incident) -> None:
@@ -164,11 +166,16 @@ class MemoryUnitOfWork(UnitOfWork):
         self._state = state
         self._staged = _Staged(state.events[-1].sequence if state.events else 0)
         self._done = False
+        self.committed = False
         self.incidents = MemoryIncidents(state, self._staged)
         self.alerts = MemoryAlerts(state, self._staged)
         self.events = MemoryEvents(state, self._staged)
 
     def commit(self) -> None:
+        """Mark the work as wanted; the storage applies it once the work has returned."""
+        self.committed = True
+
+    def apply(self) -> None:
         if self._done:
             raise RuntimeError("this unit of work has already finished")
         self._state.incidents.update(self._staged.incidents)
@@ -180,7 +187,7 @@ class MemoryUnitOfWork(UnitOfWork):
         self._done = True
 
     def rollback(self) -> None:
-        self._done = True
+        return None  # nothing is applied unless the work committed and returned
 
 
 class MemoryStorage(Storage):
@@ -191,10 +198,14 @@ class MemoryStorage(Storage):
         self._state = _State()
 
     async def write(self, work: Callable[[UnitOfWork], T]) -> T:
+        # Like the SQLite writer: the work is kept only if it committed and
+        # then returned normally.
         uow = MemoryUnitOfWork(self._state)
         result = work(uow)
-        if uow.committed_events:
-            self._publish(uow.committed_events)
+        if uow.committed:
+            uow.apply()
+            if uow.committed_events:
+                self._publish(uow.committed_events)
         return result
 
     async def read(self, work: Callable[[UnitOfWork], T]) -> T:

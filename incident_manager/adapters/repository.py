@@ -2,9 +2,10 @@
 
 Work runs as a *unit of work*: a synchronous function given a `UnitOfWork`,
 executed by the backend inside one transaction (on the backend's own thread,
-so the event loop never blocks on disk). The unit of work rolls back unless
-`commit()` is called. Events stored by a committed unit of work are handed,
-in sequence order, to the storage's listeners.
+so the event loop never blocks on disk). The work is kept only if it called
+`commit()` and then returned normally; otherwise it leaves no trace. Events
+stored by kept work are handed, in sequence order, to the storage's
+listeners.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class UnitOfWork(abc.ABC):
 
     @abc.abstractmethod
     def commit(self) -> None:
-        """Make the work durable; afterwards `committed_events` holds its events."""
+        """Ask for the work to be kept; afterwards `committed_events` holds its events."""
 
     @abc.abstractmethod
     def rollback(self) -> None:

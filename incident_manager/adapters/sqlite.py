@@ -10,6 +10,7 @@ returns only after the WAL is on disk, so an acknowledged alert survives
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -590,10 +591,11 @@ class SqliteEvents(EventLog):
 class SqliteUnitOfWork(UnitOfWork):
     """A read transaction, or one write job inside the writer's group transaction.
 
-    A write job runs in a SAVEPOINT: `commit()` releases it into the group's
-    transaction, `rollback()` undoes just this job. The group's COMMIT, and
-    so durability, comes after the job returns; nothing of the job is
-    published or acknowledged before it.
+    A write job runs in a SAVEPOINT that the writer opens and closes: if the
+    job called `commit()` and returned normally, its savepoint is released
+    into the group's transaction; otherwise it is rolled back, whatever the
+    job did. The group's COMMIT, and so durability, comes after; nothing of
+    the job is published or acknowledged before it.
     """
 
     def __init__(
@@ -602,28 +604,24 @@ class SqliteUnitOfWork(UnitOfWork):
         super().__init__()
         self._conn = conn
         self._write = write
-        self._finished = False
+        self.committed = False
         self._incidents = SqliteIncidents(conn, cache)
         self.incidents = self._incidents
         self.alerts = SqliteAlerts(conn, cache)
         self.events = SqliteEvents(conn)
-        conn.execute("SAVEPOINT job" if write else "BEGIN")
+        if not write:
+            conn.execute("BEGIN")
 
     def commit(self) -> None:
         if not self._write:
             raise RuntimeError("a read unit of work cannot commit")
-        self._conn.execute("RELEASE job")
-        self._finished = True
-        self.committed_events = self._incidents.stored_events
+        self.committed = True
+        self.committed_events = list(self._incidents.stored_events)
 
     def rollback(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
         if self._write:
-            self._conn.execute("ROLLBACK TO job")
-            self._conn.execute("RELEASE job")
-        elif self._conn.in_transaction:
+            return  # the writer rolls the job's savepoint back unless it committed
+        if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
 
 
@@ -721,6 +719,8 @@ class SqliteStorage(Storage):
             raise StorageUnavailable(f"cannot open database {str(self.path)!r}: {error}") from error
         self._cache = cache if cache is not None else WriterCache()
         self._warm_cache()
+        self._broken: str | None = None
+        """Why writes can no longer succeed, once the writer cannot recover."""
         self._jobs: queue.SimpleQueue[_WriteJob | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
@@ -730,6 +730,8 @@ class SqliteStorage(Storage):
     async def write(self, work: Callable[[UnitOfWork], T]) -> T:
         if self._closed:
             raise StorageUnavailable("the database is closed because the server is stopping")
+        if self._broken is not None or not self._writer.is_alive():
+            raise StorageUnavailable(self._broken or "the database writer has stopped")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_WriteJob(work, loop, future))
@@ -753,7 +755,13 @@ class SqliteStorage(Storage):
                     stopping = True
                     break
                 group.append(job)
-            self._run_group([job for job in group if not job.future.cancelled()])
+            live = [job for job in group if not job.future.cancelled()]
+            try:
+                self._run_group(live)
+            except BaseException as error:
+                log.exception("database writer failed", extra={"database": str(self.path)})
+                self._broken = self._broken or f"the database writer failed: {error}"
+                self._answer(live, failure=self._broken)
 
     def _warm_cache(self) -> None:
         """Fill the dedup index and the alert-key filter from the database."""
@@ -782,43 +790,66 @@ class SqliteStorage(Storage):
     def _run_group(self, group: list[_WriteJob]) -> None:
         if not group:
             return
+        if self._broken is not None:
+            self._answer(group, failure=self._broken)
+            return
         conn = self._write_conn
         cache = self._cache
-        failure: sqlite3.Error | None = None
+        failure: str | None = None
         try:
             if not cache.warm:
                 self._warm_cache()
             conn.execute("BEGIN IMMEDIATE")
             for job in group:
-                cache.begin_job()
-                try:
-                    with SqliteUnitOfWork(conn, write=True, cache=cache) as uow:
-                        job.result = job.work(uow)
-                    job.events = uow.committed_events
-                except sqlite3.Error:
-                    raise  # the whole group's transaction is suspect
-                except Exception as error:  # a domain error of this job alone
-                    job.error = error
-                finally:
-                    cache.end_job(succeeded=job.error is None)
+                self._run_job(conn, cache, job)
             conn.execute("COMMIT")
         except sqlite3.Error as error:
-            failure = error
+            failure = f"{error} (database {str(self.path)!r})"
+            log.error(
+                "database write failed", extra={"database": str(self.path), "error": str(error)}
+            )
             cache.clear()
             self._recover(conn)
+        self._answer(group, failure=failure)
+
+    def _run_job(self, conn: sqlite3.Connection, cache: WriterCache, job: _WriteJob) -> None:
+        """Run one job in its own savepoint; only a broken transaction escapes."""
+        cache.begin_job()
+        conn.execute("SAVEPOINT job")
+        uow = SqliteUnitOfWork(conn, write=True, cache=cache)
+        try:
+            job.result = job.work(uow)
+        except sqlite3.Error as error:
+            job.error = StorageUnavailable(f"{error} (database {str(self.path)!r})")
+        except Exception as error:  # a domain error: this job's alone
+            job.error = error
+        kept = job.error is None and uow.committed
+        try:
+            if kept:
+                conn.execute("RELEASE job")
+                job.events = uow.committed_events
+            else:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+        finally:
+            cache.end_job(succeeded=kept)
+        if not conn.in_transaction:
+            # SQLite rolled the whole transaction back (e.g. disk full):
+            # every job of the group is lost, so fail the group.
+            raise sqlite3.OperationalError("the transaction was rolled back by SQLite")
+
+    def _answer(self, group: list[_WriteJob], *, failure: str | None) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_WriteJob]] = {}
         for job in group:
             if failure is not None:
-                job.error = StorageUnavailable(f"{failure} (database {str(self.path)!r})")
+                job.error = StorageUnavailable(failure)
                 job.events = []
             by_loop.setdefault(job.loop, []).append(job)
         # One wake-up of each event loop per group, not one per job.
         for loop, jobs in by_loop.items():
-            loop.call_soon_threadsafe(self._deliver, jobs)
-        if failure is not None:
-            log.error(
-                "database write failed", extra={"database": str(self.path), "error": str(failure)}
-            )
+            # A closed event loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._deliver, jobs)
 
     def _recover(self, conn: sqlite3.Connection) -> None:
         try:
@@ -828,7 +859,11 @@ class SqliteStorage(Storage):
             # A connection stuck in a transaction would refuse every later
             # write; start over with a fresh one.
             conn.close()
-            self._write_conn = _connect(self.path)
+            try:
+                self._write_conn = _connect(self.path)
+            except sqlite3.Error as error:
+                self._broken = f"cannot reopen the database {str(self.path)!r}: {error}"
+                log.error("database writer is broken", extra={"error": self._broken})
 
     def _deliver(self, jobs: list[_WriteJob]) -> None:
         """On the event loop: publish each job's events, then answer its caller, in order."""

@@ -150,7 +150,12 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    await in_flight.put(asyncio.ensure_future(self._ack(request.alert)))
+                    task = asyncio.ensure_future(self._ack(request.alert))
+                    try:
+                        await in_flight.put(task)
+                    except BaseException:
+                        task.cancel()  # never queued, so nobody else would cancel it
+                        raise
             finally:
                 await in_flight.put(None)
 

@@ -15,6 +15,7 @@ from incident_manager.domain.errors import (
     EtagMismatch,
     FieldViolation,
     IncidentNotFound,
+    RateLimited,
     ValidationError,
 )
 from incident_manager.domain.model import (
@@ -27,6 +28,7 @@ from incident_manager.domain.model import (
     ReceivedAlert,
 )
 from incident_manager.domain.query import IncidentPage, IncidentQuery
+from incident_manager.domain.ratelimit import SourceRateLimiter
 from incident_manager.domain.validation import (
     MAX_ETAG,
     MAX_ID,
@@ -46,23 +48,34 @@ from incident_manager.service.commands import (
 )
 
 
-def submit_alert(uow: UnitOfWork, alert: Alert, window: timedelta, now: datetime) -> AlertAck:
+def submit_alert(
+    uow: UnitOfWork,
+    alert: Alert,
+    window: timedelta,
+    now: datetime,
+    limiter: SourceRateLimiter | None = None,
+) -> AlertAck:
     """Store an alert: merge it into a matching active incident, or open a new one.
 
     A retry of an alert already stored (same source and id) gets the answer
-    the first submission got and changes nothing.
+    the first submission got and changes nothing, whatever the rate limit.
+    RateLimited if a new alert's source is over its limit.
     """
     checker = Checker("alert.")
     validate_alert(alert, checker)
     checker.raise_if_any()
     with uow:
-        ack = _ingest(uow, alert, window, now)
+        ack = _ingest(uow, alert, window, now, limiter=limiter)
         uow.commit()
     return ack
 
 
 def submit_alerts(
-    uow: UnitOfWork, alerts: Sequence[Alert | AlertAck], window: timedelta, now: datetime
+    uow: UnitOfWork,
+    alerts: Sequence[Alert | AlertAck],
+    window: timedelta,
+    now: datetime,
+    limiter: SourceRateLimiter | None = None,
 ) -> list[AlertAck]:
     """Store a batch in one unit of work; invalid alerts get REJECTED acks, in place.
 
@@ -88,7 +101,10 @@ def submit_alerts(
                     )
                 )
                 continue
-            acks.append(_ingest(uow, item, window, now, touched))
+            try:
+                acks.append(_ingest(uow, item, window, now, touched, limiter))
+            except RateLimited as limited:
+                acks.append(AlertAck(item.id, AckStatus.RATE_LIMITED, message=limited.message))
         for incident in touched.values():
             if incident.pending_events:
                 uow.incidents.save(incident)
@@ -102,8 +118,13 @@ def _ingest(
     window: timedelta,
     now: datetime,
     touched: dict[str, Incident] | None = None,
+    limiter: SourceRateLimiter | None = None,
 ) -> AlertAck:
-    """Merge or open; with `touched`, merged incidents are left for the caller to save."""
+    """Merge or open; with `touched`, merged incidents are left for the caller to save.
+
+    RateLimited, before anything is written, if the alert is new and its
+    source is over its limit.
+    """
     earlier = uow.alerts.get(alert.source, alert.id)
     if earlier is not None:
         return AlertAck(
@@ -115,6 +136,11 @@ def _ingest(
                 "counted once (this was a retry)"
             ),
         )
+    if limiter is not None:
+        # After the retry check: a retry is answered as before, never limited.
+        retry_after = limiter.admit(alert.source, alert.severity)
+        if retry_after > 0:
+            raise RateLimited(alert.source, retry_after)
     fingerprint = alert_fingerprint(alert)
     incident = uow.incidents.find_mergeable(fingerprint.value, now - window)
     if incident is not None and touched is not None:

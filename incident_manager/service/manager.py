@@ -16,14 +16,12 @@ from functools import partial
 from incident_manager.adapters.repository import Storage, UnitOfWork
 from incident_manager.domain.dedup import DEFAULT_WINDOW
 from incident_manager.domain.errors import (
-    RateLimited,
     SequenceOutOfRange,
     ShuttingDown,
     SubscriberTooSlow,
     ValidationError,
 )
 from incident_manager.domain.model import (
-    AckStatus,
     Alert,
     AlertAck,
     Clock,
@@ -94,19 +92,22 @@ class IncidentManager:
         storage.add_listener(self.hub.publish)
 
     async def submit_alert(self, alert: Alert) -> AlertAck:
-        """Store an alert; RateLimited if its source is over its limit."""
-        retry_after = self.rate_limiter.admit(alert.source, alert.severity)
-        if retry_after > 0:
-            raise RateLimited(alert.source, retry_after)
+        """Store an alert; RateLimited if it is new and its source is over its limit."""
         return await self.storage.write(
-            partial(handlers.submit_alert, alert=alert, window=self.dedup_window, now=self.clock())
+            partial(
+                handlers.submit_alert,
+                alert=alert,
+                window=self.dedup_window,
+                now=self.clock(),
+                limiter=self.rate_limiter,
+            )
         )
 
     async def submit_alerts(self, alerts: Sequence[Alert | AlertAck]) -> list[AlertAck]:
         """Store a batch in one transaction: one ack per entry, in order.
 
         Entries that are already acks (refused while decoding) pass through;
-        alerts over their source's rate limit get RATE_LIMITED acks.
+        new alerts over their source's rate limit get RATE_LIMITED acks.
         """
         if not alerts:
             raise ValidationError.single("alerts", "must hold at least one alert")
@@ -114,21 +115,13 @@ class IncidentManager:
             raise ValidationError.single(
                 "alerts", f"must hold at most {MAX_BATCH} alerts (got {len(alerts)}); split it"
             )
-        admitted: list[Alert | AlertAck] = []
-        for item in alerts:
-            retry_after = (
-                0.0
-                if isinstance(item, AlertAck)
-                else self.rate_limiter.admit(item.source, item.severity)
-            )
-            if retry_after > 0 and isinstance(item, Alert):
-                limited = RateLimited(item.source, retry_after)
-                admitted.append(AlertAck(item.id, AckStatus.RATE_LIMITED, message=limited.message))
-            else:
-                admitted.append(item)
         return await self.storage.write(
             partial(
-                handlers.submit_alerts, alerts=admitted, window=self.dedup_window, now=self.clock()
+                handlers.submit_alerts,
+                alerts=alerts,
+                window=self.dedup_window,
+                now=self.clock(),
+                limiter=self.rate_limiter,
             )
         )
 

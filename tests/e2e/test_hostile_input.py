@@ -211,3 +211,17 @@ async def test_a_second_storage_on_the_same_file_is_refused(tmp_path: Path) -> N
 async def test_an_in_memory_database_is_refused_with_a_reason() -> None:
     with pytest.raises(StorageUnavailable, match="give the path of a database file"):
         SqliteStorage(":memory:")
+
+
+async def test_a_retry_is_answered_as_before_even_when_its_source_is_limited(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(rate_limit=RateLimit(per_second=0.001, burst=1))
+    first = alert(id="only-one")
+    stored = await server.ingestion.SubmitAlert(ingestion_pb2.SubmitAlertRequest(alert=first))
+    again = await server.ingestion.SubmitAlert(ingestion_pb2.SubmitAlertRequest(alert=first))
+    assert again.ack.status == stored.ack.status
+    assert again.ack.incident_id == stored.ack.incident_id
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await server.ingestion.SubmitAlert(ingestion_pb2.SubmitAlertRequest(alert=alert()))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

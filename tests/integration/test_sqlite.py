@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -122,3 +123,18 @@ async def test_every_change_reads_back_the_same_after_reopening(tmp_path: Path) 
     assert after == before
     assert (after.alert_count, after.severity, after.notes_size) == (2, Severity.P0, 1)
     assert after.resolution is not None and after.resolution.root_cause == "rc"
+
+
+async def test_a_writer_that_cannot_go_on_refuses_writes_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    storage = SqliteStorage(tmp_path / "im.db")
+
+    def escape(uow: object) -> None:
+        raise SystemExit("a job that escapes every handler")
+
+    with pytest.raises(StorageUnavailable, match="writer failed"):
+        await asyncio.wait_for(storage.write(escape), 5)
+    with pytest.raises(StorageUnavailable, match="writer failed"):
+        await asyncio.wait_for(storage.write(lambda uow: None), 5)
+    await storage.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -407,3 +408,60 @@ async def test_a_reopened_database_knows_its_open_incidents_and_alerts(tmp_path:
     assert found is not None and found.id == item.id
     assert await second.write(lambda uow: uow.alerts.get("s", "a-1")) is not None
     await second.close()
+
+
+async def test_work_abandoned_or_failing_after_commit_leaves_nothing_for_later_writes(
+    storage: Storage,
+) -> None:
+    heard: list[int] = []
+    storage.add_listener(lambda events: heard.extend(e.sequence for e in events))
+    abandoned = incident("abandoned", fingerprint="fp-abandoned")
+    committed_then_failed = incident("failed", fingerprint="fp-failed")
+
+    def abandon(uow: UnitOfWork) -> None:
+        uow.incidents.add(abandoned)  # and return without commit()
+
+    def commit_then_fail(uow: UnitOfWork) -> None:
+        uow.incidents.add(committed_then_failed)
+        uow.commit()
+        raise RuntimeError("after commit")
+
+    await storage.write(abandon)
+    with pytest.raises(RuntimeError):
+        await storage.write(commit_then_fail)
+    for item in (abandoned, committed_then_failed):
+        assert await storage.write(lambda uow, i=item: uow.incidents.get(i.id)) is None
+        assert (
+            await storage.write(lambda uow, i=item: uow.incidents.find_mergeable(i.fingerprint, T0))
+            is None
+        )
+    assert heard == []
+
+
+async def test_one_failing_job_does_not_fail_the_others_written_with_it(
+    storage: Storage,
+) -> None:
+    existing = incident("existing")
+    await store(storage, existing)
+
+    def add(item: Incident) -> Callable[[UnitOfWork], str]:
+        def work(uow: UnitOfWork) -> str:
+            with uow:
+                uow.incidents.add(item)
+                uow.commit()
+            return item.id
+
+        return work
+
+    clash = incident("clash")
+    clash.id = existing.id  # the database refuses a second row with this id
+    results = await asyncio.gather(
+        storage.write(add(incident("first"))),
+        storage.write(add(clash)),
+        storage.write(add(incident("second"))),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], str) and isinstance(results[2], str)
+    assert isinstance(results[1], Exception)
+    page = await read(storage, lambda uow: uow.incidents.list(IncidentQuery()))
+    assert sorted(i.title for i in page.incidents) == ["existing", "first", "second"]
