@@ -14,12 +14,19 @@ from incident_manager.adapters.repository import (
     AlertLog,
     EventLog,
     IncidentRepository,
+    RequestLog,
     Storage,
     T,
     UnitOfWork,
 )
 from incident_manager.domain.errors import ConcurrentModification
-from incident_manager.domain.model import Incident, IncidentEvent, Note, ReceivedAlert
+from incident_manager.domain.model import (
+    Incident,
+    IncidentEvent,
+    Note,
+    ReceivedAlert,
+    RequestRecord,
+)
 from incident_manager.domain.query import NOTES_LIMIT, TIMELINE_LIMIT, IncidentPage, IncidentQuery
 
 
@@ -29,6 +36,7 @@ class _State:
         self.events: list[IncidentEvent] = []
         self.notes: dict[str, list[Note]] = {}
         self.alerts: dict[tuple[str, str], ReceivedAlert] = {}
+        self.requests: dict[str, RequestRecord] = {}
 
 
 class _Staged:
@@ -37,6 +45,7 @@ class _Staged:
         self.events: list[IncidentEvent] = []
         self.notes: list[tuple[str, Note]] = []
         self.alerts: dict[tuple[str, str], ReceivedAlert] = {}
+        self.requests: dict[str, RequestRecord] = {}
         self.next_sequence = last_sequence + 1
 
 
@@ -112,6 +121,13 @@ class MemoryIncidents(IncidentRepository):
         incident.loaded_version = incident.version
         self._staged.incidents[incident.id] = _stored_copy(incident)
 
+    def get_note(self, note_id: str) -> Note | None:
+        for notes in self._state.notes.values():
+            for note in notes:
+                if note.id == note_id:
+                    return note
+        return next((n for _, n in self._staged.notes if n.id == note_id), None)
+
     def list(self, query: IncidentQuery) -> IncidentPage:
         matching = [i for i in self._merged_view() if query.filter.matches_incident(i)]
         key = query.ordering.key_of
@@ -131,6 +147,18 @@ class MemoryIncidents(IncidentRepository):
             total_size=len(matching),
             has_more=len(matching_page) > query.page_size,
         )
+
+
+class MemoryRequests(RequestLog):
+    def __init__(self, state: _State, staged: _Staged) -> None:
+        self._state = state
+        self._staged = staged
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        return self._staged.requests.get(request_id) or self._state.requests.get(request_id)
+
+    def add(self, request_id: str, record: RequestRecord) -> None:
+        self._staged.requests[request_id] = record
 
 
 class MemoryAlerts(AlertLog):
@@ -170,6 +198,7 @@ class MemoryUnitOfWork(UnitOfWork):
         self.incidents = MemoryIncidents(state, self._staged)
         self.alerts = MemoryAlerts(state, self._staged)
         self.events = MemoryEvents(state, self._staged)
+        self.requests = MemoryRequests(state, self._staged)
 
     def commit(self) -> None:
         """Mark the work as wanted; the storage applies it once the work has returned."""
@@ -183,6 +212,7 @@ class MemoryUnitOfWork(UnitOfWork):
         for incident_id, note in self._staged.notes:
             self._state.notes.setdefault(incident_id, []).append(note)
         self._state.alerts.update(self._staged.alerts)
+        self._state.requests.update(self._staged.requests)
         self.committed_events = list(self._staged.events)
         self._done = True
 

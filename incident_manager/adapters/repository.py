@@ -16,7 +16,13 @@ from datetime import datetime
 from types import TracebackType
 from typing import TypeVar
 
-from incident_manager.domain.model import Incident, IncidentEvent, ReceivedAlert
+from incident_manager.domain.model import (
+    Incident,
+    IncidentEvent,
+    Note,
+    ReceivedAlert,
+    RequestRecord,
+)
 from incident_manager.domain.query import IncidentPage, IncidentQuery
 
 T = TypeVar("T")
@@ -50,6 +56,10 @@ class IncidentRepository(abc.ABC):
     def list(self, query: IncidentQuery) -> IncidentPage:
         """One page of incidents matching the query, in its order."""
 
+    @abc.abstractmethod
+    def get_note(self, note_id: str) -> Note | None:
+        """One note by its id, however old."""
+
 
 class AlertLog(abc.ABC):
     """Every accepted alert, keyed by (source, alert id), with the answer it got."""
@@ -59,6 +69,16 @@ class AlertLog(abc.ABC):
 
     @abc.abstractmethod
     def add(self, received: ReceivedAlert) -> None: ...
+
+
+class RequestLog(abc.ABC):
+    """Requests that carried a client-chosen request_id, so that retries are safe."""
+
+    @abc.abstractmethod
+    def get(self, request_id: str) -> RequestRecord | None: ...
+
+    @abc.abstractmethod
+    def add(self, request_id: str, record: RequestRecord) -> None: ...
 
 
 class EventLog(abc.ABC):
@@ -77,6 +97,7 @@ class UnitOfWork(abc.ABC):
     incidents: IncidentRepository
     alerts: AlertLog
     events: EventLog
+    requests: RequestLog
 
     def __init__(self) -> None:
         self.committed_events: list[IncidentEvent] = []

@@ -31,6 +31,7 @@ from incident_manager.adapters.repository import (
     AlertLog,
     EventLog,
     IncidentRepository,
+    RequestLog,
     Storage,
     T,
     UnitOfWork,
@@ -46,6 +47,7 @@ from incident_manager.domain.model import (
     IncidentType,
     Note,
     ReceivedAlert,
+    RequestRecord,
     Resolution,
     ResolutionMethod,
     Severity,
@@ -134,6 +136,15 @@ MIGRATIONS: tuple[str, ...] = (
     # Lets ListIncidents count the matches of its filters from an index alone.
     """
     CREATE INDEX incidents_by_filters ON incidents (state, severity, type, source);
+    """,
+    # Client-chosen request ids, so CreateIncident and AddNote can be retried.
+    """
+    CREATE TABLE requests (
+        request_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        incident_id TEXT NOT NULL,
+        note_id TEXT NOT NULL
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -473,6 +484,14 @@ class SqliteIncidents(IncidentRepository):
         incident.pending_notes = []
         self.stored_events.extend(stored)
 
+    def get_note(self, note_id: str) -> Note | None:
+        row = self._conn.execute(
+            "SELECT id, author, content, create_time FROM notes WHERE id = ?", (note_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Note(id=row[0], author=row[1], content=row[2], create_time=from_micros(row[3]))
+
     def list(self, query: IncidentQuery) -> IncidentPage:
         # The filter is written twice. COUNT(*) reads the covering index on
         # (state, severity, type, source). The page reads the index of its
@@ -528,6 +547,23 @@ class SqliteIncidents(IncidentRepository):
                 self._load_history(incident)
         return IncidentPage(
             incidents=incidents, total_size=total, has_more=len(rows) > query.page_size
+        )
+
+
+class SqliteRequests(RequestLog):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        row = self._conn.execute(
+            "SELECT kind, incident_id, note_id FROM requests WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else RequestRecord(row[0], row[1], row[2])
+
+    def add(self, request_id: str, record: RequestRecord) -> None:
+        self._conn.execute(
+            "INSERT INTO requests (request_id, kind, incident_id, note_id) VALUES (?, ?, ?, ?)",
+            (request_id, record.kind, record.incident_id, record.note_id),
         )
 
 
@@ -609,6 +645,7 @@ class SqliteUnitOfWork(UnitOfWork):
         self.incidents = self._incidents
         self.alerts = SqliteAlerts(conn, cache)
         self.events = SqliteEvents(conn)
+        self.requests = SqliteRequests(conn)
         if not write:
             conn.execute("BEGIN")
 

@@ -131,6 +131,16 @@ class ReceivedAlert:
 
 
 @dataclass(frozen=True)
+class RequestRecord:
+    """What a request carrying a client-chosen request_id did, so a retry can repeat it."""
+
+    kind: str
+    """The RPC, e.g. `CreateIncident`."""
+    incident_id: str
+    note_id: str = ""
+
+
+@dataclass(frozen=True)
 class Resolution:
     method: ResolutionMethod
     root_cause: str

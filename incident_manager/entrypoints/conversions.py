@@ -412,6 +412,7 @@ def create_incident_from_proto(
         labels=dict(incident.labels),
         assignees=tuple(incident.assignees),
         actor=request.actor or ANONYMOUS,
+        request_id=request.request_id,
     )
 
 
@@ -495,7 +496,12 @@ def resolve_incident_from_proto(
 
 
 def add_note_from_proto(request: incident_service_pb2.AddNoteRequest) -> AddNote:
-    return AddNote(incident_id=request.incident_id, author=request.author, content=request.content)
+    return AddNote(
+        incident_id=request.incident_id,
+        author=request.author,
+        content=request.content,
+        request_id=request.request_id,
+    )
 
 
 class _FilterFields(Protocol):

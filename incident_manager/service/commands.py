@@ -26,6 +26,8 @@ class CreateIncident:
     labels: Mapping[str, str] = field(default_factory=dict)
     assignees: Sequence[str] = ()
     actor: str = ANONYMOUS
+    request_id: str = ""
+    """Makes retries safe: a second request with the same id creates nothing."""
 
 
 @dataclass(frozen=True)
@@ -65,3 +67,5 @@ class AddNote:
     incident_id: str
     author: str
     content: str
+    request_id: str = ""
+    """Makes retries safe: a second request with the same id adds nothing."""

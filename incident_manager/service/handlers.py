@@ -26,6 +26,7 @@ from incident_manager.domain.model import (
     IncidentState,
     Note,
     ReceivedAlert,
+    RequestRecord,
 )
 from incident_manager.domain.query import IncidentPage, IncidentQuery
 from incident_manager.domain.ratelimit import SourceRateLimiter
@@ -196,6 +197,7 @@ def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> 
     checker.string_map("labels", command.labels)
     validate_assignees(command.assignees, checker, "assignees")
     _check_actor(checker, command.actor)
+    _check_request_id(checker, command.request_id)
     checker.raise_if_any()
     incident = Incident.open(
         title=command.title,
@@ -213,7 +215,12 @@ def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> 
         now=now,
     )
     with uow:
+        earlier = _earlier_request(uow, command.request_id, "CreateIncident")
+        if earlier is not None:
+            return _reload(uow, earlier.incident_id)
         uow.incidents.add(incident)
+        if command.request_id:
+            uow.requests.add(command.request_id, RequestRecord("CreateIncident", incident.id))
         stored = _reload(uow, incident.id)
         uow.commit()
     return stored
@@ -294,11 +301,22 @@ def add_note(uow: UnitOfWork, command: AddNote, now: datetime) -> tuple[Note, In
     checker.required("incident_id", command.incident_id, MAX_ID)
     checker.required("author", command.author, MAX_NAME)
     checker.required("content", command.content, MAX_TEXT)
+    _check_request_id(checker, command.request_id)
     checker.raise_if_any()
     with uow:
+        earlier = _earlier_request(uow, command.request_id, "AddNote")
+        if earlier is not None:
+            noted = uow.incidents.get_note(earlier.note_id)
+            if noted is None:
+                raise IncidentNotFound(earlier.incident_id)
+            return noted, _reload(uow, earlier.incident_id)
         incident = _load(uow, command.incident_id)
         note = incident.add_note(author=command.author, content=command.content, now=now)
         uow.incidents.save(incident)
+        if command.request_id:
+            uow.requests.add(
+                command.request_id, RequestRecord("AddNote", incident.id, note_id=note.id)
+            )
         stored = _reload(uow, incident.id)
         uow.commit()
     return note, stored
@@ -318,6 +336,27 @@ def _check_actor(checker: Checker, actor: str) -> None:
     # `actor` sits beside the incident in the request, not inside it.
     if len(actor) > MAX_NAME:
         checker.violations.append(FieldViolation("actor", f"must be at most {MAX_NAME} characters"))
+
+
+MAX_REQUEST_ID = 128
+
+
+def _check_request_id(checker: Checker, request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID:
+        checker.fail("request_id", f"must be at most {MAX_REQUEST_ID} characters")
+
+
+def _earlier_request(uow: UnitOfWork, request_id: str, kind: str) -> RequestRecord | None:
+    """The record of an earlier request with this id, if this one is a retry of it."""
+    if not request_id:
+        return None
+    earlier = uow.requests.get(request_id)
+    if earlier is not None and earlier.kind != kind:
+        raise ValidationError.single(
+            "request_id",
+            f"was already used by a {earlier.kind} request; use a new id for each request",
+        )
+    return earlier
 
 
 def _check_etag(incident: Incident, etag: str) -> None:

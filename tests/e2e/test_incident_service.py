@@ -351,3 +351,31 @@ async def test_one_answer_names_every_bad_field_including_enums(server: Running)
         "incident.severity",
         "incident.type",
     }
+
+
+async def test_a_retried_create_with_the_same_request_id_creates_nothing(
+    server: Running,
+) -> None:
+    request = pb2.CreateIncidentRequest(incident=new_incident(), request_id="req-7f3a")
+    first = (await server.incidents.CreateIncident(request)).incident
+    retry = (await server.incidents.CreateIncident(request)).incident
+    assert retry.id == first.id
+    page = await server.incidents.ListIncidents(pb2.ListIncidentsRequest())
+    assert page.total_size == 1
+
+
+async def test_a_retried_note_with_the_same_request_id_is_added_once(server: Running) -> None:
+    incident = await create(server)
+    request = pb2.AddNoteRequest(
+        incident_id=incident.id, author="ana", content="paged vendor", request_id="req-note-1"
+    )
+    first = await server.incidents.AddNote(request)
+    retry = await server.incidents.AddNote(request)
+    assert retry.note.id == first.note.id
+    assert retry.incident.notes_size == 1
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await server.incidents.CreateIncident(
+            pb2.CreateIncidentRequest(incident=new_incident(), request_id="req-note-1")
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "already used by a AddNote request" in field_violations(refused.value)["request_id"]

@@ -23,6 +23,7 @@ from incident_manager.domain.model import (
     IncidentState,
     IncidentType,
     ReceivedAlert,
+    RequestRecord,
     ResolutionMethod,
     Severity,
 )
@@ -465,3 +466,22 @@ async def test_one_failing_job_does_not_fail_the_others_written_with_it(
     assert isinstance(results[1], Exception)
     page = await read(storage, lambda uow: uow.incidents.list(IncidentQuery()))
     assert sorted(i.title for i in page.incidents) == ["existing", "first", "second"]
+
+
+async def test_request_records_and_notes_are_found_by_id(storage: Storage) -> None:
+    item = incident()
+    note = item.add_note(author="a", content="c", now=T0)
+
+    def work(uow: UnitOfWork) -> None:
+        with uow:
+            uow.incidents.add(item)
+            uow.requests.add("req-1", RequestRecord("AddNote", item.id, note_id=note.id))
+            uow.commit()
+
+    await storage.write(work)
+    assert await read(storage, lambda uow: uow.requests.get("req-1")) == RequestRecord(
+        "AddNote", item.id, note_id=note.id
+    )
+    assert await read(storage, lambda uow: uow.requests.get("req-2")) is None
+    assert await read(storage, lambda uow: uow.incidents.get_note(note.id)) == note
+    assert await read(storage, lambda uow: uow.incidents.get_note("note_missing")) is None

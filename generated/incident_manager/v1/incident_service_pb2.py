@@ -26,45 +26,45 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from generated.incident_manager.v1 import incident_pb2 as incident__manager_dot_v1_dot_incident__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*incident_manager/v1/incident_service.proto\x12\x13incident_manager.v1\x1a google/protobuf/field_mask.proto\x1a\"incident_manager/v1/incident.proto\"W\n\x15\x43reateIncidentRequest\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\"I\n\x16\x43reateIncidentResponse\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\" \n\x12GetIncidentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"F\n\x13GetIncidentResponse\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\"\x88\x01\n\x15UpdateIncidentRequest\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"I\n\x16UpdateIncidentResponse\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\"\xa1\x01\n\x16ResolveIncidentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x06method\x18\x02 \x01(\x0e\x32%.incident_manager.v1.ResolutionMethod\x12\x12\n\nroot_cause\x18\x03 \x01(\t\x12\r\n\x05notes\x18\x04 \x01(\t\x12\x13\n\x0bresolved_by\x18\x05 \x01(\t\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\"J\n\x17ResolveIncidentResponse\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\"F\n\x0e\x41\x64\x64NoteRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\"k\n\x0f\x41\x64\x64NoteResponse\x12\'\n\x04note\x18\x01 \x01(\x0b\x32\x19.incident_manager.v1.Note\x12/\n\x08incident\x18\x02 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\"\xbc\x02\n\x14ListIncidentsRequest\x12\x32\n\x06states\x18\x01 \x03(\x0e\x32\".incident_manager.v1.IncidentState\x12\x31\n\nseverities\x18\x02 \x03(\x0e\x32\x1d.incident_manager.v1.Severity\x12\x30\n\x05types\x18\x03 \x03(\x0e\x32!.incident_manager.v1.IncidentType\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12\x10\n\x08\x61ssignee\x18\x05 \x01(\t\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x10\n\x08order_by\x18\x08 \x01(\t\x12/\n\x04view\x18\t \x01(\x0e\x32!.incident_manager.v1.IncidentView\"v\n\x15ListIncidentsResponse\x12\x30\n\tincidents\x18\x01 \x03(\x0b\x32\x1d.incident_manager.v1.Incident\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\x99\x02\n\x16StreamIncidentsRequest\x12\x32\n\x06states\x18\x01 \x03(\x0e\x32\".incident_manager.v1.IncidentState\x12\x31\n\nseverities\x18\x02 \x03(\x0e\x32\x1d.incident_manager.v1.Severity\x12\x30\n\x05types\x18\x03 \x03(\x0e\x32!.incident_manager.v1.IncidentType\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12\x10\n\x08\x61ssignee\x18\x05 \x01(\t\x12\x13\n\x0bincident_id\x18\x06 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x07 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"L\n\x17StreamIncidentsResponse\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".incident_manager.v1.IncidentEvent\"\xc5\x02\n\rIncidentEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0bincident_id\x18\x02 \x01(\t\x12\x31\n\x05\x65vent\x18\x03 \x01(\x0b\x32\".incident_manager.v1.TimelineEvent\x12\r\n\x05title\x18\x04 \x01(\t\x12\x31\n\x05state\x18\x05 \x01(\x0e\x32\".incident_manager.v1.IncidentState\x12/\n\x08severity\x18\x06 \x01(\x0e\x32\x1d.incident_manager.v1.Severity\x12/\n\x04type\x18\x07 \x01(\x0e\x32!.incident_manager.v1.IncidentType\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x11\n\tassignees\x18\t \x03(\t\x12\x13\n\x0b\x61lert_count\x18\n \x01(\x03*^\n\x0cIncidentView\x12\x1d\n\x19INCIDENT_VIEW_UNSPECIFIED\x10\x00\x12\x17\n\x13INCIDENT_VIEW_BASIC\x10\x01\x12\x16\n\x12INCIDENT_VIEW_FULL\x10\x02\x32\xe5\x05\n\x0fIncidentService\x12i\n\x0e\x43reateIncident\x12*.incident_manager.v1.CreateIncidentRequest\x1a+.incident_manager.v1.CreateIncidentResponse\x12`\n\x0bGetIncident\x12\'.incident_manager.v1.GetIncidentRequest\x1a(.incident_manager.v1.GetIncidentResponse\x12i\n\x0eUpdateIncident\x12*.incident_manager.v1.UpdateIncidentRequest\x1a+.incident_manager.v1.UpdateIncidentResponse\x12l\n\x0fResolveIncident\x12+.incident_manager.v1.ResolveIncidentRequest\x1a,.incident_manager.v1.ResolveIncidentResponse\x12T\n\x07\x41\x64\x64Note\x12#.incident_manager.v1.AddNoteRequest\x1a$.incident_manager.v1.AddNoteResponse\x12\x66\n\rListIncidents\x12).incident_manager.v1.ListIncidentsRequest\x1a*.incident_manager.v1.ListIncidentsResponse\x12n\n\x0fStreamIncidents\x12+.incident_manager.v1.StreamIncidentsRequest\x1a,.incident_manager.v1.StreamIncidentsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*incident_manager/v1/incident_service.proto\x12\x13incident_manager.v1\x1a google/protobuf/field_mask.proto\x1a\"incident_manager/v1/incident.proto\"k\n\x15\x43reateIncidentRequest\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"I\n\x16\x43reateIncidentResponse\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\" \n\x12GetIncidentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"F\n\x13GetIncidentResponse\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\"\x88\x01\n\x15UpdateIncidentRequest\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"I\n\x16UpdateIncidentResponse\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\"\xa1\x01\n\x16ResolveIncidentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x35\n\x06method\x18\x02 \x01(\x0e\x32%.incident_manager.v1.ResolutionMethod\x12\x12\n\nroot_cause\x18\x03 \x01(\t\x12\r\n\x05notes\x18\x04 \x01(\t\x12\x13\n\x0bresolved_by\x18\x05 \x01(\t\x12\x0c\n\x04\x65tag\x18\x06 \x01(\t\"J\n\x17ResolveIncidentResponse\x12/\n\x08incident\x18\x01 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\"Z\n\x0e\x41\x64\x64NoteRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"k\n\x0f\x41\x64\x64NoteResponse\x12\'\n\x04note\x18\x01 \x01(\x0b\x32\x19.incident_manager.v1.Note\x12/\n\x08incident\x18\x02 \x01(\x0b\x32\x1d.incident_manager.v1.Incident\"\xbc\x02\n\x14ListIncidentsRequest\x12\x32\n\x06states\x18\x01 \x03(\x0e\x32\".incident_manager.v1.IncidentState\x12\x31\n\nseverities\x18\x02 \x03(\x0e\x32\x1d.incident_manager.v1.Severity\x12\x30\n\x05types\x18\x03 \x03(\x0e\x32!.incident_manager.v1.IncidentType\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12\x10\n\x08\x61ssignee\x18\x05 \x01(\t\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x10\n\x08order_by\x18\x08 \x01(\t\x12/\n\x04view\x18\t \x01(\x0e\x32!.incident_manager.v1.IncidentView\"v\n\x15ListIncidentsResponse\x12\x30\n\tincidents\x18\x01 \x03(\x0b\x32\x1d.incident_manager.v1.Incident\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\x99\x02\n\x16StreamIncidentsRequest\x12\x32\n\x06states\x18\x01 \x03(\x0e\x32\".incident_manager.v1.IncidentState\x12\x31\n\nseverities\x18\x02 \x03(\x0e\x32\x1d.incident_manager.v1.Severity\x12\x30\n\x05types\x18\x03 \x03(\x0e\x32!.incident_manager.v1.IncidentType\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12\x10\n\x08\x61ssignee\x18\x05 \x01(\t\x12\x13\n\x0bincident_id\x18\x06 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x07 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"L\n\x17StreamIncidentsResponse\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".incident_manager.v1.IncidentEvent\"\xc5\x02\n\rIncidentEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0bincident_id\x18\x02 \x01(\t\x12\x31\n\x05\x65vent\x18\x03 \x01(\x0b\x32\".incident_manager.v1.TimelineEvent\x12\r\n\x05title\x18\x04 \x01(\t\x12\x31\n\x05state\x18\x05 \x01(\x0e\x32\".incident_manager.v1.IncidentState\x12/\n\x08severity\x18\x06 \x01(\x0e\x32\x1d.incident_manager.v1.Severity\x12/\n\x04type\x18\x07 \x01(\x0e\x32!.incident_manager.v1.IncidentType\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x11\n\tassignees\x18\t \x03(\t\x12\x13\n\x0b\x61lert_count\x18\n \x01(\x03*^\n\x0cIncidentView\x12\x1d\n\x19INCIDENT_VIEW_UNSPECIFIED\x10\x00\x12\x17\n\x13INCIDENT_VIEW_BASIC\x10\x01\x12\x16\n\x12INCIDENT_VIEW_FULL\x10\x02\x32\xe5\x05\n\x0fIncidentService\x12i\n\x0e\x43reateIncident\x12*.incident_manager.v1.CreateIncidentRequest\x1a+.incident_manager.v1.CreateIncidentResponse\x12`\n\x0bGetIncident\x12\'.incident_manager.v1.GetIncidentRequest\x1a(.incident_manager.v1.GetIncidentResponse\x12i\n\x0eUpdateIncident\x12*.incident_manager.v1.UpdateIncidentRequest\x1a+.incident_manager.v1.UpdateIncidentResponse\x12l\n\x0fResolveIncident\x12+.incident_manager.v1.ResolveIncidentRequest\x1a,.incident_manager.v1.ResolveIncidentResponse\x12T\n\x07\x41\x64\x64Note\x12#.incident_manager.v1.AddNoteRequest\x1a$.incident_manager.v1.AddNoteResponse\x12\x66\n\rListIncidents\x12).incident_manager.v1.ListIncidentsRequest\x1a*.incident_manager.v1.ListIncidentsResponse\x12n\n\x0fStreamIncidents\x12+.incident_manager.v1.StreamIncidentsRequest\x1a,.incident_manager.v1.StreamIncidentsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'incident_manager.v1.incident_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INCIDENTVIEW']._serialized_start=2171
-  _globals['_INCIDENTVIEW']._serialized_end=2265
+  _globals['_INCIDENTVIEW']._serialized_start=2211
+  _globals['_INCIDENTVIEW']._serialized_end=2305
   _globals['_CREATEINCIDENTREQUEST']._serialized_start=137
-  _globals['_CREATEINCIDENTREQUEST']._serialized_end=224
-  _globals['_CREATEINCIDENTRESPONSE']._serialized_start=226
-  _globals['_CREATEINCIDENTRESPONSE']._serialized_end=299
-  _globals['_GETINCIDENTREQUEST']._serialized_start=301
-  _globals['_GETINCIDENTREQUEST']._serialized_end=333
-  _globals['_GETINCIDENTRESPONSE']._serialized_start=335
-  _globals['_GETINCIDENTRESPONSE']._serialized_end=405
-  _globals['_UPDATEINCIDENTREQUEST']._serialized_start=408
-  _globals['_UPDATEINCIDENTREQUEST']._serialized_end=544
-  _globals['_UPDATEINCIDENTRESPONSE']._serialized_start=546
-  _globals['_UPDATEINCIDENTRESPONSE']._serialized_end=619
-  _globals['_RESOLVEINCIDENTREQUEST']._serialized_start=622
-  _globals['_RESOLVEINCIDENTREQUEST']._serialized_end=783
-  _globals['_RESOLVEINCIDENTRESPONSE']._serialized_start=785
-  _globals['_RESOLVEINCIDENTRESPONSE']._serialized_end=859
-  _globals['_ADDNOTEREQUEST']._serialized_start=861
-  _globals['_ADDNOTEREQUEST']._serialized_end=931
-  _globals['_ADDNOTERESPONSE']._serialized_start=933
-  _globals['_ADDNOTERESPONSE']._serialized_end=1040
-  _globals['_LISTINCIDENTSREQUEST']._serialized_start=1043
-  _globals['_LISTINCIDENTSREQUEST']._serialized_end=1359
-  _globals['_LISTINCIDENTSRESPONSE']._serialized_start=1361
-  _globals['_LISTINCIDENTSRESPONSE']._serialized_end=1479
-  _globals['_STREAMINCIDENTSREQUEST']._serialized_start=1482
-  _globals['_STREAMINCIDENTSREQUEST']._serialized_end=1763
-  _globals['_STREAMINCIDENTSRESPONSE']._serialized_start=1765
-  _globals['_STREAMINCIDENTSRESPONSE']._serialized_end=1841
-  _globals['_INCIDENTEVENT']._serialized_start=1844
-  _globals['_INCIDENTEVENT']._serialized_end=2169
-  _globals['_INCIDENTSERVICE']._serialized_start=2268
-  _globals['_INCIDENTSERVICE']._serialized_end=3009
+  _globals['_CREATEINCIDENTREQUEST']._serialized_end=244
+  _globals['_CREATEINCIDENTRESPONSE']._serialized_start=246
+  _globals['_CREATEINCIDENTRESPONSE']._serialized_end=319
+  _globals['_GETINCIDENTREQUEST']._serialized_start=321
+  _globals['_GETINCIDENTREQUEST']._serialized_end=353
+  _globals['_GETINCIDENTRESPONSE']._serialized_start=355
+  _globals['_GETINCIDENTRESPONSE']._serialized_end=425
+  _globals['_UPDATEINCIDENTREQUEST']._serialized_start=428
+  _globals['_UPDATEINCIDENTREQUEST']._serialized_end=564
+  _globals['_UPDATEINCIDENTRESPONSE']._serialized_start=566
+  _globals['_UPDATEINCIDENTRESPONSE']._serialized_end=639
+  _globals['_RESOLVEINCIDENTREQUEST']._serialized_start=642
+  _globals['_RESOLVEINCIDENTREQUEST']._serialized_end=803
+  _globals['_RESOLVEINCIDENTRESPONSE']._serialized_start=805
+  _globals['_RESOLVEINCIDENTRESPONSE']._serialized_end=879
+  _globals['_ADDNOTEREQUEST']._serialized_start=881
+  _globals['_ADDNOTEREQUEST']._serialized_end=971
+  _globals['_ADDNOTERESPONSE']._serialized_start=973
+  _globals['_ADDNOTERESPONSE']._serialized_end=1080
+  _globals['_LISTINCIDENTSREQUEST']._serialized_start=1083
+  _globals['_LISTINCIDENTSREQUEST']._serialized_end=1399
+  _globals['_LISTINCIDENTSRESPONSE']._serialized_start=1401
+  _globals['_LISTINCIDENTSRESPONSE']._serialized_end=1519
+  _globals['_STREAMINCIDENTSREQUEST']._serialized_start=1522
+  _globals['_STREAMINCIDENTSREQUEST']._serialized_end=1803
+  _globals['_STREAMINCIDENTSRESPONSE']._serialized_start=1805
+  _globals['_STREAMINCIDENTSRESPONSE']._serialized_end=1881
+  _globals['_INCIDENTEVENT']._serialized_start=1884
+  _globals['_INCIDENTEVENT']._serialized_end=2209
+  _globals['_INCIDENTSERVICE']._serialized_start=2308
+  _globals['_INCIDENTSERVICE']._serialized_end=3049
 # @@protoc_insertion_point(module_scope)

@@ -53,9 +53,15 @@ class CreateIncidentRequest(_message.Message):
 
     INCIDENT_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     actor: _builtins.str
     """Who opens it; shown as the actor of the CREATED event. Defaults to
     `anonymous`.
+    """
+    request_id: _builtins.str
+    """Optional. A client-chosen id, such as a UUID, that makes retrying safe:
+    a later CreateIncident with the same request_id creates nothing and
+    returns the incident the first one created. At most 128 characters.
     """
     @_builtins.property
     def incident(self) -> _incident_pb2.Incident:
@@ -68,10 +74,11 @@ class CreateIncidentRequest(_message.Message):
         *,
         incident: _incident_pb2.Incident | None = ...,
         actor: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "incident", b"incident"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "incident", b"incident", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -287,22 +294,29 @@ class AddNoteRequest(_message.Message):
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
     AUTHOR_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
     """The incident's id. Required."""
     author: _builtins.str
     """Who writes the note. Required."""
     content: _builtins.str
     """The note's text. Required, at most 8192 characters."""
+    request_id: _builtins.str
+    """Optional. A client-chosen id, such as a UUID, that makes retrying safe:
+    a later AddNote with the same request_id adds nothing and returns the
+    note the first one added. At most 128 characters.
+    """
     def __init__(
         self,
         *,
         incident_id: _builtins.str = ...,
         author: _builtins.str = ...,
         content: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "content", b"content", "incident_id", b"incident_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "content", b"content", "incident_id", b"incident_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
