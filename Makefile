@@ -46,11 +46,18 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-# buf comes from npm; without Node we say so instead of failing.
+# buf comes from npm; without Node we say so instead of failing. `buf
+# breaking` compares protos/ with the last commit on main, so a change that
+# would break existing clients fails before it is committed.
 buf-lint:
 	@if command -v npx >/dev/null 2>&1; then \
 	  test -x $(BUF) || npm install --silent --no-audit --no-fund --prefix $(BUF_DIR) @bufbuild/buf@$(BUF_VERSION); \
-	  $(BUF) lint && $(BUF) format -d --exit-code && echo "buf lint: passed"; \
+	  $(BUF) lint && $(BUF) format -d --exit-code && echo "buf lint: passed" || exit 1; \
+	  if git rev-parse --verify --quiet main >/dev/null; then \
+	    $(BUF) breaking --against '.git#branch=main' && echo "buf breaking (against main): passed" || exit 1; \
+	  else \
+	    echo "buf breaking: SKIPPED (no local main branch to compare with)"; \
+	  fi; \
 	else \
 	  echo "buf lint: SKIPPED (Node's npx is not installed)"; \
 	fi
