@@ -40,8 +40,8 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m tests.benchmark.run $(BENCH_ARGS)
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check incident_manager tests
-	$(BIN)/ruff format --check incident_manager tests
+	$(BIN)/ruff check incident_manager tests examples
+	$(BIN)/ruff format --check incident_manager tests examples
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
