@@ -20,6 +20,7 @@ def build_manager(
         dedup_window=settings.dedup_window,
         clock=clock,
         hub=EventHub(settings.stream_buffer),
+        auto_resolve=settings.auto_resolve,
         rate_limit=(
             RateLimit(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
         ),

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+
+from incident_manager.domain.autoresolve import AutoResolvePolicies
 
 ENV_PREFIX = "INCIDENT_MANAGER_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -33,6 +36,8 @@ class Settings:
     """Alerts per second each source may send on average; 0 turns rate limiting off."""
     rate_burst: int = 100
     """Alerts a quiet source may send at once before its rate limit applies."""
+    auto_resolve: AutoResolvePolicies = dataclasses.field(default_factory=AutoResolvePolicies)
+    """When incidents resolve by themselves as their alerts clear, per source."""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -93,6 +98,12 @@ _OPTIONS = (
     ("--stream-buffer", "stream_buffer", _positive_int, "live events buffered per subscriber"),
     ("--rate-limit", "rate_limit", _non_negative_float, "alerts/s per source, 0 = no limit"),
     ("--rate-burst", "rate_burst", _positive_int, "alerts a quiet source may send at once"),
+    (
+        "--auto-resolve",
+        "auto_resolve",
+        AutoResolvePolicies.parse,
+        "first, last, all or never, per source: 'llm-sentinel=first,*=all'",
+    ),
 )
 
 

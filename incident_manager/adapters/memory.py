@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 from incident_manager.adapters.repository import (
@@ -172,6 +173,26 @@ class MemoryAlerts(AlertLog):
 
     def add(self, received: ReceivedAlert) -> None:
         self._staged.alerts[(received.alert.source, received.alert.id)] = received
+
+    def clear(self, source: str, alert_id: str, when: datetime) -> None:
+        received = self.get(source, alert_id)
+        if received is not None:
+            self._staged.alerts[(source, alert_id)] = replace(received, cleared_time=when)
+
+    def _of(self, incident_id: str) -> list[ReceivedAlert]:
+        merged = dict(self._state.alerts)
+        merged.update(self._staged.alerts)
+        return [r for r in merged.values() if r.incident_id == incident_id]
+
+    def open_count(self, incident_id: str) -> int:
+        return sum(1 for r in self._of(incident_id) if r.cleared_time is None)
+
+    def latest(self, incident_id: str) -> tuple[str, str] | None:
+        alerts = self._of(incident_id)
+        if not alerts:
+            return None
+        newest = max(alerts, key=lambda r: (r.receive_time, r.alert.id))
+        return newest.alert.source, newest.alert.id
 
 
 class MemoryEvents(EventLog):

@@ -70,6 +70,19 @@ class AlertLog(abc.ABC):
     @abc.abstractmethod
     def add(self, received: ReceivedAlert) -> None: ...
 
+    @abc.abstractmethod
+    def clear(self, source: str, alert_id: str, when: datetime) -> None:
+        """Mark a stored alert as cleared by a resolve signal."""
+
+    @abc.abstractmethod
+    def open_count(self, incident_id: str) -> int:
+        """How many of the incident's alerts have not cleared."""
+
+    @abc.abstractmethod
+    def latest(self, incident_id: str) -> tuple[str, str] | None:
+        """(source, alert id) of the incident's most recently received alert
+        (ties broken by the greater id)."""
+
 
 class RequestLog(abc.ABC):
     """Requests that carried a client-chosen request_id, so that retries are safe."""

@@ -40,6 +40,7 @@ from incident_manager.domain.errors import ConcurrentModification, StorageUnavai
 from incident_manager.domain.model import (
     AckStatus,
     Alert,
+    AlertStatus,
     EventType,
     Incident,
     IncidentEvent,
@@ -145,6 +146,11 @@ MIGRATIONS: tuple[str, ...] = (
         incident_id TEXT NOT NULL,
         note_id TEXT NOT NULL
     ) WITHOUT ROWID;
+    """,
+    # Resolve signals: when each alert cleared; an incident's alerts, newest first.
+    """
+    ALTER TABLE alerts ADD COLUMN cleared_time INTEGER;
+    CREATE INDEX alerts_by_incident ON alerts (incident_id, receive_time);
     """,
 )
 
@@ -290,6 +296,8 @@ def _alert_to_json(alert: Alert) -> str:
             "runbook_url": alert.runbook_url,
             "fire_time": None if alert.fire_time is None else micros(alert.fire_time),
             "dedup_key": alert.dedup_key,
+            "status": alert.status.name,
+            "end_time": None if alert.end_time is None else micros(alert.end_time),
         }
     )
 
@@ -309,6 +317,8 @@ def _alert_from_json(text: str) -> Alert:
         runbook_url=data["runbook_url"],
         fire_time=None if data["fire_time"] is None else from_micros(data["fire_time"]),
         dedup_key=data["dedup_key"],
+        status=AlertStatus[data.get("status", "FIRING")],
+        end_time=None if data.get("end_time") is None else from_micros(data["end_time"]),
     )
 
 
@@ -576,8 +586,8 @@ class SqliteAlerts(AlertLog):
         if self._cache is not None and not self._cache.maybe_seen(source, alert_id):
             return None  # never stored: the common case costs no read
         row = self._conn.execute(
-            "SELECT incident_id, status, fingerprint, receive_time, payload FROM alerts "
-            "WHERE source = ? AND alert_id = ?",
+            "SELECT incident_id, status, fingerprint, receive_time, payload, cleared_time "
+            "FROM alerts WHERE source = ? AND alert_id = ?",
             (source, alert_id),
         ).fetchone()
         if row is None:
@@ -588,6 +598,7 @@ class SqliteAlerts(AlertLog):
             status=AckStatus(row[1]),
             fingerprint=row[2],
             receive_time=from_micros(row[3]),
+            cleared_time=None if row[5] is None else from_micros(row[5]),
         )
 
     def add(self, received: ReceivedAlert) -> None:
@@ -606,6 +617,27 @@ class SqliteAlerts(AlertLog):
                 _alert_to_json(received.alert),
             ),
         )
+
+    def clear(self, source: str, alert_id: str, when: datetime) -> None:
+        self._conn.execute(
+            "UPDATE alerts SET cleared_time = ? WHERE source = ? AND alert_id = ?",
+            (micros(when), source, alert_id),
+        )
+
+    def open_count(self, incident_id: str) -> int:
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM alerts WHERE incident_id = ? AND cleared_time IS NULL",
+            (incident_id,),
+        ).fetchone()
+        return int(row[0])
+
+    def latest(self, incident_id: str) -> tuple[str, str] | None:
+        row = self._conn.execute(
+            "SELECT source, alert_id FROM alerts WHERE incident_id = ? "
+            "ORDER BY receive_time DESC, alert_id DESC LIMIT 1",
+            (incident_id,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
 
 
 class SqliteEvents(EventLog):

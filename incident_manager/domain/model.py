@@ -86,6 +86,26 @@ class AckStatus(enum.IntEnum):
     DUPLICATE = 2
     RATE_LIMITED = 3
     REJECTED = 4
+    CLEARED = 5
+    IGNORED = 6
+
+
+class AlertStatus(enum.IntEnum):
+    FIRING = 1
+    RESOLVED = 2
+
+
+class AutoResolve(enum.Enum):
+    """When an incident resolves by itself as its alerts clear (per source)."""
+
+    FIRST = "first"
+    """When any one of its alerts clears."""
+    LAST = "last"
+    """When its most recently received alert clears."""
+    ALL = "all"
+    """When every one of its alerts has cleared."""
+    NEVER = "never"
+    """Never: people resolve it."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +127,14 @@ class Alert:
     """When the source fired it; None means "when the server received it"."""
     dedup_key: str | None = None
     """Overrides the computed fingerprint when set."""
+    status: AlertStatus = AlertStatus.FIRING
+    end_time: datetime | None = None
+    """When the condition ended; one not in the future makes this a resolve signal."""
+
+    def is_resolve_signal(self, now: datetime) -> bool:
+        return self.status is AlertStatus.RESOLVED or (
+            self.end_time is not None and self.end_time <= now
+        )
 
 
 @dataclass(frozen=True)
@@ -128,6 +156,8 @@ class ReceivedAlert:
     status: AckStatus
     fingerprint: str
     receive_time: datetime
+    cleared_time: datetime | None = None
+    """When a resolve signal cleared it; None while it is firing."""
 
 
 @dataclass(frozen=True)
@@ -365,6 +395,7 @@ class Incident:
         notes: str,
         resolved_by: str,
         now: datetime,
+        details: Mapping[str, str] | None = None,
     ) -> None:
         self.check_transition(IncidentState.RESOLVED)
         previous = self.state
@@ -383,7 +414,8 @@ class Incident:
             f"{resolved_by} resolved it ({method.name.lower()})"
             + (f": {root_cause}" if root_cause else ""),
             now,
-            {"from": previous.name, "method": method.name, "root_cause": root_cause},
+            {"from": previous.name, "method": method.name, "root_cause": root_cause}
+            | dict(details or {}),
         )
 
     def add_note(self, *, author: str, content: str, now: datetime) -> Note:

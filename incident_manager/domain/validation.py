@@ -71,10 +71,14 @@ class Checker:
             raise ValidationError(self.violations)
 
 
-def validate_alert(alert: Alert, checker: Checker) -> None:
+def validate_alert(alert: Alert, checker: Checker, *, resolve_signal: bool = False) -> None:
+    """A resolve signal needs only its id and source; a firing alert needs a title too."""
     checker.required("id", alert.id, MAX_ID)
     checker.required("source", alert.source, MAX_NAME)
-    checker.required("title", alert.title, MAX_TITLE)
+    if resolve_signal:
+        checker.at_most("title", alert.title, MAX_TITLE)
+    else:
+        checker.required("title", alert.title, MAX_TITLE)
     checker.at_most("description", alert.description, MAX_TEXT)
     checker.string_map("labels", alert.labels)
     checker.string_map("annotations", alert.annotations)

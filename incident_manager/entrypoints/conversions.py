@@ -28,6 +28,7 @@ from incident_manager.domain.model import (
     AckStatus,
     Alert,
     AlertAck,
+    AlertStatus,
     EventType,
     Incident,
     IncidentEvent,
@@ -105,6 +106,7 @@ TYPE = EnumTable(IncidentType, incident_pb2.IncidentType, "INCIDENT_TYPE_")
 RESOLUTION_METHOD = EnumTable(ResolutionMethod, incident_pb2.ResolutionMethod, "RESOLUTION_METHOD_")
 EVENT_TYPE = EnumTable(EventType, incident_pb2.EventType, "EVENT_TYPE_")
 ACK_STATUS = EnumTable(AckStatus, alert_pb2.AckStatus, "ACK_STATUS_")
+ALERT_STATUS = EnumTable(AlertStatus, alert_pb2.AlertStatus, "ALERT_STATUS_")
 
 # ---------------------------------------------------------------- scalars
 
@@ -167,8 +169,28 @@ def _attempt(parse: Callable[[], T], violations: list[FieldViolation]) -> T | No
 
 def alert_from_proto(message: alert_pb2.Alert, prefix: str = "alert.") -> Alert:
     violations: list[FieldViolation] = []
-    severity = _attempt(lambda: SEVERITY.parse(message.severity, prefix + "severity"), violations)
-    type_ = _attempt(lambda: TYPE.parse(message.type, prefix + "type"), violations)
+    status = (
+        AlertStatus.FIRING
+        if message.status == alert_pb2.ALERT_STATUS_UNSPECIFIED
+        else _attempt(lambda: ALERT_STATUS.parse(message.status, prefix + "status"), violations)
+    )
+    # A resolve signal only names the alert it clears: severity and type may be left out.
+    signal = status is AlertStatus.RESOLVED
+    severity = (
+        _attempt(lambda: SEVERITY.parse(message.severity, prefix + "severity"), violations)
+        if message.severity or not signal
+        else None
+    )
+    type_ = (
+        _attempt(lambda: TYPE.parse(message.type, prefix + "type"), violations)
+        if message.type or not signal
+        else None
+    )
+    end_time = (
+        _attempt(lambda: timestamp_from_proto(message.end_time, prefix + "end_time"), violations)
+        if message.HasField("end_time")
+        else None
+    )
     fire_time = (
         _attempt(lambda: timestamp_from_proto(message.fire_time, prefix + "fire_time"), violations)
         if message.HasField("fire_time")
@@ -187,11 +209,13 @@ def alert_from_proto(message: alert_pb2.Alert, prefix: str = "alert.") -> Alert:
         runbook_url=message.runbook_url,
         fire_time=fire_time,
         dedup_key=message.dedup_key if message.HasField("dedup_key") else None,
+        status=status or AlertStatus.FIRING,
+        end_time=end_time,
     )
     if violations:
         # Name every bad field in one answer, not just the first enum.
         checker = Checker(prefix)
-        validate_alert(alert, checker)
+        validate_alert(alert, checker, resolve_signal=signal)
         raise ValidationError(violations + checker.violations)
     return alert
 
@@ -213,6 +237,9 @@ def alert_to_proto(alert: Alert) -> alert_pb2.Alert:
         message.fire_time.CopyFrom(timestamp_to_proto(alert.fire_time))
     if alert.dedup_key is not None:
         message.dedup_key = alert.dedup_key
+    message.status = ALERT_STATUS.to_proto[alert.status]  # type: ignore[assignment]
+    if alert.end_time is not None:
+        message.end_time.CopyFrom(timestamp_to_proto(alert.end_time))
     return message
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from incident_manager.adapters.repository import UnitOfWork
+from incident_manager.domain.autoresolve import AutoResolvePolicies
 from incident_manager.domain.dedup import alert_fingerprint, fingerprint_of
 from incident_manager.domain.errors import (
     EtagMismatch,
@@ -17,16 +18,19 @@ from incident_manager.domain.errors import (
     IncidentNotFound,
     RateLimited,
     ValidationError,
+    quoted,
 )
 from incident_manager.domain.model import (
     AckStatus,
     Alert,
     AlertAck,
+    AutoResolve,
     Incident,
     IncidentState,
     Note,
     ReceivedAlert,
     RequestRecord,
+    ResolutionMethod,
 )
 from incident_manager.domain.query import IncidentPage, IncidentQuery
 from incident_manager.domain.ratelimit import SourceRateLimiter
@@ -48,6 +52,8 @@ from incident_manager.service.commands import (
     UpdateIncident,
 )
 
+DEFAULT_POLICIES = AutoResolvePolicies()
+
 
 def submit_alert(
     uow: UnitOfWork,
@@ -55,6 +61,7 @@ def submit_alert(
     window: timedelta,
     now: datetime,
     limiter: SourceRateLimiter | None = None,
+    policies: AutoResolvePolicies = DEFAULT_POLICIES,
 ) -> AlertAck:
     """Store an alert: merge it into a matching active incident, or open a new one.
 
@@ -63,10 +70,10 @@ def submit_alert(
     RateLimited if a new alert's source is over its limit.
     """
     checker = Checker("alert.")
-    validate_alert(alert, checker)
+    validate_alert(alert, checker, resolve_signal=alert.is_resolve_signal(now))
     checker.raise_if_any()
     with uow:
-        ack = _ingest(uow, alert, window, now, limiter=limiter)
+        ack = _ingest(uow, alert, window, now, limiter=limiter, policies=policies)
         uow.commit()
     return ack
 
@@ -77,6 +84,7 @@ def submit_alerts(
     window: timedelta,
     now: datetime,
     limiter: SourceRateLimiter | None = None,
+    policies: AutoResolvePolicies = DEFAULT_POLICIES,
 ) -> list[AlertAck]:
     """Store a batch in one unit of work; invalid alerts get REJECTED acks, in place.
 
@@ -92,7 +100,7 @@ def submit_alerts(
                 acks.append(item)
                 continue
             checker = Checker(f"alerts[{index}].")
-            validate_alert(item, checker)
+            validate_alert(item, checker, resolve_signal=item.is_resolve_signal(now))
             if checker.violations:
                 acks.append(
                     AlertAck(
@@ -103,7 +111,7 @@ def submit_alerts(
                 )
                 continue
             try:
-                acks.append(_ingest(uow, item, window, now, touched, limiter))
+                acks.append(_ingest(uow, item, window, now, touched, limiter, policies))
             except RateLimited as limited:
                 acks.append(AlertAck(item.id, AckStatus.RATE_LIMITED, message=limited.message))
         for incident in touched.values():
@@ -120,12 +128,15 @@ def _ingest(
     now: datetime,
     touched: dict[str, Incident] | None = None,
     limiter: SourceRateLimiter | None = None,
+    policies: AutoResolvePolicies = DEFAULT_POLICIES,
 ) -> AlertAck:
-    """Merge or open; with `touched`, merged incidents are left for the caller to save.
+    """Merge, open, or clear; with `touched`, incidents are left for the caller to save.
 
     RateLimited, before anything is written, if the alert is new and its
     source is over its limit.
     """
+    if alert.is_resolve_signal(now):
+        return _clear(uow, alert, now, policies, touched)
     earlier = uow.alerts.get(alert.source, alert.id)
     if earlier is not None:
         return AlertAck(
@@ -186,6 +197,76 @@ def _ingest(
         )
     )
     return AlertAck(alert_id=alert.id, status=status, incident_id=incident.id, message=message)
+
+
+def _clear(
+    uow: UnitOfWork,
+    signal: Alert,
+    now: datetime,
+    policies: AutoResolvePolicies,
+    touched: dict[str, Incident] | None,
+) -> AlertAck:
+    """Apply a resolve signal: clear the alert, then resolve its incident if the policy says so."""
+    earlier = uow.alerts.get(signal.source, signal.id)
+    if earlier is None:
+        return AlertAck(
+            signal.id,
+            AckStatus.IGNORED,
+            message=(
+                f"no alert {quoted(signal.id)} from {quoted(signal.source)} was ever received; "
+                "nothing to clear"
+            ),
+        )
+    if earlier.cleared_time is not None:
+        return AlertAck(
+            signal.id,
+            AckStatus.CLEARED,
+            earlier.incident_id,
+            message=f"already cleared at {earlier.cleared_time.isoformat()}",
+        )
+    uow.alerts.clear(signal.source, signal.id, now)
+    incident = (touched or {}).get(earlier.incident_id) or uow.incidents.get(earlier.incident_id)
+    if incident is None or not incident.state.is_active:
+        state = "gone" if incident is None else incident.state.name
+        return AlertAck(
+            signal.id, AckStatus.CLEARED, earlier.incident_id, f"alert cleared; incident is {state}"
+        )
+    policy = policies.for_source(signal.source)
+    if policy is AutoResolve.FIRST:
+        resolves = True
+    elif policy is AutoResolve.LAST:
+        resolves = uow.alerts.latest(incident.id) == (signal.source, signal.id)
+    elif policy is AutoResolve.ALL:
+        resolves = uow.alerts.open_count(incident.id) == 0
+    else:
+        resolves = False
+    if not resolves:
+        still = uow.alerts.open_count(incident.id)
+        return AlertAck(
+            signal.id,
+            AckStatus.CLEARED,
+            incident.id,
+            f"alert cleared; incident stays {incident.state.name} "
+            f"({still} alerts still firing, policy {policy.value} for {signal.source})",
+        )
+    incident.resolve(
+        method=ResolutionMethod.AUTOMATED,
+        root_cause="",
+        notes=f"alert {quoted(signal.id)} from {quoted(signal.source)} cleared",
+        resolved_by=signal.source,
+        now=now,
+        details={"alert_id": signal.id, "policy": policy.value},
+    )
+    if touched is not None:
+        touched[incident.id] = incident
+    else:
+        uow.incidents.save(incident)
+    return AlertAck(
+        signal.id,
+        AckStatus.CLEARED,
+        incident.id,
+        f"alert cleared; incident resolved (policy {policy.value} for {signal.source})",
+    )
 
 
 def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> Incident:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from functools import partial
 
 from incident_manager.adapters.repository import Storage, UnitOfWork
+from incident_manager.domain.autoresolve import AutoResolvePolicies
 from incident_manager.domain.dedup import DEFAULT_WINDOW
 from incident_manager.domain.errors import (
     SequenceOutOfRange,
@@ -82,11 +83,13 @@ class IncidentManager:
         clock: Clock = _utc_now,
         hub: EventHub | None = None,
         rate_limit: RateLimit | None = None,
+        auto_resolve: AutoResolvePolicies | None = None,
     ) -> None:
         self.storage = storage
         self.dedup_window = dedup_window
         self.clock = clock
         self.rate_limiter = SourceRateLimiter(rate_limit, clock)
+        self.auto_resolve = auto_resolve or AutoResolvePolicies()
         self.hub = hub or EventHub()
         self.started = time.monotonic()
         storage.add_listener(self.hub.publish)
@@ -100,6 +103,7 @@ class IncidentManager:
                 window=self.dedup_window,
                 now=self.clock(),
                 limiter=self.rate_limiter,
+                policies=self.auto_resolve,
             )
         )
 
@@ -122,6 +126,7 @@ class IncidentManager:
                 window=self.dedup_window,
                 now=self.clock(),
                 limiter=self.rate_limiter,
+                policies=self.auto_resolve,
             )
         )
 

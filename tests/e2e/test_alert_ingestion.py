@@ -139,3 +139,21 @@ async def test_an_alert_with_several_problems_gets_them_all_in_one_answer(
         "alert.severity",
         "alert.type",
     }
+
+
+async def test_a_resolve_signal_needs_only_id_and_source_and_resolves_the_incident(
+    server: Running,
+) -> None:
+    opened = await submit(server, id="clears-later")
+    signal = alert_pb2.Alert(
+        id="clears-later", source="llm-sentinel", status=alert_pb2.ALERT_STATUS_RESOLVED
+    )
+    response = await server.ingestion.SubmitAlert(pb2.SubmitAlertRequest(alert=signal))
+    assert response.ack.status == alert_pb2.ACK_STATUS_CLEARED
+    assert response.ack.incident_id == opened.incident_id
+    incident = (
+        await server.incidents.GetIncident(service_pb2.GetIncidentRequest(id=opened.incident_id))
+    ).incident
+    assert incident.state == incident_pb2.INCIDENT_STATE_RESOLVED
+    assert incident.resolution.method == incident_pb2.RESOLUTION_METHOD_AUTOMATED
+    assert incident.timeline[-1].details["alert_id"] == "clears-later"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -485,3 +486,24 @@ async def test_request_records_and_notes_are_found_by_id(storage: Storage) -> No
     assert await read(storage, lambda uow: uow.requests.get("req-2")) is None
     assert await read(storage, lambda uow: uow.incidents.get_note(note.id)) == note
     assert await read(storage, lambda uow: uow.incidents.get_note("note_missing")) is None
+
+
+async def test_cleared_alerts_are_counted_and_the_newest_is_known(storage: Storage) -> None:
+    item = incident()
+    older = _received("a-1", item.id)
+    newer = replace(_received("a-2", item.id), receive_time=T0 + timedelta(seconds=1))
+
+    def work(uow: UnitOfWork) -> None:
+        with uow:
+            uow.incidents.add(item)
+            uow.alerts.add(older)
+            uow.alerts.add(newer)
+            uow.alerts.clear("s", "a-1", T0 + timedelta(minutes=1))
+            uow.commit()
+
+    await storage.write(work)
+    assert await read(storage, lambda uow: uow.alerts.open_count(item.id)) == 1
+    assert await read(storage, lambda uow: uow.alerts.latest(item.id)) == ("s", "a-2")
+    stored = await read(storage, lambda uow: uow.alerts.get("s", "a-1"))
+    assert stored.cleared_time == T0 + timedelta(minutes=1)
+    assert await read(storage, lambda uow: uow.alerts.latest("inc_none")) is None

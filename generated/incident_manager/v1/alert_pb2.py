@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from generated.incident_manager.v1 import incident_pb2 as incident__manager_dot_v1_dot_incident__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fincident_manager/v1/alert.proto\x12\x13incident_manager.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"incident_manager/v1/incident.proto\"\x8c\x04\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x08severity\x18\x05 \x01(\x0e\x32\x1d.incident_manager.v1.Severity\x12/\n\x04type\x18\x06 \x01(\x0e\x32!.incident_manager.v1.IncidentType\x12\x36\n\x06labels\x18\x07 \x03(\x0b\x32&.incident_manager.v1.Alert.LabelsEntry\x12@\n\x0b\x61nnotations\x18\x08 \x03(\x0b\x32+.incident_manager.v1.Alert.AnnotationsEntry\x12\x1a\n\x12\x61\x66\x66\x65\x63ted_resources\x18\t \x03(\t\x12\x13\n\x0brunbook_url\x18\n \x01(\t\x12-\n\tfire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\tdedup_key\x18\x0c \x01(\tH\x00\x88\x01\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_dedup_key\"r\n\x08\x41lertAck\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.incident_manager.v1.AckStatus\x12\x13\n\x0bincident_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t*\x90\x01\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_STATUS_ACCEPTED\x10\x01\x12\x18\n\x14\x41\x43K_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17\x41\x43K_STATUS_RATE_LIMITED\x10\x03\x12\x17\n\x13\x41\x43K_STATUS_REJECTED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fincident_manager/v1/alert.proto\x12\x13incident_manager.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"incident_manager/v1/incident.proto\"\xec\x04\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x08severity\x18\x05 \x01(\x0e\x32\x1d.incident_manager.v1.Severity\x12/\n\x04type\x18\x06 \x01(\x0e\x32!.incident_manager.v1.IncidentType\x12\x36\n\x06labels\x18\x07 \x03(\x0b\x32&.incident_manager.v1.Alert.LabelsEntry\x12@\n\x0b\x61nnotations\x18\x08 \x03(\x0b\x32+.incident_manager.v1.Alert.AnnotationsEntry\x12\x1a\n\x12\x61\x66\x66\x65\x63ted_resources\x18\t \x03(\t\x12\x13\n\x0brunbook_url\x18\n \x01(\t\x12-\n\tfire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\tdedup_key\x18\x0c \x01(\tH\x00\x88\x01\x01\x12\x30\n\x06status\x18\r \x01(\x0e\x32 .incident_manager.v1.AlertStatus\x12,\n\x08\x65nd_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_dedup_key\"r\n\x08\x41lertAck\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.incident_manager.v1.AckStatus\x12\x13\n\x0bincident_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t*_\n\x0b\x41lertStatus\x12\x1c\n\x18\x41LERT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41LERT_STATUS_FIRING\x10\x01\x12\x19\n\x15\x41LERT_STATUS_RESOLVED\x10\x02*\xc0\x01\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_STATUS_ACCEPTED\x10\x01\x12\x18\n\x14\x41\x43K_STATUS_DUPLICATE\x10\x02\x12\x1b\n\x17\x41\x43K_STATUS_RATE_LIMITED\x10\x03\x12\x17\n\x13\x41\x43K_STATUS_REJECTED\x10\x04\x12\x16\n\x12\x41\x43K_STATUS_CLEARED\x10\x05\x12\x16\n\x12\x41\x43K_STATUS_IGNORED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,14 +37,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALERT_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ALERT_ANNOTATIONSENTRY']._loaded_options = None
   _globals['_ALERT_ANNOTATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_ACKSTATUS']._serialized_start=769
-  _globals['_ACKSTATUS']._serialized_end=913
+  _globals['_ALERTSTATUS']._serialized_start=864
+  _globals['_ALERTSTATUS']._serialized_end=959
+  _globals['_ACKSTATUS']._serialized_start=962
+  _globals['_ACKSTATUS']._serialized_end=1154
   _globals['_ALERT']._serialized_start=126
-  _globals['_ALERT']._serialized_end=650
-  _globals['_ALERT_LABELSENTRY']._serialized_start=539
-  _globals['_ALERT_LABELSENTRY']._serialized_end=584
-  _globals['_ALERT_ANNOTATIONSENTRY']._serialized_start=586
-  _globals['_ALERT_ANNOTATIONSENTRY']._serialized_end=636
-  _globals['_ALERTACK']._serialized_start=652
-  _globals['_ALERTACK']._serialized_end=766
+  _globals['_ALERT']._serialized_end=746
+  _globals['_ALERT_LABELSENTRY']._serialized_start=635
+  _globals['_ALERT_LABELSENTRY']._serialized_end=680
+  _globals['_ALERT_ANNOTATIONSENTRY']._serialized_start=682
+  _globals['_ALERT_ANNOTATIONSENTRY']._serialized_end=732
+  _globals['_ALERTACK']._serialized_start=748
+  _globals['_ALERTACK']._serialized_end=862
 # @@protoc_insertion_point(module_scope)

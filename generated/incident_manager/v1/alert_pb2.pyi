@@ -21,6 +21,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _AlertStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlertStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALERT_STATUS_UNSPECIFIED: _AlertStatus.ValueType  # 0
+    """Not set: same as FIRING."""
+    ALERT_STATUS_FIRING: _AlertStatus.ValueType  # 1
+    """The condition is going on."""
+    ALERT_STATUS_RESOLVED: _AlertStatus.ValueType  # 2
+    """The condition has cleared."""
+
+class AlertStatus(_AlertStatus, metaclass=_AlertStatusEnumTypeWrapper):
+    """Whether the condition an alert reports is still going on."""
+
+ALERT_STATUS_UNSPECIFIED: AlertStatus.ValueType  # 0
+"""Not set: same as FIRING."""
+ALERT_STATUS_FIRING: AlertStatus.ValueType  # 1
+"""The condition is going on."""
+ALERT_STATUS_RESOLVED: AlertStatus.ValueType  # 2
+"""The condition has cleared."""
+Global___AlertStatus: _TypeAlias = AlertStatus  # noqa: Y015
+
 class _AckStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -37,6 +61,14 @@ class _AckStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AckStatus.V
     """Not stored because its source is over its rate limit; retry later."""
     ACK_STATUS_REJECTED: _AckStatus.ValueType  # 4
     """Not stored because it is invalid; `message` says why."""
+    ACK_STATUS_CLEARED: _AckStatus.ValueType  # 5
+    """A resolve signal: the alert sent before is now cleared; `message` says
+    whether its incident (`incident_id`) resolved.
+    """
+    ACK_STATUS_IGNORED: _AckStatus.ValueType  # 6
+    """A resolve signal for an alert this service never received: nothing to
+    do, and not an error.
+    """
 
 class AckStatus(_AckStatus, metaclass=_AckStatusEnumTypeWrapper):
     """What happened to a submitted alert."""
@@ -51,6 +83,14 @@ ACK_STATUS_RATE_LIMITED: AckStatus.ValueType  # 3
 """Not stored because its source is over its rate limit; retry later."""
 ACK_STATUS_REJECTED: AckStatus.ValueType  # 4
 """Not stored because it is invalid; `message` says why."""
+ACK_STATUS_CLEARED: AckStatus.ValueType  # 5
+"""A resolve signal: the alert sent before is now cleared; `message` says
+whether its incident (`incident_id`) resolved.
+"""
+ACK_STATUS_IGNORED: AckStatus.ValueType  # 6
+"""A resolve signal for an alert this service never received: nothing to
+do, and not an error.
+"""
 Global___AckStatus: _TypeAlias = AckStatus  # noqa: Y015
 
 @_typing.final
@@ -113,6 +153,8 @@ class Alert(_message.Message):
     RUNBOOK_URL_FIELD_NUMBER: _builtins.int
     FIRE_TIME_FIELD_NUMBER: _builtins.int
     DEDUP_KEY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The source's own identifier for this alert. Required, at most 256
     characters. Submitting the same `source` and `id` again (a retry) is
@@ -137,6 +179,12 @@ class Alert(_message.Message):
     """Overrides the computed fingerprint: alerts with the same dedup key merge
     regardless of their title, type and resources. At most 256 characters.
     """
+    status: Global___AlertStatus.ValueType
+    """FIRING (the default) or RESOLVED. A RESOLVED alert is a resolve signal:
+    it clears the alert with the same `source` and `id` sent before, and
+    the incident resolves by itself if its source's auto-resolve policy says
+    so. With status RESOLVED only `id` and `source` are required.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Key/value labels copied onto a new incident. At most 64 entries, keys at
@@ -157,6 +205,12 @@ class Alert(_message.Message):
     def fire_time(self) -> _timestamp_pb2.Timestamp:
         """When the source fired it. Defaults to the time the server received it."""
 
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the condition ended. An `end_time` that is not in the future makes
+        the alert a resolve signal, like status RESOLVED.
+        """
+
     def __init__(
         self,
         *,
@@ -172,10 +226,12 @@ class Alert(_message.Message):
         runbook_url: _builtins.str = ...,
         fire_time: _timestamp_pb2.Timestamp | None = ...,
         dedup_key: _builtins.str | None = ...,
+        status: Global___AlertStatus.ValueType = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_dedup_key", b"_dedup_key", "dedup_key", b"dedup_key", "fire_time", b"fire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dedup_key", b"_dedup_key", "dedup_key", b"dedup_key", "end_time", b"end_time", "fire_time", b"fire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dedup_key", b"_dedup_key", "affected_resources", b"affected_resources", "annotations", b"annotations", "dedup_key", b"dedup_key", "description", b"description", "fire_time", b"fire_time", "id", b"id", "labels", b"labels", "runbook_url", b"runbook_url", "severity", b"severity", "source", b"source", "title", b"title", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dedup_key", b"_dedup_key", "affected_resources", b"affected_resources", "annotations", b"annotations", "dedup_key", b"dedup_key", "description", b"description", "end_time", b"end_time", "fire_time", b"fire_time", "id", b"id", "labels", b"labels", "runbook_url", b"runbook_url", "severity", b"severity", "source", b"source", "status", b"status", "title", b"title", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dedup_key: _TypeAlias = _typing.Literal["dedup_key"]  # noqa: Y015
     _WhichOneofArgType__dedup_key: _TypeAlias = _typing.Literal["_dedup_key", b"_dedup_key"]  # noqa: Y015
