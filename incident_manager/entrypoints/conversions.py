@@ -22,8 +22,20 @@ from generated.incident_manager.v1 import (
     alert_pb2,
     incident_pb2,
     incident_service_pb2,
+    integrations_pb2,
 )
 from incident_manager.domain.errors import FieldViolation, ValidationError, quoted
+from incident_manager.domain.integrations import (
+    AnomalyEvent,
+    AnomalyMetric,
+    EdgeAgentEvent,
+    EventKind,
+    GovernanceEvent,
+    ModuleEvent,
+    SecurityEvent,
+    ThreatCategory,
+    validate_module_event,
+)
 from incident_manager.domain.model import (
     AckStatus,
     Alert,
@@ -107,6 +119,8 @@ RESOLUTION_METHOD = EnumTable(ResolutionMethod, incident_pb2.ResolutionMethod, "
 EVENT_TYPE = EnumTable(EventType, incident_pb2.EventType, "EVENT_TYPE_")
 ACK_STATUS = EnumTable(AckStatus, alert_pb2.AckStatus, "ACK_STATUS_")
 ALERT_STATUS = EnumTable(AlertStatus, alert_pb2.AlertStatus, "ALERT_STATUS_")
+ANOMALY_METRIC = EnumTable(AnomalyMetric, integrations_pb2.AnomalyMetric, "ANOMALY_METRIC_")
+THREAT_CATEGORY = EnumTable(ThreatCategory, integrations_pb2.ThreatCategory, "THREAT_CATEGORY_")
 
 # ---------------------------------------------------------------- scalars
 
@@ -564,3 +578,92 @@ def wants_full_view(view: int) -> bool:
     if view not in incident_service_pb2.IncidentView.values():
         raise ValidationError.single("view", f"has unknown value {view}; use BASIC or FULL")
     return bool(view == incident_service_pb2.INCIDENT_VIEW_FULL)
+
+
+# ---------------------------------------------------------------- module events
+
+
+def module_event_from_proto(
+    message: integrations_pb2.ModuleEvent, prefix: str = "event."
+) -> ModuleEvent:
+    """A module event, validated; every bad field is named in one ValidationError."""
+    violations: list[FieldViolation] = []
+    status = (
+        AlertStatus.FIRING
+        if message.status == alert_pb2.ALERT_STATUS_UNSPECIFIED
+        else _attempt(lambda: ALERT_STATUS.parse(message.status, prefix + "status"), violations)
+    )
+
+    def moment(name: str) -> datetime | None:
+        holder: Any = message
+        if "." in name:
+            holder = getattr(message, name.split(".")[0])
+        field = name.split(".")[-1]
+        if not holder.HasField(field):
+            return None
+        stamp = getattr(holder, field)
+        return _attempt(lambda: timestamp_from_proto(stamp, prefix + name), violations)
+
+    which = message.WhichOneof("kind")
+    kind: EventKind | None = None
+    if which == "anomaly":
+        anomaly = message.anomaly
+        metric = _attempt(
+            lambda: ANOMALY_METRIC.parse(anomaly.metric, prefix + "anomaly.metric"), violations
+        )
+        kind = AnomalyEvent(
+            model=anomaly.model,
+            metric=metric or AnomalyMetric.ERROR_RATE,
+            endpoint=anomaly.endpoint,
+            observed_value=anomaly.observed_value,
+            baseline_value=anomaly.baseline_value,
+            threshold=anomaly.threshold,
+            anomaly_score=anomaly.anomaly_score,
+        )
+    elif which == "security":
+        security = message.security
+        category = _attempt(
+            lambda: THREAT_CATEGORY.parse(security.category, prefix + "security.category"),
+            violations,
+        )
+        kind = SecurityEvent(
+            category=category or ThreatCategory.OTHER,
+            confidence=security.confidence,
+            blocked=security.blocked,
+            model=security.model,
+            application=security.application,
+            sample_ref=security.sample_ref,
+        )
+    elif which == "edge_agent":
+        agent = message.edge_agent
+        kind = EdgeAgentEvent(
+            agent_id=agent.agent_id,
+            offline_since=moment("edge_agent.offline_since"),
+            queue_depth=agent.queue_depth,
+            cpu_utilization=agent.cpu_utilization,
+            memory_utilization=agent.memory_utilization,
+            inference_failure_rate=agent.inference_failure_rate,
+        )
+    elif which == "governance":
+        governance = message.governance
+        kind = GovernanceEvent(
+            policy_id=governance.policy_id,
+            framework=governance.framework,
+            violation=governance.violation,
+            model=governance.model,
+            dataset=governance.dataset,
+        )
+    event = ModuleEvent(
+        id=message.id,
+        source=message.source,
+        kind=kind,
+        time=moment("time"),
+        status=status or AlertStatus.FIRING,
+        end_time=moment("end_time"),
+        labels=dict(message.labels),
+    )
+    checker = Checker(prefix)
+    validate_module_event(event, checker)
+    if violations or checker.violations:
+        raise ValidationError(violations + checker.violations)
+    return event

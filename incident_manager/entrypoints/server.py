@@ -14,9 +14,15 @@ from generated.incident_manager.v1 import (
     alert_ingestion_service_pb2_grpc,
     incident_service_pb2,
     incident_service_pb2_grpc,
+    integrations_pb2,
+    integrations_pb2_grpc,
 )
 from incident_manager.entrypoints.reflection import DocumentedReflectionServicer
-from incident_manager.entrypoints.servicers import AlertIngestionServicer, IncidentServicer
+from incident_manager.entrypoints.servicers import (
+    AlertIngestionServicer,
+    IncidentServicer,
+    IntegrationServicer,
+)
 from incident_manager.service.manager import IncidentManager
 
 log = logging.getLogger(__name__)
@@ -25,7 +31,8 @@ INCIDENT_SERVICE = incident_service_pb2.DESCRIPTOR.services_by_name["IncidentSer
 INGESTION_SERVICE = alert_ingestion_service_pb2.DESCRIPTOR.services_by_name[
     "AlertIngestionService"
 ].full_name
-SERVICE_NAMES = (INCIDENT_SERVICE, INGESTION_SERVICE)
+INTEGRATION_SERVICE = integrations_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name
+SERVICE_NAMES = (INCIDENT_SERVICE, INGESTION_SERVICE, INTEGRATION_SERVICE)
 
 
 class ListenError(Exception):
@@ -48,6 +55,9 @@ class IncidentServer:
         )
         alert_ingestion_service_pb2_grpc.add_AlertIngestionServiceServicer_to_server(
             AlertIngestionServicer(manager, lambda: self._serving), self.server
+        )
+        integrations_pb2_grpc.add_IntegrationServiceServicer_to_server(
+            IntegrationServicer(manager), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(

@@ -18,6 +18,7 @@ from generated.incident_manager.v1 import (
 )
 from generated.incident_manager.v1 import (
     alert_pb2,
+    integrations_pb2,
 )
 from generated.incident_manager.v1 import (
     incident_service_pb2 as service_pb2,
@@ -25,8 +26,12 @@ from generated.incident_manager.v1 import (
 from generated.incident_manager.v1 import (
     incident_service_pb2_grpc as service_grpc,
 )
+from generated.incident_manager.v1 import (
+    integrations_pb2_grpc as integrations_grpc,
+)
 from incident_manager import __version__
 from incident_manager.domain.errors import RateLimited, ValidationError
+from incident_manager.domain.integrations import to_alert
 from incident_manager.domain.model import AckStatus, Alert, AlertAck
 from incident_manager.entrypoints import conversions as conv
 from incident_manager.entrypoints.status import streaming, unary
@@ -194,4 +199,35 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
             status=status,
             version=__version__,
             uptime=conv.duration_to_proto(timedelta(seconds=self.manager.uptime())),
+        )
+
+
+class IntegrationServicer(integrations_grpc.IntegrationServiceServicer):
+    """Module events become alerts by the mapping rules, then are ingested like any alert."""
+
+    def __init__(self, manager: IncidentManager) -> None:
+        self.manager = manager
+
+    @unary
+    async def SubmitModuleEvent(
+        self, request: integrations_pb2.SubmitModuleEventRequest, context: Context
+    ) -> integrations_pb2.SubmitModuleEventResponse:
+        event = conv.module_event_from_proto(request.event)
+        ack = await self.manager.submit_alert(to_alert(event))
+        return integrations_pb2.SubmitModuleEventResponse(ack=conv.ack_to_proto(ack))
+
+    @unary
+    async def BatchSubmitModuleEvents(
+        self, request: integrations_pb2.BatchSubmitModuleEventsRequest, context: Context
+    ) -> integrations_pb2.BatchSubmitModuleEventsResponse:
+        items: list[Alert | AlertAck] = []
+        for index, message in enumerate(request.events):
+            try:
+                event = conv.module_event_from_proto(message, prefix=f"events[{index}].")
+                items.append(to_alert(event))
+            except ValidationError as error:
+                items.append(AlertAck(message.id, AckStatus.REJECTED, message=error.message))
+        acks = await self.manager.submit_alerts(items)
+        return integrations_pb2.BatchSubmitModuleEventsResponse(
+            acks=[conv.ack_to_proto(a) for a in acks]
         )
