@@ -37,6 +37,7 @@ def test_the_readme_has_an_example_for_every_rpc() -> None:
         "AlertIngestionService/SubmitAlert",
         "AlertIngestionService/StreamAlerts",
         "AlertIngestionService/BatchSubmitAlerts",
+        "IntegrationService/SubmitModuleEvent",
         "AlertIngestionService/HealthCheck",
         "IncidentService/CreateIncident",
         "IncidentService/GetIncident",
