@@ -17,7 +17,12 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @pytest.mark.parametrize(
     "service",
-    ["", "incident_manager.v1.IncidentService", "incident_manager.v1.AlertIngestionService"],
+    [
+        "",
+        "incident_manager.v1.IncidentService",
+        "incident_manager.v1.AlertIngestionService",
+        "incident_manager.v1.IntegrationService",
+    ],
 )
 async def test_the_server_and_each_service_report_serving(server: Running, service: str) -> None:
     response = await server.health.Check(health_pb2.HealthCheckRequest(service=service))
