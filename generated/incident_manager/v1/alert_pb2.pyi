@@ -158,8 +158,8 @@ class Alert(_message.Message):
     id: _builtins.str
     """The source's own identifier for this alert. Required, at most 256
     characters. Submitting the same `source` and `id` again (a retry) is
-    counted once and acknowledged exactly as the first time (same status,
-    same incident).
+    counted once and acknowledged with the first answer's status and
+    incident; its message says it was a retry.
     """
     source: _builtins.str
     """The module that fired it, e.g. `llm-sentinel` or `llm-shield`. Required,
