@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from generated.incident_manager.v1 import (
     alert_ingestion_service_pb2 as ingestion_pb2,
@@ -153,14 +154,22 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
         in_flight: asyncio.Queue[asyncio.Future[AlertAck] | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def read() -> None:
+            received = 0
             try:
                 async for request in request_iterator:
+                    received += 1
                     task = asyncio.ensure_future(self._ack(request.alert))
                     try:
                         await in_flight.put(task)
                     except BaseException:
                         task.cancel()  # never queued, so nobody else would cancel it
                         raise
+            except DecodeError as error:
+                # grpc decodes each streamed message as we read it; a corrupt
+                # one is the client's mistake, not an internal error.
+                raise ValidationError.single(
+                    f"messages[{received}]", f"is not a valid StreamAlertsRequest: {error}"
+                ) from error
             finally:
                 await in_flight.put(None)
 

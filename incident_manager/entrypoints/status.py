@@ -69,46 +69,66 @@ def _packed(message: Any) -> any_pb2.Any:
     return packed
 
 
-# The status travels in HTTP/2 trailers, which clients cap (16 KiB by default in
-# grpc): past that the client sees RESOURCE_EXHAUSTED instead of our error.
-MAX_MESSAGE = 1000
+# The status travels in HTTP/2 trailers: `grpc-message` percent-encoded (a
+# 4-byte character becomes 12 bytes) and the details base64-encoded. Clients
+# refuse trailers past 8 KiB (grpc's soft limit) and then report
+# RESOURCE_EXHAUSTED instead of our error, so sizes are budgeted in bytes.
+MAX_MESSAGE_BYTES = 500
+MAX_DETAIL_BYTES = 100
 MAX_VIOLATIONS = 20
-MAX_DETAIL = 200
+TRAILER_BUDGET = 6000
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """`text` cut to at most `limit` UTF-8 bytes, on a character boundary."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode(errors="ignore") + "..."
+
+
+def _trailer_size(status: status_pb2.Status) -> int:
+    # Worst case: every byte of the message percent-encoded; details base64.
+    return 3 * len(status.message.encode()) + (4 * int(status.ByteSize())) // 3
 
 
 def to_status(error: DomainError) -> grpc.Status:
     code = status_code_of(error)
-    metadata = {key: _cut(value, MAX_DETAIL) for key, value in error.metadata.items()}
-    details = [
-        _packed(
-            error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
-        )
-    ]
-    if isinstance(error, ValidationError):
-        violations = [
-            error_details_pb2.BadRequest.FieldViolation(
-                field=_cut(v.field, MAX_DETAIL), description=_cut(v.description, MAX_DETAIL)
-            )
-            for v in error.violations[:MAX_VIOLATIONS]
-        ]
-        if len(error.violations) > MAX_VIOLATIONS:
-            violations.append(
-                error_details_pb2.BadRequest.FieldViolation(
-                    field="...",
-                    description=f"and {len(error.violations) - MAX_VIOLATIONS} more violations",
-                )
-            )
-        details.append(_packed(error_details_pb2.BadRequest(field_violations=violations)))
+    metadata = {key: _cut(value, MAX_DETAIL_BYTES) for key, value in error.metadata.items()}
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
+    extra = []
     if isinstance(error, RateLimited):
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromTimedelta(timedelta(seconds=error.retry_after))
-        details.append(_packed(retry))
-    message = _cut(error.message, MAX_MESSAGE)
-    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+        extra.append(_packed(retry))
+    message = _cut(error.message, MAX_MESSAGE_BYTES)
+    violations = (
+        [
+            error_details_pb2.BadRequest.FieldViolation(
+                field=_cut(v.field, MAX_DETAIL_BYTES),
+                description=_cut(v.description, MAX_DETAIL_BYTES),
+            )
+            for v in error.violations[:MAX_VIOLATIONS]
+        ]
+        if isinstance(error, ValidationError)
+        else []
+    )
+    total = len(error.violations) if isinstance(error, ValidationError) else 0
+    while True:
+        details = [_packed(info), *extra]
+        if isinstance(error, ValidationError):
+            listed = list(violations)
+            if total > len(violations):
+                listed.append(
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field="...", description=f"and {total - len(violations)} more violations"
+                    )
+                )
+            details.append(_packed(error_details_pb2.BadRequest(field_violations=listed)))
+        status = status_pb2.Status(code=code.value[0], message=message, details=details)
+        if _trailer_size(status) <= TRAILER_BUDGET or not violations:
+            break
+        violations.pop()  # list fewer fields rather than lose the whole answer
     result: grpc.Status = rpc_status.to_status(status)
     return result
 
