@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import shutil
+import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -65,3 +69,31 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
             detail.Unpack(info)
             return info.reason
     raise AssertionError("no ErrorInfo detail")
+
+
+def installed_tool(name: str) -> Path | None:
+    """A command installed into this virtualenv (next to python), else one on PATH."""
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.exists():
+        return beside_python
+    on_path = shutil.which(name)
+    return Path(on_path) if on_path else None
+
+
+async def run_shell_example(block: str, address: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run a documented ```sh block against `address` (it is written for localhost:9000).
+
+    Async, so the test's own in-process server keeps serving meanwhile.
+    """
+    script = "set -euo pipefail\n" + block.replace("localhost:9000", address)
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        script,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()

