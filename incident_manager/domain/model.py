@@ -48,9 +48,6 @@ class IncidentState(enum.IntEnum):
         return self.value < IncidentState.RESOLVED.value
 
 
-ACTIVE_STATES = tuple(s for s in IncidentState if s.is_active)
-
-
 class IncidentType(enum.IntEnum):
     INFRASTRUCTURE = 1
     APPLICATION = 2

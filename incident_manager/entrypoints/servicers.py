@@ -32,7 +32,7 @@ from generated.incident_manager.v1 import (
 )
 from incident_manager import __version__
 from incident_manager.domain.errors import RateLimited, ValidationError
-from incident_manager.domain.integrations import to_alert
+from incident_manager.domain.integrations import ModuleEvent
 from incident_manager.domain.model import AckStatus, Alert, AlertAck
 from incident_manager.entrypoints import conversions as conv
 from incident_manager.entrypoints.status import streaming, unary
@@ -212,7 +212,7 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
 
 
 class IntegrationServicer(integrations_grpc.IntegrationServiceServicer):
-    """Module events become alerts by the mapping rules, then are ingested like any alert."""
+    """Module events, ingested like alerts once the manager has mapped them."""
 
     def __init__(self, manager: IncidentManager) -> None:
         self.manager = manager
@@ -221,22 +221,20 @@ class IntegrationServicer(integrations_grpc.IntegrationServiceServicer):
     async def SubmitModuleEvent(
         self, request: integrations_pb2.SubmitModuleEventRequest, context: Context
     ) -> integrations_pb2.SubmitModuleEventResponse:
-        event = conv.module_event_from_proto(request.event)
-        ack = await self.manager.submit_alert(to_alert(event))
+        ack = await self.manager.submit_module_event(conv.module_event_from_proto(request.event))
         return integrations_pb2.SubmitModuleEventResponse(ack=conv.ack_to_proto(ack))
 
     @unary
     async def BatchSubmitModuleEvents(
         self, request: integrations_pb2.BatchSubmitModuleEventsRequest, context: Context
     ) -> integrations_pb2.BatchSubmitModuleEventsResponse:
-        items: list[Alert | AlertAck] = []
+        items: list[ModuleEvent | AlertAck] = []
         for index, message in enumerate(request.events):
             try:
-                event = conv.module_event_from_proto(message, prefix=f"events[{index}].")
-                items.append(to_alert(event))
+                items.append(conv.module_event_from_proto(message, prefix=f"events[{index}]."))
             except ValidationError as error:
                 items.append(AlertAck(message.id, AckStatus.REJECTED, message=error.message))
-        acks = await self.manager.submit_alerts(items)
+        acks = await self.manager.submit_module_events(items)
         return integrations_pb2.BatchSubmitModuleEventsResponse(
             acks=[conv.ack_to_proto(a) for a in acks]
         )

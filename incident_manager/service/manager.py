@@ -22,6 +22,7 @@ from incident_manager.domain.errors import (
     SubscriberTooSlow,
     ValidationError,
 )
+from incident_manager.domain.integrations import ModuleEvent, to_alert
 from incident_manager.domain.model import (
     Alert,
     AlertAck,
@@ -128,6 +129,18 @@ class IncidentManager:
                 limiter=self.rate_limiter,
                 policies=self.auto_resolve,
             )
+        )
+
+    async def submit_module_event(self, event: ModuleEvent) -> AlertAck:
+        """Store a monitoring module's event as the alert its mapping rules make of it."""
+        return await self.submit_alert(to_alert(event))
+
+    async def submit_module_events(
+        self, events: Sequence[ModuleEvent | AlertAck]
+    ) -> list[AlertAck]:
+        """Like submit_alerts, for module events; acks (refused while decoding) pass through."""
+        return await self.submit_alerts(
+            [item if isinstance(item, AlertAck) else to_alert(item) for item in events]
         )
 
     async def create_incident(self, command: CreateIncident) -> Incident:
