@@ -138,6 +138,11 @@ def alert(i: int, *, distinct_every: int = 1, source: str = "llm-sentinel") -> a
     )
 
 
+def alerts_from(first: int, distinct_every: int = 1) -> Callable[[int], alert_pb2.Alert]:
+    """Alert i of a series starting at id `first`, so no two scenarios share alert ids."""
+    return lambda i: alert(first + i, distinct_every=distinct_every)
+
+
 def channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address)
 
@@ -378,11 +383,7 @@ async def run(size: str, workdir: Path) -> list[Row]:
         rows.append(row("bare: unary, Python client", rate, "calls/s", lat, None))
         bare_unary = rate
         for label, every in (("all new", 1), ("90% duplicates", 10)):
-            offset = 1_000_000 * every
-
-            def make(i: int, every: int = every, offset: int = offset) -> alert_pb2.Alert:
-                return alert(offset + i, distinct_every=every)
-
+            make = alerts_from(1_000_000 * every, every)
             rate, lat = await unary_load(ours.address, make, n["unary"])
             rows.append(row(f"SubmitAlert, {label}", rate, "alerts/s", lat, None))
             rows[-1].ratio = rate / bare_unary
@@ -391,11 +392,7 @@ async def run(size: str, workdir: Path) -> list[Row]:
         rows.append(row("bare: batch of 500", rate, "alerts/s", lat, None))
         bare_batch = rate
         for label, every in (("all new", 1), ("90% duplicates", 10)):
-            offset = 50_000_000 * every
-
-            def make(i: int, every: int = every, offset: int = offset) -> alert_pb2.Alert:
-                return alert(offset + i, distinct_every=every)
-
+            make = alerts_from(50_000_000 * every, every)
             rate, lat = await batch_load(ours.address, make, n["batch"])
             rows.append(row(f"BatchSubmitAlerts x500, {label}", rate, "alerts/s", lat, None))
             rows[-1].ratio = rate / bare_batch
@@ -404,10 +401,7 @@ async def run(size: str, workdir: Path) -> list[Row]:
         rows.append(row("bare: 4 bidi streams", rate, "msgs/s", lat, None))
         bare_stream = rate
 
-        def stream_alert(i: int) -> alert_pb2.Alert:
-            return alert(300_000_000 + i, distinct_every=10)
-
-        rate, lat = await stream_load(ours.address, stream_alert, n["stream"])
+        rate, lat = await stream_load(ours.address, alerts_from(300_000_000, 10), n["stream"])
         rows.append(row("StreamAlerts, 4 streams, 90% dup", rate, "alerts/s", lat, None))
         rows[-1].ratio = rate / bare_stream
 
@@ -452,10 +446,7 @@ async def run(size: str, workdir: Path) -> list[Row]:
     total = n["rss_alerts"]
     memory = our_server(workdir / "memory.db")
     try:
-
-        def spread(i: int) -> alert_pb2.Alert:
-            return alert(900_000_000 + i, distinct_every=total // 10_000)
-
+        spread = alerts_from(900_000_000, total // 10_000)
         rate, lat = await batch_load(memory.address, spread, total)
         rows.append(
             row(
