@@ -144,6 +144,11 @@ class Storage(abc.ABC):
     def add_listener(self, listener: EventListener) -> None:
         self._listeners.append(listener)
 
+    @property
+    def available(self) -> bool:
+        """False while the database cannot be reached; the server reports NOT_SERVING meanwhile."""
+        return True
+
     def _publish(self, events: list[IncidentEvent]) -> None:
         for listener in self._listeners:
             listener(events)

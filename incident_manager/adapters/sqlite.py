@@ -12,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,23 +35,29 @@ from incident_manager.adapters.repository import (
     T,
     UnitOfWork,
 )
+from incident_manager.adapters.rows import (
+    ALERT_COLUMNS,
+    EVENT_COLUMNS,
+    INCIDENT_COLUMNS,
+    NOTE_COLUMNS,
+    alert_values,
+    event_from_row,
+    event_values,
+    filter_values,
+    incident_from_row,
+    incident_row,
+    note_from_row,
+    note_values,
+    received_alert_from_row,
+    resolution_to_json,
+)
 from incident_manager.domain.errors import ConcurrentModification, StorageUnavailable
 from incident_manager.domain.model import (
-    AckStatus,
-    Alert,
-    AlertStatus,
-    EventType,
     Incident,
     IncidentEvent,
-    IncidentState,
-    IncidentType,
     Note,
     ReceivedAlert,
     RequestRecord,
-    Resolution,
-    ResolutionMethod,
-    Severity,
-    TimelineEvent,
 )
 from incident_manager.domain.query import (
     NOTES_LIMIT,
@@ -60,7 +65,6 @@ from incident_manager.domain.query import (
     IncidentPage,
     IncidentQuery,
     SortKey,
-    from_micros,
     micros,
 )
 
@@ -154,18 +158,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_INCIDENT_COLUMNS = (
-    "id, title, description, severity, type, state, source, affected_resources, labels, "
-    "assignees, fingerprint, alert_count, create_time, update_time, resolution, version, "
-    "timeline_size, notes_size"
-)
-_EVENT_COLUMNS = (
-    "sequence, incident_id, type, actor, message, details, create_time, title, state, "
-    "severity, incident_type, source, assignees, alert_count"
-)
 _UPDATE_INCIDENT = (
     "UPDATE incidents SET "
-    + ", ".join(f"{c.strip()} = ?" for c in _INCIDENT_COLUMNS.split(",")[1:])
+    + ", ".join(f"{c.strip()} = ?" for c in INCIDENT_COLUMNS.split(",")[1:])
     + " WHERE id = ? AND version = ?"
 )
 _UPDATE_COUNTERS = (
@@ -178,148 +173,6 @@ _SORT_COLUMNS = {
     SortKey.UPDATE_TIME: ("update_time", "id"),
     SortKey.SEVERITY: ("severity", "create_time", "id"),
 }
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _resolution_to_json(resolution: Resolution | None) -> str | None:
-    if resolution is None:
-        return None
-    return _dumps(
-        {
-            "method": resolution.method.name,
-            "root_cause": resolution.root_cause,
-            "notes": resolution.notes,
-            "resolved_by": resolution.resolved_by,
-            "resolve_time": micros(resolution.resolve_time),
-            "time_to_resolve": resolution.time_to_resolve // timedelta(microseconds=1),
-        }
-    )
-
-
-def _resolution_from_json(text: str | None) -> Resolution | None:
-    if text is None:
-        return None
-    data = json.loads(text)
-    return Resolution(
-        method=ResolutionMethod[data["method"]],
-        root_cause=data["root_cause"],
-        notes=data["notes"],
-        resolved_by=data["resolved_by"],
-        resolve_time=from_micros(data["resolve_time"]),
-        time_to_resolve=timedelta(microseconds=data["time_to_resolve"]),
-    )
-
-
-def _incident_row(incident: Incident) -> tuple[Any, ...]:
-    return (
-        incident.id,
-        incident.title,
-        incident.description,
-        int(incident.severity),
-        int(incident.type),
-        int(incident.state),
-        incident.source,
-        _dumps(incident.affected_resources),
-        _dumps(incident.labels),
-        _dumps(incident.assignees),
-        incident.fingerprint,
-        incident.alert_count,
-        micros(incident.create_time),
-        micros(incident.update_time),
-        _resolution_to_json(incident.resolution),
-        incident.version,
-        incident.timeline_size,
-        incident.notes_size,
-    )
-
-
-def _incident_from_row(row: Sequence[Any]) -> Incident:
-    return Incident(
-        id=row[0],
-        title=row[1],
-        description=row[2],
-        severity=Severity(row[3]),
-        type=IncidentType(row[4]),
-        state=IncidentState(row[5]),
-        source=row[6],
-        affected_resources=json.loads(row[7]),
-        labels=json.loads(row[8]),
-        assignees=json.loads(row[9]),
-        fingerprint=row[10],
-        alert_count=row[11],
-        create_time=from_micros(row[12]),
-        update_time=from_micros(row[13]),
-        resolution=_resolution_from_json(row[14]),
-        version=row[15],
-        loaded_version=row[15],
-        timeline_size=row[16],
-        notes_size=row[17],
-    )
-
-
-def _event_from_row(row: Sequence[Any]) -> IncidentEvent:
-    return IncidentEvent(
-        incident_id=row[1],
-        event=TimelineEvent(
-            sequence=row[0],
-            type=EventType(row[2]),
-            actor=row[3],
-            message=row[4],
-            details=json.loads(row[5]),
-            create_time=from_micros(row[6]),
-        ),
-        title=row[7],
-        state=IncidentState(row[8]),
-        severity=Severity(row[9]),
-        type=IncidentType(row[10]),
-        source=row[11],
-        assignees=tuple(json.loads(row[12])),
-        alert_count=row[13],
-    )
-
-
-def _alert_to_json(alert: Alert) -> str:
-    return _dumps(
-        {
-            "id": alert.id,
-            "source": alert.source,
-            "title": alert.title,
-            "description": alert.description,
-            "severity": alert.severity.name,
-            "type": alert.type.name,
-            "labels": dict(alert.labels),
-            "annotations": dict(alert.annotations),
-            "affected_resources": list(alert.affected_resources),
-            "runbook_url": alert.runbook_url,
-            "fire_time": None if alert.fire_time is None else micros(alert.fire_time),
-            "dedup_key": alert.dedup_key,
-            "status": alert.status.name,
-            "end_time": None if alert.end_time is None else micros(alert.end_time),
-        }
-    )
-
-
-def _alert_from_json(text: str) -> Alert:
-    data = json.loads(text)
-    return Alert(
-        id=data["id"],
-        source=data["source"],
-        title=data["title"],
-        description=data["description"],
-        severity=Severity[data["severity"]],
-        type=IncidentType[data["type"]],
-        labels=data["labels"],
-        annotations=data["annotations"],
-        affected_resources=tuple(data["affected_resources"]),
-        runbook_url=data["runbook_url"],
-        fire_time=None if data["fire_time"] is None else from_micros(data["fire_time"]),
-        dedup_key=data["dedup_key"],
-        status=AlertStatus[data.get("status", "FIRING")],
-        end_time=None if data.get("end_time") is None else from_micros(data["end_time"]),
-    )
 
 
 class SqliteIncidents(IncidentRepository):
@@ -335,11 +188,11 @@ class SqliteIncidents(IncidentRepository):
             if cached is not None:
                 return cached
         row = self._conn.execute(
-            f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE id = ?", (incident_id,)
+            f"SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?", (incident_id,)
         ).fetchone()
         if row is None:
             return None
-        incident = _incident_from_row(row)
+        incident = incident_from_row(row)
         if self._cache is not None:
             self._cache.remember(incident)
         if with_history:
@@ -348,15 +201,15 @@ class SqliteIncidents(IncidentRepository):
 
     def _load_history(self, incident: Incident) -> None:
         rows = self._conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE incident_id = ? "
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE incident_id = ? "
             "ORDER BY sequence DESC LIMIT ?",
             (incident.id, TIMELINE_LIMIT),
         ).fetchall()
-        incident.timeline = [_event_from_row(r).event for r in reversed(rows)]
+        incident.timeline = [event_from_row(r).event for r in reversed(rows)]
         notes = [
-            Note(id=r[0], author=r[1], content=r[2], create_time=from_micros(r[3]))
+            note_from_row(r)
             for r in self._conn.execute(
-                "SELECT id, author, content, create_time FROM notes WHERE incident_id = ? "
+                f"SELECT {NOTE_COLUMNS} FROM notes WHERE incident_id = ? "
                 "ORDER BY create_time DESC, rowid DESC LIMIT ?",
                 (incident.id, NOTES_LIMIT),
             )
@@ -373,7 +226,7 @@ class SqliteIncidents(IncidentRepository):
         row = self._newest_active_row(fingerprint, micros(opened_since))
         if row is None:
             return None
-        incident = _incident_from_row(row)
+        incident = incident_from_row(row)
         if cache is not None:
             cache.remember(incident)
         return incident
@@ -381,7 +234,7 @@ class SqliteIncidents(IncidentRepository):
     def _newest_active_row(self, fingerprint: str, opened_since: int) -> Any:
         # `state < 5` is written out so that the partial index applies.
         return self._conn.execute(
-            f"SELECT {_INCIDENT_COLUMNS} FROM incidents "
+            f"SELECT {INCIDENT_COLUMNS} FROM incidents "
             "WHERE fingerprint = ? AND state < 5 AND create_time >= ? "
             "ORDER BY create_time DESC, id DESC LIMIT 1",
             (fingerprint, opened_since),
@@ -408,8 +261,8 @@ class SqliteIncidents(IncidentRepository):
     def add(self, incident: Incident) -> None:
         placeholders = ", ".join("?" * 18)
         self._conn.execute(
-            f"INSERT INTO incidents ({_INCIDENT_COLUMNS}) VALUES ({placeholders})",
-            _incident_row(incident),
+            f"INSERT INTO incidents ({INCIDENT_COLUMNS}) VALUES ({placeholders})",
+            incident_row(incident),
         )
         self._store_pending(incident)
         self._index(incident)
@@ -425,7 +278,7 @@ class SqliteIncidents(IncidentRepository):
                     int(incident.state),
                     incident.alert_count,
                     micros(incident.update_time),
-                    _resolution_to_json(incident.resolution),
+                    resolution_to_json(incident.resolution),
                     incident.version,
                     incident.timeline_size,
                     incident.notes_size,
@@ -434,7 +287,7 @@ class SqliteIncidents(IncidentRepository):
                 ),
             )
         else:
-            row = _incident_row(incident)
+            row = incident_row(incident)
             cursor = self._conn.execute(
                 _UPDATE_INCIDENT, (*row[1:], incident.id, incident.loaded_version)
             )
@@ -461,25 +314,10 @@ class SqliteIncidents(IncidentRepository):
     def _store_pending(self, incident: Incident) -> None:
         stored: list[IncidentEvent] = []
         for pending in incident.pending_events:
-            event = pending.event
             cursor = self._conn.execute(
-                f"INSERT INTO events ({_EVENT_COLUMNS}) "
+                f"INSERT INTO events ({EVENT_COLUMNS}) "
                 "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    pending.incident_id,
-                    int(event.type),
-                    event.actor,
-                    event.message,
-                    _dumps(dict(event.details)),
-                    micros(event.create_time),
-                    pending.title,
-                    int(pending.state),
-                    int(pending.severity),
-                    int(pending.type),
-                    pending.source,
-                    _dumps(list(pending.assignees)),
-                    pending.alert_count,
-                ),
+                event_values(pending),
             )
             assert cursor.lastrowid is not None
             stored.append(pending.with_sequence(cursor.lastrowid))
@@ -487,7 +325,7 @@ class SqliteIncidents(IncidentRepository):
             self._conn.execute(
                 "INSERT INTO notes (id, incident_id, author, content, create_time) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (note.id, incident.id, note.author, note.content, micros(note.create_time)),
+                note_values(incident.id, note),
             )
         incident.loaded_version = incident.version
         incident.pending_events = []
@@ -496,11 +334,11 @@ class SqliteIncidents(IncidentRepository):
 
     def get_note(self, note_id: str) -> Note | None:
         row = self._conn.execute(
-            "SELECT id, author, content, create_time FROM notes WHERE id = ?", (note_id,)
+            f"SELECT {NOTE_COLUMNS} FROM notes WHERE id = ?", (note_id,)
         ).fetchone()
         if row is None:
             return None
-        return Note(id=row[0], author=row[1], content=row[2], create_time=from_micros(row[3]))
+        return note_from_row(row)
 
     def list(self, query: IncidentQuery) -> IncidentPage:
         # The filter is written twice. COUNT(*) reads the covering index on
@@ -512,17 +350,11 @@ class SqliteIncidents(IncidentRepository):
         page_where: list[str] = []
         params: list[Any] = []
         f = query.filter
-        for column, values in (
-            ("state", sorted(int(v) for v in f.states)),
-            ("severity", sorted(int(v) for v in f.severities)),
-            ("type", sorted(int(v) for v in f.types)),
-            ("source", sorted(f.sources)),
-        ):
-            if values:
-                marks = ", ".join("?" * len(values))
-                count_where.append(f"{column} IN ({marks})")
-                page_where.append(f"+{column} IN ({marks})")
-                params.extend(values)
+        for column, values in filter_values(f):
+            marks = ", ".join("?" * len(values))
+            count_where.append(f"{column} IN ({marks})")
+            page_where.append(f"+{column} IN ({marks})")
+            params.extend(values)
         if f.assignee:
             clause = "EXISTS (SELECT 1 FROM json_each(incidents.assignees) WHERE value = ?)"
             count_where.append(clause)
@@ -547,11 +379,11 @@ class SqliteIncidents(IncidentRepository):
             page_params.extend(query.after)
         order = ", ".join(f"{c} {direction}" for c in columns)
         rows = self._conn.execute(
-            f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE {' AND '.join(page_where) or '1'} "
+            f"SELECT {INCIDENT_COLUMNS} FROM incidents WHERE {' AND '.join(page_where) or '1'} "
             f"ORDER BY {order} LIMIT ?",
             (*page_params, query.page_size + 1),
         ).fetchall()
-        incidents = [_incident_from_row(r) for r in rows[: query.page_size]]
+        incidents = [incident_from_row(r) for r in rows[: query.page_size]]
         if query.with_history:
             for incident in incidents:
                 self._load_history(incident)
@@ -586,20 +418,10 @@ class SqliteAlerts(AlertLog):
         if self._cache is not None and not self._cache.maybe_seen(source, alert_id):
             return None  # never stored: the common case costs no read
         row = self._conn.execute(
-            "SELECT incident_id, status, fingerprint, receive_time, payload, cleared_time "
-            "FROM alerts WHERE source = ? AND alert_id = ?",
+            f"SELECT {ALERT_COLUMNS} FROM alerts WHERE source = ? AND alert_id = ?",
             (source, alert_id),
         ).fetchone()
-        if row is None:
-            return None
-        return ReceivedAlert(
-            alert=_alert_from_json(row[4]),
-            incident_id=row[0],
-            status=AckStatus(row[1]),
-            fingerprint=row[2],
-            receive_time=from_micros(row[3]),
-            cleared_time=None if row[5] is None else from_micros(row[5]),
-        )
+        return None if row is None else received_alert_from_row(row)
 
     def add(self, received: ReceivedAlert) -> None:
         if self._cache is not None:
@@ -607,15 +429,7 @@ class SqliteAlerts(AlertLog):
         self._conn.execute(
             "INSERT INTO alerts (source, alert_id, incident_id, status, fingerprint, "
             "receive_time, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                received.alert.source,
-                received.alert.id,
-                received.incident_id,
-                int(received.status),
-                received.fingerprint,
-                micros(received.receive_time),
-                _alert_to_json(received.alert),
-            ),
+            alert_values(received),
         )
 
     def clear(self, source: str, alert_id: str, when: datetime) -> None:
@@ -646,10 +460,10 @@ class SqliteEvents(EventLog):
 
     def after(self, sequence: int, limit: int) -> list[IncidentEvent]:
         rows = self._conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?",
             (sequence, limit),
         ).fetchall()
-        return [_event_from_row(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     def last_sequence(self) -> int:
         row = self._conn.execute("SELECT MAX(sequence) FROM events").fetchone()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from incident_manager.adapters.memory import MemoryStorage
+from incident_manager.adapters.postgres import PostgresStorage
 from incident_manager.adapters.repository import Storage, UnitOfWork
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.domain.errors import ConcurrentModification
@@ -36,15 +37,20 @@ from incident_manager.domain.query import (
     Ordering,
     SortKey,
 )
+from tests.integration.postgres import fresh_database
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    backend: Storage = (
-        MemoryStorage() if request.param == "memory" else SqliteStorage(tmp_path / "c.db")
-    )
+    if request.param == "postgres":
+        with fresh_database() as url:
+            backend: Storage = PostgresStorage(url)
+            yield backend
+            await backend.close()
+        return
+    backend = MemoryStorage() if request.param == "memory" else SqliteStorage(tmp_path / "c.db")
     yield backend
     await backend.close()
 

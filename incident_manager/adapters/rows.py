@@ -1,0 +1,255 @@
+"""How domain objects are stored as rows: one encoding that every SQL backend shares.
+
+Times are integer microseconds since the epoch; lists, maps and the
+resolution are compact JSON text; enums are their integer values. Column
+lists name the order in which the row functions read and write values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from incident_manager.domain.model import (
+    AckStatus,
+    Alert,
+    AlertStatus,
+    EventType,
+    Incident,
+    IncidentEvent,
+    IncidentState,
+    IncidentType,
+    Note,
+    ReceivedAlert,
+    Resolution,
+    ResolutionMethod,
+    Severity,
+    TimelineEvent,
+)
+from incident_manager.domain.query import IncidentFilter, from_micros, micros
+
+INCIDENT_COLUMNS = (
+    "id, title, description, severity, type, state, source, affected_resources, labels, "
+    "assignees, fingerprint, alert_count, create_time, update_time, resolution, version, "
+    "timeline_size, notes_size"
+)
+EVENT_COLUMNS = (
+    "sequence, incident_id, type, actor, message, details, create_time, title, state, "
+    "severity, incident_type, source, assignees, alert_count"
+)
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def resolution_to_json(resolution: Resolution | None) -> str | None:
+    if resolution is None:
+        return None
+    return dumps(
+        {
+            "method": resolution.method.name,
+            "root_cause": resolution.root_cause,
+            "notes": resolution.notes,
+            "resolved_by": resolution.resolved_by,
+            "resolve_time": micros(resolution.resolve_time),
+            "time_to_resolve": resolution.time_to_resolve // timedelta(microseconds=1),
+        }
+    )
+
+
+def resolution_from_json(text: str | None) -> Resolution | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    return Resolution(
+        method=ResolutionMethod[data["method"]],
+        root_cause=data["root_cause"],
+        notes=data["notes"],
+        resolved_by=data["resolved_by"],
+        resolve_time=from_micros(data["resolve_time"]),
+        time_to_resolve=timedelta(microseconds=data["time_to_resolve"]),
+    )
+
+
+def incident_row(incident: Incident) -> tuple[Any, ...]:
+    return (
+        incident.id,
+        incident.title,
+        incident.description,
+        int(incident.severity),
+        int(incident.type),
+        int(incident.state),
+        incident.source,
+        dumps(incident.affected_resources),
+        dumps(incident.labels),
+        dumps(incident.assignees),
+        incident.fingerprint,
+        incident.alert_count,
+        micros(incident.create_time),
+        micros(incident.update_time),
+        resolution_to_json(incident.resolution),
+        incident.version,
+        incident.timeline_size,
+        incident.notes_size,
+    )
+
+
+def incident_from_row(row: Sequence[Any]) -> Incident:
+    return Incident(
+        id=row[0],
+        title=row[1],
+        description=row[2],
+        severity=Severity(row[3]),
+        type=IncidentType(row[4]),
+        state=IncidentState(row[5]),
+        source=row[6],
+        affected_resources=json.loads(row[7]),
+        labels=json.loads(row[8]),
+        assignees=json.loads(row[9]),
+        fingerprint=row[10],
+        alert_count=row[11],
+        create_time=from_micros(row[12]),
+        update_time=from_micros(row[13]),
+        resolution=resolution_from_json(row[14]),
+        version=row[15],
+        loaded_version=row[15],
+        timeline_size=row[16],
+        notes_size=row[17],
+    )
+
+
+def event_from_row(row: Sequence[Any]) -> IncidentEvent:
+    return IncidentEvent(
+        incident_id=row[1],
+        event=TimelineEvent(
+            sequence=row[0],
+            type=EventType(row[2]),
+            actor=row[3],
+            message=row[4],
+            details=json.loads(row[5]),
+            create_time=from_micros(row[6]),
+        ),
+        title=row[7],
+        state=IncidentState(row[8]),
+        severity=Severity(row[9]),
+        type=IncidentType(row[10]),
+        source=row[11],
+        assignees=tuple(json.loads(row[12])),
+        alert_count=row[13],
+    )
+
+
+def alert_to_json(alert: Alert) -> str:
+    return dumps(
+        {
+            "id": alert.id,
+            "source": alert.source,
+            "title": alert.title,
+            "description": alert.description,
+            "severity": alert.severity.name,
+            "type": alert.type.name,
+            "labels": dict(alert.labels),
+            "annotations": dict(alert.annotations),
+            "affected_resources": list(alert.affected_resources),
+            "runbook_url": alert.runbook_url,
+            "fire_time": None if alert.fire_time is None else micros(alert.fire_time),
+            "dedup_key": alert.dedup_key,
+            "status": alert.status.name,
+            "end_time": None if alert.end_time is None else micros(alert.end_time),
+        }
+    )
+
+
+def alert_from_json(text: str) -> Alert:
+    data = json.loads(text)
+    return Alert(
+        id=data["id"],
+        source=data["source"],
+        title=data["title"],
+        description=data["description"],
+        severity=Severity[data["severity"]],
+        type=IncidentType[data["type"]],
+        labels=data["labels"],
+        annotations=data["annotations"],
+        affected_resources=tuple(data["affected_resources"]),
+        runbook_url=data["runbook_url"],
+        fire_time=None if data["fire_time"] is None else from_micros(data["fire_time"]),
+        dedup_key=data["dedup_key"],
+        status=AlertStatus[data.get("status", "FIRING")],
+        end_time=None if data.get("end_time") is None else from_micros(data["end_time"]),
+    )
+
+
+ALERT_COLUMNS = "incident_id, status, fingerprint, receive_time, payload, cleared_time"
+"""What `received_alert_from_row` reads, in order."""
+
+
+def received_alert_from_row(row: Sequence[Any]) -> ReceivedAlert:
+    return ReceivedAlert(
+        alert=alert_from_json(row[4]),
+        incident_id=row[0],
+        status=AckStatus(row[1]),
+        fingerprint=row[2],
+        receive_time=from_micros(row[3]),
+        cleared_time=None if row[5] is None else from_micros(row[5]),
+    )
+
+
+def event_values(pending: IncidentEvent) -> tuple[Any, ...]:
+    """The values of EVENT_COLUMNS after `sequence`, for an INSERT."""
+    event = pending.event
+    return (
+        pending.incident_id,
+        int(event.type),
+        event.actor,
+        event.message,
+        dumps(dict(event.details)),
+        micros(event.create_time),
+        pending.title,
+        int(pending.state),
+        int(pending.severity),
+        int(pending.type),
+        pending.source,
+        dumps(list(pending.assignees)),
+        pending.alert_count,
+    )
+
+
+NOTE_COLUMNS = "id, author, content, create_time"
+
+
+def note_from_row(row: Sequence[Any]) -> Note:
+    return Note(id=row[0], author=row[1], content=row[2], create_time=from_micros(row[3]))
+
+
+def note_values(incident_id: str, note: Note) -> tuple[Any, ...]:
+    """Values for (id, incident_id, author, content, create_time)."""
+    return (note.id, incident_id, note.author, note.content, micros(note.create_time))
+
+
+def alert_values(received: ReceivedAlert) -> tuple[Any, ...]:
+    """Values for (source, alert_id, incident_id, status, fingerprint, receive_time, payload)."""
+    return (
+        received.alert.source,
+        received.alert.id,
+        received.incident_id,
+        int(received.status),
+        received.fingerprint,
+        micros(received.receive_time),
+        alert_to_json(received.alert),
+    )
+
+
+def filter_values(query_filter: IncidentFilter) -> list[tuple[str, list[Any]]]:
+    """(column, accepted values) for each kind of filter that is set; values are ORed."""
+    f = query_filter
+    kinds: list[tuple[str, list[Any]]] = [
+        ("state", sorted(int(v) for v in f.states)),
+        ("severity", sorted(int(v) for v in f.severities)),
+        ("type", sorted(int(v) for v in f.types)),
+        ("source", sorted(f.sources)),
+    ]
+    return [(column, values) for column, values in kinds if values]
