@@ -12,17 +12,17 @@ from incident_manager import __version__, logs
 from incident_manager.bootstrap import build_manager
 from incident_manager.config import Settings, load_settings
 from incident_manager.domain.errors import StorageUnavailable
-from incident_manager.entrypoints.server import IncidentServer, ListenError
+from incident_manager.entrypoints.server import IncidentServer, StartupError
 
 log = logging.getLogger("incident_manager")
 
 
 async def serve(settings: Settings) -> None:
     manager = build_manager(settings)
-    server = IncidentServer(manager, settings.listen)
     try:
+        server = IncidentServer(manager, settings)
         await server.start()
-    except ListenError:
+    except StartupError:
         await manager.storage.close()
         raise
     log.info(
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level)
     try:
         asyncio.run(serve(settings))
-    except (ListenError, StorageUnavailable) as error:
+    except (StartupError, StorageUnavailable) as error:
         log.error(str(error))
         print(f"incident-manager: {error}", file=sys.stderr)
         return 2

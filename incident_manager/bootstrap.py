@@ -29,6 +29,11 @@ def build_manager(
         rate_limit=(
             RateLimit(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
         ),
+        global_rate_limit=(
+            RateLimit(settings.global_rate_limit, settings.global_rate_burst)
+            if settings.global_rate_limit > 0
+            else None
+        ),
     )
 
 

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -38,6 +38,51 @@ class Settings:
     """Alerts a quiet source may send at once before its rate limit applies."""
     auto_resolve: AutoResolvePolicies = dataclasses.field(default_factory=AutoResolvePolicies)
     """When incidents resolve by themselves as their alerts clear, per source."""
+    global_rate_limit: float = 0.0
+    """Alerts per second all sources together may send; 0 turns it off. Under it,
+    the least severe alerts are shed first and P0 never."""
+    global_rate_burst: int = 1000
+    """Alerts the whole server accepts at once before the global limit applies."""
+    tokens_file: str = ""
+    """Bearer-token credentials file (token hashes, principals, roles); empty turns
+    token authentication off."""
+    tls_cert: str = ""
+    """PEM certificate chain to serve TLS with; needs tls_key."""
+    tls_key: str = ""
+    """PEM private key of tls_cert."""
+    tls_client_ca: str = ""
+    """PEM CA bundle; when set, clients must present a certificate it signed
+    (mutual TLS), and the certificate's common name becomes the principal."""
+    reflection: str = "open"
+    """Server reflection: open (anyone), authenticated (any valid credential) or off."""
+    health_listen: str = ""
+    """Extra plaintext host:port serving only the health service, for probes that
+    cannot speak TLS (the kubelet's gRPC probe); empty turns it off."""
+    metrics_listen: str = "0.0.0.0:9090"
+    """host:port for Prometheus metrics at /metrics; `off` turns it off."""
+    rpc_log: str = "all"
+    """One JSON log line per finished call: all, errors (non-OK only) or off."""
+    max_message_bytes: int = 4 * 1024 * 1024
+    """Largest request or response message; larger ones get RESOURCE_EXHAUSTED."""
+    max_concurrent_calls: int = 1000
+    """Unary calls in progress per method at most; more get RESOURCE_EXHAUSTED."""
+    max_subscribers: int = 1000
+    """StreamIncidents subscribers at most, over all connections."""
+    max_ingest_streams: int = 200
+    """StreamAlerts streams at most, over all connections."""
+    keepalive_time: timedelta = timedelta(seconds=60)
+    """How often the server pings an idle connection to find dead peers."""
+    keepalive_timeout: timedelta = timedelta(seconds=20)
+    """How long a keepalive ping may go unanswered before the connection is closed."""
+    min_client_ping_interval: timedelta = timedelta(seconds=10)
+    """Clients pinging more often than this are sent GOAWAY ("too many pings")."""
+    compression: str = "none"
+    """Compression of responses by default: none, gzip or deflate. Compressed
+    requests are accepted whatever this says."""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -87,6 +132,24 @@ def _listen(text: str) -> str:
     return text
 
 
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _metrics_listen(text: str) -> str:
+    return "off" if text.strip().lower() in ("off", "") else _listen(text)
+
+
+def _optional_listen(text: str) -> str:
+    return "" if text.strip().lower() in ("off", "") else _listen(text)
+
+
 _OPTIONS = (
     # flag, field, parser, help
     ("--listen", "listen", _listen, "host:port to serve gRPC on"),
@@ -104,6 +167,39 @@ _OPTIONS = (
         AutoResolvePolicies.parse,
         "first, last, all or never, per source: 'llm-sentinel=first,*=all'",
     ),
+    (
+        "--global-rate-limit",
+        "global_rate_limit",
+        _non_negative_float,
+        "alerts/s over all sources, least severe shed first; 0 = no limit",
+    ),
+    ("--global-rate-burst", "global_rate_burst", _positive_int, "alerts the server takes at once"),
+    ("--tokens-file", "tokens_file", str, "bearer-token credentials file; empty = no tokens"),
+    ("--tls-cert", "tls_cert", str, "PEM certificate chain; serves TLS"),
+    ("--tls-key", "tls_key", str, "PEM private key of --tls-cert"),
+    ("--tls-client-ca", "tls_client_ca", str, "PEM CA that client certificates must chain to"),
+    (
+        "--reflection",
+        "reflection",
+        _choice("open", "authenticated", "off"),
+        "open, authenticated or off",
+    ),
+    ("--health-listen", "health_listen", _optional_listen, "plaintext health-only host:port"),
+    ("--metrics-listen", "metrics_listen", _metrics_listen, "Prometheus host:port, or off"),
+    ("--rpc-log", "rpc_log", _choice("all", "errors", "off"), "log each call: all, errors or off"),
+    ("--max-message-bytes", "max_message_bytes", _positive_int, "largest message in bytes"),
+    ("--max-concurrent-calls", "max_concurrent_calls", _positive_int, "unary calls per method"),
+    ("--max-subscribers", "max_subscribers", _positive_int, "StreamIncidents subscribers"),
+    ("--max-ingest-streams", "max_ingest_streams", _positive_int, "StreamAlerts streams"),
+    ("--keepalive-time", "keepalive_time", _positive_duration, "ping idle connections every"),
+    ("--keepalive-timeout", "keepalive_timeout", _positive_duration, "ping answer deadline"),
+    (
+        "--min-client-ping-interval",
+        "min_client_ping_interval",
+        _positive_duration,
+        "least time between client pings",
+    ),
+    ("--compression", "compression", _choice("none", "gzip", "deflate"), "response compression"),
 )
 
 
@@ -153,4 +249,16 @@ def load_settings(
             help=f"{help_text} (env {env_name(field)}; default {getattr(defaults, field)})",
         )
     namespace = parser.parse_args(argv)
-    return Settings(**vars(namespace))
+    settings = Settings(**vars(namespace))
+    problem = _inconsistency(settings)
+    if problem:
+        parser.error(problem)
+    return settings
+
+
+def _inconsistency(settings: Settings) -> str:
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        return "--tls-cert and --tls-key go together: give both or neither"
+    if settings.tls_client_ca and not settings.tls_cert:
+        return "--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first"
+    return ""

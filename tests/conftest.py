@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,10 +20,14 @@ from generated.incident_manager.v1 import (
 )
 from incident_manager.adapters.repository import Storage
 from incident_manager.adapters.sqlite import SqliteStorage
+from incident_manager.config import Settings
 from incident_manager.domain.ratelimit import RateLimit
 from incident_manager.entrypoints.server import IncidentServer
 from incident_manager.service.manager import IncidentManager
 from incident_manager.service.streaming import EventHub
+
+TEST_SETTINGS: dict[str, Any] = {"listen": "127.0.0.1:0", "metrics_listen": "off"}
+"""Servers in tests listen on a free port and serve no /metrics unless a test asks."""
 
 
 class FakeClock:
@@ -80,15 +85,18 @@ async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
         stream_buffer: int = 1000,
         path: Path | None = None,
         rate_limit: RateLimit | None = None,
+        global_rate_limit: RateLimit | None = None,
+        **settings: Any,
     ) -> Running:
         manager = IncidentManager(
             storage if storage is not None else SqliteStorage(path or db_path),
             dedup_window=dedup_window,
             hub=EventHub(stream_buffer),
             rate_limit=rate_limit,
+            global_rate_limit=global_rate_limit,
             **({"clock": clock} if clock is not None else {}),
         )
-        server = IncidentServer(manager, "127.0.0.1:0")
+        server = IncidentServer(manager, Settings(**{**TEST_SETTINGS, **settings}))
         port = await server.start()
         address = f"127.0.0.1:{port}"
         channel = grpc.aio.insecure_channel(address)

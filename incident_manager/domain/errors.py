@@ -158,17 +158,33 @@ class ShuttingDown(DomainError):
 
 
 class RateLimited(DomainError):
-    """The alert's source is over its rate limit; nothing was stored."""
+    """A rate limit refused a new alert; nothing was stored.
+
+    `scope` says which limit applied: `source` (the alert's source sends too
+    fast) or `server` (all sources together do, and the least severe alerts
+    are shed first).
+    """
 
     reason = "RATE_LIMITED"
 
-    def __init__(self, source: str, retry_after: float) -> None:
+    def __init__(self, source: str, retry_after: float, scope: str = "source") -> None:
+        what = (
+            f"source {quoted(source)} is over its rate limit"
+            if scope == "source"
+            else "the server is over its rate limit for all sources together "
+            "(the least severe alerts are shed first)"
+        )
         super().__init__(
-            f"source {quoted(source)} is over its rate limit; nothing was stored, retry in "
-            f"{retry_after:.2f}s (P0 alerts are never limited)",
-            metadata={"source": source[:256], "retry_after_seconds": f"{retry_after:.3f}"},
+            f"{what}; nothing was stored, retry in {retry_after:.2f}s "
+            "(P0 alerts are never limited)",
+            metadata={
+                "source": source[:256],
+                "limit": scope,
+                "retry_after_seconds": f"{retry_after:.3f}",
+            },
         )
         self.retry_after = retry_after
+        self.scope = scope
 
 
 class StorageUnavailable(DomainError):
@@ -178,3 +194,16 @@ class StorageUnavailable(DomainError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"storage is unavailable, nothing was changed: {detail}")
+
+
+class ActorMismatch(DomainError):
+    """A request names someone other than the authenticated caller as who acts."""
+
+    reason = "ACTOR_MISMATCH"
+
+    def __init__(self, field: str, claimed: str, principal: str) -> None:
+        super().__init__(
+            f"{field} is {quoted(claimed)} but you are authenticated as {quoted(principal)}; "
+            f"leave {field} empty (the server fills it in) or set it to your principal",
+            metadata={"field": field, "principal": principal[:256]},
+        )

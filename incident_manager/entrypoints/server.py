@@ -1,9 +1,14 @@
-"""Builds the gRPC server: our two services, standard health, reflection."""
+"""Builds the gRPC server: our services, standard health, reflection, the call
+interceptor (authentication, limits, metrics, logs), TLS, and /metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,13 +22,25 @@ from generated.incident_manager.v1 import (
     integrations_pb2,
     integrations_pb2_grpc,
 )
+from incident_manager.config import Settings
+from incident_manager.domain.access import Credentials, CredentialsFileError, Role
+from incident_manager.domain.model import IncidentState, Severity
+from incident_manager.domain.query import IncidentFilter, Ordering
+from incident_manager.entrypoints.interceptors import (
+    Access,
+    Authenticator,
+    CallInterceptor,
+    ConcurrencyLimit,
+    MethodPolicy,
+)
+from incident_manager.entrypoints.metrics import Metrics
 from incident_manager.entrypoints.reflection import DocumentedReflectionServicer
 from incident_manager.entrypoints.servicers import (
     AlertIngestionServicer,
     IncidentServicer,
     IntegrationServicer,
 )
-from incident_manager.service.manager import IncidentManager
+from incident_manager.service.manager import IncidentManager, ListRequest
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +52,131 @@ INTEGRATION_SERVICE = integrations_pb2.DESCRIPTOR.services_by_name["IntegrationS
 SERVICE_NAMES = (INCIDENT_SERVICE, INGESTION_SERVICE, INTEGRATION_SERVICE)
 
 
-class ListenError(Exception):
+READER_METHODS = frozenset({"GetIncident", "ListIncidents", "StreamIncidents"})
+"""IncidentService methods a reader may call; the others change incidents."""
+HEALTH_POLL_SECONDS = 1.0
+"""How often storage availability is checked to drive the health service."""
+GAUGE_REFRESH_SECONDS = 15.0
+"""How often the open-incident gauges are recounted."""
+ACTIVE_STATES = tuple(state for state in IncidentState if state.is_active)
+
+
+class StartupError(Exception):
+    """The server cannot start as configured; the message says what to change."""
+
+
+class ListenError(StartupError):
     """The server could not listen on the configured address."""
+
+
+def method_policies(settings: Settings) -> Callable[[str], MethodPolicy]:
+    """Who may call each method, and how many calls of it may run at once."""
+    table: dict[str, MethodPolicy] = {}
+    for file in (incident_service_pb2, alert_ingestion_service_pb2, integrations_pb2):
+        for service in file.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                name = f"/{service.full_name}/{method.name}"
+                if method.name == "StreamIncidents":
+                    limit = ConcurrencyLimit(
+                        "StreamIncidents subscribers", settings.max_subscribers, "--max-subscribers"
+                    )
+                elif method.name == "StreamAlerts":
+                    limit = ConcurrencyLimit(
+                        "StreamAlerts streams", settings.max_ingest_streams, "--max-ingest-streams"
+                    )
+                else:
+                    limit = ConcurrencyLimit(
+                        f"{method.name} calls",
+                        settings.max_concurrent_calls,
+                        "--max-concurrent-calls",
+                    )
+                role = Role.INGEST
+                if service.full_name == INCIDENT_SERVICE:
+                    role = Role.READER if method.name in READER_METHODS else Role.RESPONDER
+                table[name] = MethodPolicy(Access.ROLE, role, limit)
+    open_to_all = MethodPolicy(Access.OPEN)
+    reflection_policy = (
+        open_to_all if settings.reflection == "open" else MethodPolicy(Access.AUTHENTICATED)
+    )
+    admin_only = MethodPolicy(Access.ROLE, Role.ADMIN)
+
+    def policy(method: str) -> MethodPolicy:
+        found = table.get(method)
+        if found is not None:
+            return found
+        if method.startswith(f"/{health.SERVICE_NAME}/"):
+            return open_to_all
+        if method.startswith("/grpc.reflection."):
+            return reflection_policy
+        return admin_only  # a method nobody listed: fail closed
+
+    return policy
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise StartupError(f"cannot read the {what} {path}: {error.strerror}") from error
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class IncidentServer:
     """A running gRPC server around one IncidentManager."""
 
-    def __init__(self, manager: IncidentManager, listen: str) -> None:
+    def __init__(self, manager: IncidentManager, settings: Settings) -> None:
         self.manager = manager
-        self.listen = listen
-        # Without this, Linux lets a second server bind the same port and
-        # silently share the traffic with the first.
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.settings = settings
+        self.listen = settings.listen
+        try:
+            credentials = Credentials.load(settings.tokens_file) if settings.tokens_file else None
+        except CredentialsFileError as error:
+            raise StartupError(str(error)) from error
+        self.authenticator = Authenticator(credentials, mutual_tls=bool(settings.tls_client_ca))
+        self.metrics = Metrics()
+        self.metrics.count_subscribers(lambda: manager.hub.subscriber_count)
+        manager.observer = self.metrics
+        self.metrics_port = 0
+        keepalive_ms = int(settings.keepalive_time.total_seconds() * 1000)
+        self.server = grpc.aio.server(
+            interceptors=[
+                CallInterceptor(
+                    method_policies(settings), self.authenticator, self.metrics, settings.rpc_log
+                )
+            ],
+            options=[
+                # Without this, Linux lets a second server bind the same port and
+                # silently share the traffic with the first.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.keepalive_time_ms", keepalive_ms),
+                (
+                    "grpc.keepalive_timeout_ms",
+                    int(settings.keepalive_timeout.total_seconds() * 1000),
+                ),
+                ("grpc.keepalive_permit_without_calls", 1),
+                (
+                    "grpc.http2.min_ping_interval_without_data_ms",
+                    int(settings.min_client_ping_interval.total_seconds() * 1000),
+                ),
+                ("grpc.http2.max_ping_strikes", 2),
+            ],
+            compression=COMPRESSION[settings.compression],
+        )
         self.health = health.aio.HealthServicer()
         self._serving = False
+        self._storage_ok = True
+        self._tasks: list[asyncio.Task[None]] = []
         incident_service_pb2_grpc.add_IncidentServiceServicer_to_server(
             IncidentServicer(manager), self.server
         )
@@ -60,34 +187,129 @@ class IncidentServer:
             IntegrationServicer(manager), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            DocumentedReflectionServicer(
-                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-            ),
-            self.server,
-        )
+        if settings.reflection != "off":
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                DocumentedReflectionServicer(
+                    (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+                ),
+                self.server,
+            )
+        self.health_server: grpc.aio.Server | None = None
+        if settings.health_listen:
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         self.port = 0
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        settings = self.settings
+        if not settings.tls:
+            return None
+        return grpc.ssl_server_credentials(
+            [(_read(settings.tls_key, "TLS key"), _read(settings.tls_cert, "TLS certificate"))],
+            root_certificates=(
+                _read(settings.tls_client_ca, "client CA bundle")
+                if settings.tls_client_ca
+                else None
+            ),
+            require_client_auth=bool(settings.tls_client_ca),
+        )
 
     async def start(self) -> int:
         """Listen and serve; returns the bound port (useful with port 0)."""
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        try:
-            self.port = self.server.add_insecure_port(self.listen)
-        except RuntimeError as error:
-            raise ListenError(
-                f"cannot listen on {self.listen}: {str(error).rstrip('.')}. "
-                "Is another server already using "
-                "this port? Choose another with --listen or INCIDENT_MANAGER_LISTEN."
-            ) from error
-        if self.port == 0:
-            raise ListenError(f"cannot listen on {self.listen}; is the port already in use?")
+        credentials = self._credentials()
+        self.port = _bind(self.server, self.listen, credentials)
+        if self.health_server is not None:
+            _bind(self.health_server, self.settings.health_listen, None)
         await self.server.start()
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.health_server is not None:
+            await self.health_server.start()
+        await self._set_health(True)
         self._serving = True
-        log.info("serving", extra={"listen": self.listen, "port": self.port})
+        self._warn_if_exposed()
+        if self.settings.metrics_listen != "off":
+            try:
+                self.metrics_port = self.metrics.serve(self.settings.metrics_listen)
+            except OSError as error:
+                # Metrics matter less than taking alerts: serve on without them.
+                log.error(
+                    "metrics are off: cannot listen on %s: %s; choose another address with "
+                    "--metrics-listen or INCIDENT_MANAGER_METRICS_LISTEN",
+                    self.settings.metrics_listen,
+                    error.strerror,
+                )
+        self._tasks = [
+            asyncio.create_task(self._watch_storage()),
+            asyncio.create_task(self._count_open_incidents()),
+        ]
+        log.info(
+            "serving",
+            extra={
+                "listen": self.listen,
+                "port": self.port,
+                "tls": "mutual" if self.settings.tls_client_ca else bool(credentials),
+                "authentication": self.authenticator.enabled,
+                "metrics_port": self.metrics_port,
+            },
+        )
         return self.port
+
+    def _warn_if_exposed(self) -> None:
+        if self.settings.tls or self.authenticator.enabled or _is_loopback(self.listen):
+            return
+        log.warning(
+            "INSECURE: serving %s without TLS and without authentication; anyone who can "
+            "reach this address can read and change incidents. Set --tls-cert/--tls-key and "
+            "--tokens-file (see docs/OPERATIONS.md), or listen on 127.0.0.1 only.",
+            self.listen,
+        )
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def _watch_storage(self) -> None:
+        """Health follows the database: NOT_SERVING while it cannot be used."""
+        while self._serving:
+            available = bool(getattr(self.manager.storage, "available", True))
+            if available != self._storage_ok and self._serving:
+                self._storage_ok = available
+                self.metrics.storage_available.set(1 if available else 0)
+                await self._set_health(available)
+                if available:
+                    log.warning("storage is available again; health is SERVING")
+                else:
+                    log.error("storage is unavailable; health is NOT_SERVING until it returns")
+            await asyncio.sleep(HEALTH_POLL_SECONDS)
+
+    async def _count_open_incidents(self) -> None:
+        while self._serving:
+            with contextlib.suppress(Exception):  # storage down: keep the last counts
+                await self.refresh_gauges()
+            await asyncio.sleep(GAUGE_REFRESH_SECONDS)
+
+    async def refresh_gauges(self) -> None:
+        """Recount open incidents by severity and state (also done every 15 s)."""
+        for severity in Severity:
+            for state in ACTIVE_STATES:
+                result = await self.manager.list_incidents(
+                    ListRequest(
+                        filter=IncidentFilter(
+                            severities=frozenset({severity}), states=frozenset({state})
+                        ),
+                        ordering=Ordering(),
+                        page_size=1,
+                    )
+                )
+                self.metrics.open_incidents.labels(severity.name, state.name).set(
+                    result.total_size
+                )
 
     async def stop(self, grace: float, drain_delay: float = 0) -> None:
         """Turn health NOT_SERVING, end event streams, let calls finish, close storage.
@@ -97,6 +319,8 @@ class IncidentServer:
         before the listener closes.
         """
         self._serving = False
+        for task in self._tasks:
+            task.cancel()
         await self.health.enter_graceful_shutdown()
         log.info(
             "shutting down", extra={"grace_seconds": grace, "drain_delay_seconds": drain_delay}
@@ -105,8 +329,35 @@ class IncidentServer:
             await asyncio.sleep(drain_delay)
         self.manager.close_streams()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+        self.metrics.stop()
         await self.manager.storage.close()
         log.info("stopped")
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
+
+
+COMPRESSION = {
+    "none": grpc.Compression.NoCompression,
+    "gzip": grpc.Compression.Gzip,
+    "deflate": grpc.Compression.Deflate,
+}
+
+
+def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        port = (
+            server.add_secure_port(listen, credentials)
+            if credentials is not None
+            else server.add_insecure_port(listen)
+        )
+    except RuntimeError as error:
+        raise ListenError(
+            f"cannot listen on {listen}: {str(error).rstrip('.')}. Is another server already "
+            "using this port? Choose another with --listen or INCIDENT_MANAGER_LISTEN."
+        ) from error
+    if port == 0:
+        raise ListenError(f"cannot listen on {listen}; is the port already in use?")
+    return port

@@ -31,10 +31,11 @@ from generated.incident_manager.v1 import (
     integrations_pb2_grpc as integrations_grpc,
 )
 from incident_manager import __version__
-from incident_manager.domain.errors import RateLimited, ValidationError
+from incident_manager.domain.errors import ActorMismatch, RateLimited, ValidationError
 from incident_manager.domain.integrations import ModuleEvent
 from incident_manager.domain.model import AckStatus, Alert, AlertAck
 from incident_manager.entrypoints import conversions as conv
+from incident_manager.entrypoints.interceptors import PRINCIPAL
 from incident_manager.entrypoints.status import streaming, unary
 from incident_manager.service.manager import IncidentManager, ListRequest
 from incident_manager.service.pagination import parse_order_by
@@ -47,6 +48,17 @@ STREAM_WINDOW = 256
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def act_as_caller(request: Any, field: str) -> None:
+    """With authentication on, the caller is who acts: fill `field` in, refuse another name."""
+    principal = PRINCIPAL.get()
+    if principal is None:
+        return
+    claimed = getattr(request, field)
+    if claimed and claimed != principal.name:
+        raise ActorMismatch(field, claimed, principal.name)
+    setattr(request, field, principal.name)
+
+
 class IncidentServicer(service_grpc.IncidentServiceServicer):
     def __init__(self, manager: IncidentManager) -> None:
         self.manager = manager
@@ -55,6 +67,7 @@ class IncidentServicer(service_grpc.IncidentServiceServicer):
     async def CreateIncident(
         self, request: service_pb2.CreateIncidentRequest, context: Context
     ) -> service_pb2.CreateIncidentResponse:
+        act_as_caller(request, "actor")
         command = conv.create_incident_from_proto(request)
         incident = await self.manager.create_incident(command)
         return service_pb2.CreateIncidentResponse(incident=conv.incident_to_proto(incident))
@@ -70,6 +83,7 @@ class IncidentServicer(service_grpc.IncidentServiceServicer):
     async def UpdateIncident(
         self, request: service_pb2.UpdateIncidentRequest, context: Context
     ) -> service_pb2.UpdateIncidentResponse:
+        act_as_caller(request, "actor")
         command = conv.update_incident_from_proto(request)
         incident = await self.manager.update_incident(command)
         return service_pb2.UpdateIncidentResponse(incident=conv.incident_to_proto(incident))
@@ -78,6 +92,7 @@ class IncidentServicer(service_grpc.IncidentServiceServicer):
     async def ResolveIncident(
         self, request: service_pb2.ResolveIncidentRequest, context: Context
     ) -> service_pb2.ResolveIncidentResponse:
+        act_as_caller(request, "resolved_by")
         command = conv.resolve_incident_from_proto(request)
         incident = await self.manager.resolve_incident(command)
         return service_pb2.ResolveIncidentResponse(incident=conv.incident_to_proto(incident))
@@ -86,6 +101,7 @@ class IncidentServicer(service_grpc.IncidentServiceServicer):
     async def AddNote(
         self, request: service_pb2.AddNoteRequest, context: Context
     ) -> service_pb2.AddNoteResponse:
+        act_as_caller(request, "author")
         note, incident = await self.manager.add_note(conv.add_note_from_proto(request))
         return service_pb2.AddNoteResponse(
             note=conv.note_to_proto(note), incident=conv.incident_to_proto(incident)

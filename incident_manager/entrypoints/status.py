@@ -22,6 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from incident_manager.domain.errors import (
+    ActorMismatch,
     ConcurrentModification,
     DomainError,
     EtagMismatch,
@@ -52,6 +53,7 @@ STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
     SequenceOutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
+    ActorMismatch: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

@@ -33,7 +33,7 @@ from incident_manager.domain.model import (
     ResolutionMethod,
 )
 from incident_manager.domain.query import IncidentPage, IncidentQuery
-from incident_manager.domain.ratelimit import SourceRateLimiter
+from incident_manager.domain.ratelimit import AlertRateLimiter
 from incident_manager.domain.validation import (
     MAX_ETAG,
     MAX_ID,
@@ -60,7 +60,7 @@ def submit_alert(
     alert: Alert,
     window: timedelta,
     now: datetime,
-    limiter: SourceRateLimiter | None = None,
+    limiter: AlertRateLimiter | None = None,
     policies: AutoResolvePolicies = DEFAULT_POLICIES,
 ) -> AlertAck:
     """Store an alert: merge it into a matching active incident, or open a new one.
@@ -83,7 +83,7 @@ def submit_alerts(
     alerts: Sequence[Alert | AlertAck],
     window: timedelta,
     now: datetime,
-    limiter: SourceRateLimiter | None = None,
+    limiter: AlertRateLimiter | None = None,
     policies: AutoResolvePolicies = DEFAULT_POLICIES,
 ) -> list[AlertAck]:
     """Store a batch in one unit of work; invalid alerts get REJECTED acks, in place.
@@ -127,7 +127,7 @@ def _ingest(
     window: timedelta,
     now: datetime,
     touched: dict[str, Incident] | None = None,
-    limiter: SourceRateLimiter | None = None,
+    limiter: AlertRateLimiter | None = None,
     policies: AutoResolvePolicies = DEFAULT_POLICIES,
 ) -> AlertAck:
     """Merge, open, or clear; with `touched`, incidents are left for the caller to save.
@@ -150,9 +150,9 @@ def _ingest(
         )
     if limiter is not None:
         # After the retry check: a retry is answered as before, never limited.
-        retry_after = limiter.admit(alert.source, alert.severity)
-        if retry_after > 0:
-            raise RateLimited(alert.source, retry_after)
+        throttled = limiter.admit(alert.source, alert.severity)
+        if throttled is not None:
+            raise RateLimited(alert.source, throttled.retry_after, throttled.scope)
     fingerprint = alert_fingerprint(alert)
     incident = uow.incidents.find_mergeable(fingerprint.value, now - window)
     if incident is not None and touched is not None:

@@ -8,15 +8,17 @@ below it.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from typing import Protocol, TypeVar
 
 from incident_manager.adapters.repository import Storage, UnitOfWork
 from incident_manager.domain.autoresolve import AutoResolvePolicies
 from incident_manager.domain.dedup import DEFAULT_WINDOW
 from incident_manager.domain.errors import (
+    RateLimited,
     SequenceOutOfRange,
     ShuttingDown,
     SubscriberTooSlow,
@@ -24,6 +26,7 @@ from incident_manager.domain.errors import (
 )
 from incident_manager.domain.integrations import ModuleEvent, to_alert
 from incident_manager.domain.model import (
+    AckStatus,
     Alert,
     AlertAck,
     Clock,
@@ -38,7 +41,7 @@ from incident_manager.domain.query import (
     IncidentQuery,
     Ordering,
 )
-from incident_manager.domain.ratelimit import RateLimit, SourceRateLimiter
+from incident_manager.domain.ratelimit import AlertRateLimiter, RateLimit
 from incident_manager.service import handlers
 from incident_manager.service.commands import (
     AddNote,
@@ -57,6 +60,27 @@ MAX_BATCH = 1000
 """Alerts in one BatchSubmitAlerts call at most."""
 REPLAY_PAGE = 500
 """Stored events read per query while a subscriber catches up."""
+
+
+T = TypeVar("T")
+
+
+class Observer(Protocol):
+    """What the manager reports as it works, for metrics; transport-neutral."""
+
+    def alerts_acked(self, alerts: Sequence[Alert | AlertAck], acks: Sequence[AlertAck]) -> None:
+        """Each alert (or an ack made while decoding it) with the ack it got, in order."""
+
+    def storage_written(self, seconds: float) -> None:
+        """A unit of work was committed (or failed) after `seconds`, queueing included."""
+
+
+class _NoObserver:
+    def alerts_acked(self, alerts: Sequence[Alert | AlertAck], acks: Sequence[AlertAck]) -> None:
+        pass
+
+    def storage_written(self, seconds: float) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -84,29 +108,40 @@ class IncidentManager:
         clock: Clock = _utc_now,
         hub: EventHub | None = None,
         rate_limit: RateLimit | None = None,
+        global_rate_limit: RateLimit | None = None,
         auto_resolve: AutoResolvePolicies | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.storage = storage
         self.dedup_window = dedup_window
         self.clock = clock
-        self.rate_limiter = SourceRateLimiter(rate_limit, clock)
+        self.rate_limiter = AlertRateLimiter(rate_limit, clock, global_rate_limit)
+        self.observer: Observer = observer or _NoObserver()
         self.auto_resolve = auto_resolve or AutoResolvePolicies()
         self.hub = hub or EventHub()
         self.started = time.monotonic()
         storage.add_listener(self.hub.publish)
 
     async def submit_alert(self, alert: Alert) -> AlertAck:
-        """Store an alert; RateLimited if it is new and its source is over its limit."""
-        return await self.storage.write(
-            partial(
-                handlers.submit_alert,
-                alert=alert,
-                window=self.dedup_window,
-                now=self.clock(),
-                limiter=self.rate_limiter,
-                policies=self.auto_resolve,
+        """Store an alert; RateLimited if it is new and over a rate limit."""
+        try:
+            ack = await self._write(
+                partial(
+                    handlers.submit_alert,
+                    alert=alert,
+                    window=self.dedup_window,
+                    now=self.clock(),
+                    limiter=self.rate_limiter,
+                    policies=self.auto_resolve,
+                )
             )
-        )
+        except RateLimited as limited:
+            self.observer.alerts_acked(
+                [alert], [AlertAck(alert.id, AckStatus.RATE_LIMITED, message=limited.message)]
+            )
+            raise
+        self.observer.alerts_acked([alert], [ack])
+        return ack
 
     async def submit_alerts(self, alerts: Sequence[Alert | AlertAck]) -> list[AlertAck]:
         """Store a batch in one transaction: one ack per entry, in order.
@@ -120,7 +155,7 @@ class IncidentManager:
             raise ValidationError.single(
                 "alerts", f"must hold at most {MAX_BATCH} alerts (got {len(alerts)}); split it"
             )
-        return await self.storage.write(
+        acks = await self._write(
             partial(
                 handlers.submit_alerts,
                 alerts=alerts,
@@ -130,6 +165,8 @@ class IncidentManager:
                 policies=self.auto_resolve,
             )
         )
+        self.observer.alerts_acked(alerts, acks)
+        return acks
 
     async def submit_module_event(self, event: ModuleEvent) -> AlertAck:
         """Store a monitoring module's event as the alert its mapping rules make of it."""
@@ -144,7 +181,7 @@ class IncidentManager:
         )
 
     async def create_incident(self, command: CreateIncident) -> Incident:
-        return await self.storage.write(
+        return await self._write(
             partial(handlers.create_incident, command=command, now=self.clock())
         )
 
@@ -152,19 +189,17 @@ class IncidentManager:
         return await self.storage.read(partial(handlers.get_incident, incident_id=incident_id))
 
     async def update_incident(self, command: UpdateIncident) -> Incident:
-        return await self.storage.write(
+        return await self._write(
             partial(handlers.update_incident, command=command, now=self.clock())
         )
 
     async def resolve_incident(self, command: ResolveIncident) -> Incident:
-        return await self.storage.write(
+        return await self._write(
             partial(handlers.resolve_incident, command=command, now=self.clock())
         )
 
     async def add_note(self, command: AddNote) -> tuple[Note, Incident]:
-        return await self.storage.write(
-            partial(handlers.add_note, command=command, now=self.clock())
-        )
+        return await self._write(partial(handlers.add_note, command=command, now=self.clock()))
 
     async def list_incidents(self, request: ListRequest) -> ListResult:
         page_size = page_size_or_default(request.page_size)
@@ -240,6 +275,13 @@ class IncidentManager:
                 yield live
         finally:
             self.hub.unsubscribe(subscription)
+
+    async def _write(self, work: Callable[[UnitOfWork], T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await self.storage.write(work)
+        finally:
+            self.observer.storage_written(time.perf_counter() - started)
 
     def close_streams(self) -> None:
         self.hub.close()

@@ -1,0 +1,155 @@
+"""Who may call what: principals, roles, and the credentials file.
+
+The credentials file holds one entry per line; `#` starts a comment.
+
+    sha256:<64 hex digits> <principal> <role>[,<role>...]
+    subject:<certificate common name> <role>[,<role>...]
+
+A `sha256:` line is a bearer token, stored only as the SHA-256 of the token
+(`python -m incident_manager.tokens create` makes one). A `subject:` line
+gives roles to a client certificate (mutual TLS) whose subject common name
+matches; that name is then the principal. The file never holds a secret that
+would let its reader call the server.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class Role(enum.Enum):
+    INGEST = "ingest"
+    """The alert ingestion RPCs only: what a monitoring module needs."""
+    READER = "reader"
+    """Get, list and stream incidents."""
+    RESPONDER = "responder"
+    """Every incident change, and everything a reader may do."""
+    ADMIN = "admin"
+    """Everything."""
+
+
+IMPLIED: dict[Role, frozenset[Role]] = {
+    Role.INGEST: frozenset({Role.INGEST}),
+    Role.READER: frozenset({Role.READER}),
+    Role.RESPONDER: frozenset({Role.RESPONDER, Role.READER}),
+    Role.ADMIN: frozenset(Role),
+}
+"""What holding a role allows: a responder reads too; an admin may do everything."""
+ROLE_NAMES = ", ".join(role.value for role in Role)
+TOKEN_PREFIX = "imt_"
+"""Tokens start with this, so secret scanners and people can recognise them."""
+_HASH = re.compile(r"^sha256:([0-9a-f]{64})$")
+_PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:/+=-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    roles: frozenset[Role]
+
+    def has(self, role: Role) -> bool:
+        return any(role in IMPLIED[held] for held in self.roles)
+
+
+class CredentialsFileError(ValueError):
+    """The credentials file cannot be used; the message names the line."""
+
+
+def hash_token(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh bearer token: 256 random bits, URL-safe."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _roles(text: str, where: str) -> frozenset[Role]:
+    roles = set()
+    for name in text.split(","):
+        try:
+            roles.add(Role(name.strip().lower()))
+        except ValueError:
+            raise CredentialsFileError(
+                f"{where}: {name.strip()!r} is not a role; use {ROLE_NAMES}"
+            ) from None
+    return frozenset(roles)
+
+
+def _principal_name(name: str, where: str) -> str:
+    if not _PRINCIPAL.match(name):
+        raise CredentialsFileError(
+            f"{where}: principal {name[:40]!r} must be 1-128 letters, digits or ._@:/+=- "
+            "and start with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Token hashes and certificate subjects, each with its principal."""
+
+    tokens: dict[str, Principal]
+    subjects: dict[str, Principal]
+
+    @classmethod
+    def parse(cls, lines: Iterable[str], source: str = "credentials") -> Credentials:
+        tokens: dict[str, Principal] = {}
+        subjects: dict[str, Principal] = {}
+        for number, raw in enumerate(lines, 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            where = f"{source}:{number}"
+            fields = line.split()
+            if fields[0].startswith("subject:"):
+                if len(fields) != 2:
+                    raise CredentialsFileError(f"{where}: expected 'subject:<common name> <roles>'")
+                name = _principal_name(fields[0].removeprefix("subject:"), where)
+                subjects[name] = Principal(name, _roles(fields[1], where))
+                continue
+            if len(fields) != 3:
+                raise CredentialsFileError(
+                    f"{where}: expected 'sha256:<hex> <principal> <roles>' "
+                    f"or 'subject:<common name> <roles>'"
+                )
+            match = _HASH.match(fields[0])
+            if match is None:
+                raise CredentialsFileError(
+                    f"{where}: the first field must be sha256: and 64 lowercase hex digits; "
+                    "the file holds token hashes, never tokens "
+                    "(make a line with: python -m incident_manager.tokens create)"
+                )
+            if fields[0] in tokens:
+                raise CredentialsFileError(f"{where}: this token hash is listed twice")
+            tokens[fields[0]] = Principal(
+                _principal_name(fields[1], where), _roles(fields[2], where)
+            )
+        return cls(tokens, subjects)
+
+    @classmethod
+    def load(cls, path: str) -> Credentials:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise CredentialsFileError(
+                f"cannot read the tokens file {path}: {error.strerror}"
+            ) from error
+        return cls.parse(text.splitlines(), path)
+
+    def by_token(self, token: str) -> Principal | None:
+        """The token's principal, looked up by its hash.
+
+        A lookup's timing can at most hint at the hash of a valid token, from
+        which the token cannot be recovered.
+        """
+        return self.tokens.get(hash_token(token))
+
+    def by_subject(self, common_name: str) -> Principal | None:
+        return self.subjects.get(common_name)

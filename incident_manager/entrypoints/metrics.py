@@ -1,0 +1,175 @@
+"""Prometheus metrics: gRPC server metrics named as Go servers name them, and our own.
+
+Every server gets its own registry, so several servers in one process (the
+tests) never share counters. `/metrics` is served by prometheus-client's
+HTTP server on its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.registry import Collector
+
+from incident_manager.domain.model import AckStatus, Alert, AlertAck
+
+log = logging.getLogger(__name__)
+
+# `*_created` timestamps double the series for no use on a dashboard.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+MAX_SOURCE_LABELS = 1000
+"""Distinct `source` label values at most; later sources are counted as `other`."""
+
+
+class MethodMetrics:
+    """The series of one method, bound once so a call does no label lookups."""
+
+    def __init__(self, metrics: Metrics, grpc_type: str, service: str, method: str) -> None:
+        labels = (grpc_type, service, method)
+        self.started = metrics.started.labels(*labels)
+        self.handling = metrics.handling.labels(*labels)
+        self.received = metrics.received.labels(*labels)
+        self.sent = metrics.sent.labels(*labels)
+        self._handled = metrics.handled
+        self._labels = labels
+        self._by_code: dict[grpc.StatusCode, Counter] = {}
+
+    def handled(self, code: grpc.StatusCode, seconds: float) -> None:
+        counter = self._by_code.get(code)
+        if counter is None:
+            counter = self._by_code[code] = self._handled.labels(*self._labels, code.name)
+        counter.inc()
+        self.handling.observe(seconds)
+
+
+class Metrics:
+    """All series of one server; also the incident manager's Observer."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        grpc_labels = ("grpc_type", "grpc_service", "grpc_method")
+        registry = self.registry
+        self.started = Counter(
+            "grpc_server_started_total", "RPCs started on the server.", grpc_labels,
+            registry=registry,
+        )  # fmt: skip
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, whatever their status.",
+            (*grpc_labels, "grpc_code"),
+            registry=registry,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its status (streams: their whole life).",
+            grpc_labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.received = Counter(
+            "grpc_server_msg_received_total", "Request messages received.", grpc_labels,
+            registry=registry,
+        )  # fmt: skip
+        self.sent = Counter(
+            "grpc_server_msg_sent_total", "Response messages sent.", grpc_labels,
+            registry=registry,
+        )  # fmt: skip
+        self.alerts = Counter(
+            "incident_manager_alerts_total",
+            "Alerts received, by source and by the ack status they got.",
+            ("source", "status"),
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "incident_manager_duplicates_merged_total",
+            "Alerts merged into an incident that was already open (ack DUPLICATE).",
+            registry=registry,
+        )
+        self.open_incidents = Gauge(
+            "incident_manager_open_incidents",
+            "Incidents not yet resolved, by severity and state (refreshed every few seconds).",
+            ("severity", "state"),
+            registry=registry,
+        )
+        self.subscribers = Gauge(
+            "incident_manager_stream_subscribers",
+            "StreamIncidents calls in progress on this server.",
+            registry=registry,
+        )
+        self.storage_write = Histogram(
+            "incident_manager_storage_write_seconds",
+            "Time for a unit of work to be committed, queueing included.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.storage_available = Gauge(
+            "incident_manager_storage_available",
+            "1 while the database can be used, 0 while it cannot (health is NOT_SERVING).",
+            registry=registry,
+        )
+        self.storage_available.set(1)
+        self._sources: set[str] = set()
+        self._http: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def for_method(self, grpc_type: str, service: str, method: str) -> MethodMetrics:
+        return MethodMetrics(self, grpc_type, service, method)
+
+    def count_subscribers(self, count: Callable[[], int]) -> None:
+        self.subscribers.set_function(count)
+
+    # The manager's Observer protocol.
+    def alerts_acked(self, alerts: Sequence[Alert | AlertAck], acks: Sequence[AlertAck]) -> None:
+        for alert, ack in zip(alerts, acks, strict=False):
+            source = alert.source if isinstance(alert, Alert) else "unknown"
+            if source not in self._sources:
+                if len(self._sources) >= MAX_SOURCE_LABELS:
+                    source = "other"
+                else:
+                    self._sources.add(source)
+            self.alerts.labels(source, ack.status.name).inc()
+            if ack.status is AckStatus.DUPLICATE:
+                self.duplicates.inc()
+
+    def storage_written(self, seconds: float) -> None:
+        self.storage_write.observe(seconds)
+
+    def serve(self, listen: str) -> int:
+        """Serve /metrics on host:port in a thread; returns the bound port."""
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        self._http, self._thread = start_http_server(int(port), host, self.registry)
+        bound: int = self._http.server_port
+        return bound
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+def collect(registry: Collector) -> dict[str, float]:
+    """Every sample as `name{label="value",...}` -> value; for tests and debugging."""
+    samples: dict[str, float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
