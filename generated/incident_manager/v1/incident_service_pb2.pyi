@@ -56,7 +56,9 @@ class CreateIncidentRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     actor: _builtins.str
     """Who opens it; shown as the actor of the CREATED event. Defaults to
-    `anonymous`.
+    `anonymous`. When the server authenticates callers, the caller's
+    principal is used; leave this empty or set it to that principal (any
+    other name is refused with PERMISSION_DENIED).
     """
     request_id: _builtins.str
     """Optional. A client-chosen id, such as a UUID, that makes retrying safe:
@@ -165,7 +167,8 @@ class UpdateIncidentRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     actor: _builtins.str
     """Who makes the change; shown as the actor of its timeline events.
-    Defaults to `anonymous`.
+    Defaults to `anonymous`. When the server authenticates callers, the
+    caller's principal is used, as for CreateIncidentRequest.actor.
     """
     @_builtins.property
     def incident(self) -> _incident_pb2.Incident:
@@ -240,7 +243,9 @@ class ResolveIncidentRequest(_message.Message):
     notes: _builtins.str
     """What was done. At most 8192 characters."""
     resolved_by: _builtins.str
-    """Who resolved it. Required."""
+    """Who resolved it. Required, unless the server authenticates callers: then
+    it is the caller's principal, as for CreateIncidentRequest.actor.
+    """
     etag: _builtins.str
     """If set, the incident's current etag; ABORTED if it is stale."""
     def __init__(
@@ -298,7 +303,9 @@ class AddNoteRequest(_message.Message):
     incident_id: _builtins.str
     """The incident's id. Required."""
     author: _builtins.str
-    """Who writes the note. Required."""
+    """Who writes the note. Required, unless the server authenticates callers:
+    then it is the caller's principal, as for CreateIncidentRequest.actor.
+    """
     content: _builtins.str
     """The note's text. Required, at most 8192 characters."""
     request_id: _builtins.str
