@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,8 +54,12 @@ def free_port() -> int:
 
 
 def server_environment(**variables: str) -> dict[str, str]:
-    """This process's environment without any INCIDENT_MANAGER_* leaking in, plus `variables`."""
+    """This process's environment without any INCIDENT_MANAGER_* leaking in, plus `variables`.
+
+    /metrics is off unless asked for: servers run side by side would share port 9090.
+    """
     environment = {k: v for k, v in os.environ.items() if not k.startswith("INCIDENT_MANAGER_")}
+    environment["INCIDENT_MANAGER_METRICS_LISTEN"] = "off"
     environment.update(variables)
     return environment
 
@@ -255,6 +260,40 @@ def test_a_bad_environment_variable_stops_the_server_with_a_message_naming_it(
     assert result.returncode != 0
     assert "INCIDENT_MANAGER_DEDUP_WINDOW" in result.stderr
     assert "soon" in result.stderr
+
+
+def test_a_bad_tokens_file_stops_the_server_with_exit_code_2_and_the_line_to_fix(
+    tmp_path: Path,
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# ops team\nimt_a-token-pasted-by-mistake oncall responder\n")
+    result = subprocess.run(
+        [PYTHON, "-m", "incident_manager", "--listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=tmp_path,
+        env=server_environment(INCIDENT_MANAGER_TOKENS_FILE=str(tokens)),
+    )
+    assert result.returncode == 2
+    assert f"{tokens}:2" in result.stderr
+    assert "never tokens" in result.stderr
+
+
+def test_a_server_process_serves_prometheus_metrics(launch: Launch, tmp_path: Path) -> None:
+    metrics_port = free_port()
+    server = serve(launch, tmp_path / "metrics.db", "--metrics-listen", f"127.0.0.1:{metrics_port}")
+    server.client().ingestion.SubmitAlert(
+        ingestion_pb2.SubmitAlertRequest(alert=alert(source="metrics-probe")),
+        timeout=CALL_TIMEOUT,
+    )
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    assert (
+        'grpc_server_handled_total{grpc_code="OK",grpc_method="SubmitAlert",'
+        'grpc_service="incident_manager.v1.AlertIngestionService",grpc_type="unary"} 1.0'
+    ) in text
+    assert 'incident_manager_alerts_total{source="metrics-probe",status="ACCEPTED"} 1.0' in text
 
 
 def test_a_second_server_on_a_port_in_use_exits_instead_of_sharing_it(
