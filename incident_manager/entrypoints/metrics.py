@@ -37,6 +37,13 @@ MAX_SOURCE_LABELS = 1000
 """Distinct `source` label values at most; later sources are counted as `other`."""
 
 
+GO_CODE_NAMES = {
+    code: "".join(part.capitalize() for part in code.name.split("_")) for code in grpc.StatusCode
+} | {grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"}
+"""`grpc_code` values as Go's codes.Code.String() spells them (NotFound, Unavailable),
+so dashboards and alerts written for go-grpc-prometheus work unchanged."""
+
+
 class MethodMetrics:
     """The series of one method, bound once so a call does no label lookups."""
 
@@ -53,7 +60,7 @@ class MethodMetrics:
     def handled(self, code: grpc.StatusCode, seconds: float) -> None:
         counter = self._by_code.get(code)
         if counter is None:
-            counter = self._by_code[code] = self._handled.labels(*self._labels, code.name)
+            counter = self._by_code[code] = self._handled.labels(*self._labels, GO_CODE_NAMES[code])
         counter.inc()
         self.handling.observe(seconds)
 
