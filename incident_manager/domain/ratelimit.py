@@ -4,8 +4,9 @@ Overload sheds the least severe alerts first. A P0 alert is never limited:
 the one alert that matters most must not be lost to a noisy neighbour. The
 other severities may only take a token while the bucket holds more than a
 reserve kept for the more severe ones: P1 takes the last token, P2 leaves 10%
-of the burst, P3 25%, P4 half (rounded down, so a tiny burst keeps no reserve). Under a flood of mixed alerts, P4 and P3
-therefore run dry first while P1 and P2 still get through.
+of the burst, P3 25%, P4 half (rounded down, so a tiny burst keeps no
+reserve). Under a flood of mixed alerts, P4 and P3 therefore run dry first
+while P1 and P2 still get through.
 
 Buckets are kept for a bounded number of sources; the least recently seen
 are forgotten first (which only makes them lenient).
