@@ -307,9 +307,7 @@ class IncidentServer:
                         page_size=1,
                     )
                 )
-                self.metrics.open_incidents.labels(severity.name, state.name).set(
-                    result.total_size
-                )
+                self.metrics.open_incidents.labels(severity.name, state.name).set(result.total_size)
 
     async def stop(self, grace: float, drain_delay: float = 0) -> None:
         """Turn health NOT_SERVING, end event streams, let calls finish, close storage.
