@@ -123,6 +123,10 @@ MIGRATION_LOCK = 0x1_6C1D_E47
 DEFAULT_POOL_SIZE = 10
 MAX_ATTEMPTS = 6
 """Runs of one unit of work at most, when it loses a race to another transaction."""
+MAX_LOCK_ROUNDS = 40
+"""Runs at most while each run learns a lock it must take up front (see _Transaction.lock)."""
+TRY_LOCK_PAUSES = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0)
+"""Pauses between tries of a lock that may not be waited for (about 30 ms in all)."""
 FALLBACK_POLL = 1.0
 """Seconds the follower waits for a notification before it reads anyway."""
 FOLLOW_PAGE = 500
@@ -321,8 +325,9 @@ class _Transaction:
         """Hold `key` until this transaction ends; a read transaction takes no locks.
 
         Waiting is safe only for a key above every key already held and before
-        any write: then no cycle of waits can form. Otherwise try, and if the
-        key is taken, give up this run.
+        any write: then no cycle of waits can form. Otherwise try for a short
+        while (its holder usually commits within milliseconds), and if the
+        key stays taken, give up this run.
         """
         if not self.write:
             return
@@ -332,8 +337,12 @@ class _Transaction:
         if not self.wrote and (not self.held or key > max(self.held)):
             self.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
         else:
-            row = self.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
-            if not row or not row[0]:
+            for pause in TRY_LOCK_PAUSES:
+                row = self.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
+                if row and row[0]:
+                    break
+                time.sleep(pause)
+            else:
                 raise _LockBusy(key)
         self.held.add(key)
 
@@ -738,7 +747,8 @@ class PostgresStorage(Storage):
     def _run(self, work: Callable[[UnitOfWork], Any], write: bool) -> _Outcome:
         """On a worker thread: run `work` until it commits, fails, or runs out of attempts."""
         prelock: set[int] = set()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        attempt = 0
+        for _round in range(MAX_LOCK_ROUNDS):
             try:
                 with self._connection() as conn:
                     tx = _Transaction(conn, write)
@@ -752,8 +762,11 @@ class PostgresStorage(Storage):
                                 conn.execute("ROLLBACK")
                         raise
             except _LockBusy:
+                # Each run takes every lock it learned of before its work, in
+                # order; the set grows by at least one key per run.
                 prelock |= tx.needed
             except (*_RACES, _RaceLost) as error:
+                attempt += 1
                 if attempt == MAX_ATTEMPTS:
                     if isinstance(error, _RaceLost):
                         raise
@@ -769,8 +782,10 @@ class PostgresStorage(Storage):
                 raise StorageUnavailable(f"{self.where}: {_reason(error)}") from error
             with self._retries_lock:
                 self._retries += 1
-            time.sleep(random.uniform(0, 0.002 * attempt))
-        raise StorageUnavailable(f"{self.where}: gave up after {MAX_ATTEMPTS} attempts")
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise StorageUnavailable(
+            f"{self.where}: too much contention, gave up after {MAX_LOCK_ROUNDS} runs"
+        )
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
