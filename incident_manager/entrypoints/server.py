@@ -277,7 +277,7 @@ class IncidentServer:
     async def _watch_storage(self) -> None:
         """Health follows the database: NOT_SERVING while it cannot be used."""
         while self._serving:
-            available = bool(getattr(self.manager.storage, "available", True))
+            available = self.manager.storage.available
             if available != self._storage_ok and self._serving:
                 self._storage_ok = available
                 self.metrics.storage_available.set(1 if available else 0)

@@ -9,6 +9,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
+from incident_manager.adapters.memory import MemoryStorage
+from incident_manager.entrypoints.metrics import collect
 from tests.conftest import Running, StartServer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -48,3 +50,43 @@ async def test_watchers_see_not_serving_when_shutdown_begins(start_server: Start
     assert legacy.status == ingestion_pb2.SERVING_STATUS_NOT_SERVING
     watch.cancel()
     await stopping
+
+
+class FlakyStorage(MemoryStorage):
+    """In-memory storage whose database a test can take away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reachable = True
+
+    @property
+    def available(self) -> bool:
+        return self.reachable
+
+
+async def wait_for_status(server: Running, status: int, service: str = "") -> None:
+    for _ in range(100):
+        answer = await server.health.Check(health_pb2.HealthCheckRequest(service=service))
+        if answer.status == status:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"health of {service!r} never became {status}")
+
+
+async def test_health_follows_the_storage_and_recovers_by_itself(
+    start_server: StartServer,
+) -> None:
+    storage = FlakyStorage()
+    server = await start_server(storage=storage)
+    watch = server.health.Watch(health_pb2.HealthCheckRequest())
+    assert (await watch.read()).status == SERVING
+
+    storage.reachable = False
+    assert (await asyncio.wait_for(watch.read(), timeout=5)).status == NOT_SERVING
+    await wait_for_status(server, NOT_SERVING, "incident_manager.v1.AlertIngestionService")
+    assert collect(server.server.metrics.registry)["incident_manager_storage_available"] == 0
+
+    storage.reachable = True
+    assert (await asyncio.wait_for(watch.read(), timeout=5)).status == SERVING
+    assert collect(server.server.metrics.registry)["incident_manager_storage_available"] == 1
+    watch.cancel()
