@@ -684,10 +684,14 @@ class PostgresStorage(Storage):
             open=False,
         )
         try:
-            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT + 2)
-            with self._pool.connection() as conn:
+            # A direct connection first: it fails at once, saying why, where
+            # the pool would only time out.
+            with psycopg.connect(
+                conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+            ) as conn:
                 migrate(conn)
                 row = conn.execute("SELECT last FROM event_counter").fetchone()
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT + 2)
         except (PoolTimeout, psycopg.Error) as error:
             self._pool.close()
             raise StorageUnavailable(f"cannot open {self.where}: {_reason(error)}") from error

@@ -1,0 +1,55 @@
+"""What only the PostgreSQL backend does: shared migrations, database URLs, unreachable servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+import pytest
+
+from incident_manager.adapters.postgres import MIGRATIONS, PostgresStorage
+from incident_manager.bootstrap import open_storage
+from incident_manager.domain.errors import StorageUnavailable
+from tests.integration.postgres import fresh_database
+
+
+async def test_replicas_starting_together_migrate_the_schema_once() -> None:
+    with fresh_database() as url:
+        storages = await asyncio.gather(
+            *(asyncio.to_thread(PostgresStorage, url) for _ in range(4))
+        )
+        for storage in storages:
+            await storage.close()
+        with psycopg.connect(url) as conn:
+            versions = conn.execute("SELECT version FROM schema_version").fetchall()
+        assert versions == [(len(MIGRATIONS),)]
+
+
+async def test_a_schema_newer_than_the_server_is_refused_at_start() -> None:
+    with fresh_database() as url:
+        await PostgresStorage(url).close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE schema_version SET version = 99")
+        with pytest.raises(StorageUnavailable, match="version 99, newer than this server"):
+            PostgresStorage(url)
+
+
+def test_an_unreachable_server_fails_the_start_quickly_without_showing_the_password() -> None:
+    began = time.monotonic()
+    with pytest.raises(StorageUnavailable) as refused:
+        PostgresStorage("postgresql://im:s3cret@127.0.0.1:1/incidents")
+    assert time.monotonic() - began < 15
+    assert "PostgreSQL at 127.0.0.1:1/incidents" in refused.value.message
+    assert "s3cret" not in refused.value.message
+
+
+async def test_a_database_url_chooses_postgresql_and_a_path_sqlite(tmp_path: object) -> None:
+    with fresh_database() as url:
+        for scheme_url in (url, url.replace("postgresql://", "postgres://", 1)):
+            storage = open_storage(scheme_url + "?pool_size=3")
+            assert isinstance(storage, PostgresStorage)
+            assert storage.available
+            await storage.close()
+    with pytest.raises(StorageUnavailable, match="pool_size"):
+        open_storage("postgresql://postgres@127.0.0.1/x?pool_size=none")
