@@ -352,6 +352,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             call.metrics.handled(code, seconds)
         if self.rpc_log == "off" or (self.rpc_log == "errors" and code is grpc.StatusCode.OK):
             return
+        level = logging.WARNING if code in _SERVER_SIDE else logging.INFO
+        if not log.isEnabledFor(level):
+            return
         extra: dict[str, object] = {
             "method": method,
             "grpc_code": code.name,
@@ -366,7 +369,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             details = context.details()
             if details:
                 extra["error"] = details if isinstance(details, str) else details.decode()
-        log.log(logging.WARNING if code in _SERVER_SIDE else logging.INFO, "rpc", extra=extra)
+        log.log(level, "rpc", extra=extra)
 
 
 class _CountedWrites:
@@ -398,6 +401,11 @@ def _status_code(context: Context, error: BaseException | None) -> grpc.StatusCo
     if isinstance(error, grpc.aio.AbortError):
         return grpc.StatusCode.UNKNOWN
     if isinstance(error, BaseException) and type(error).__name__ == "CancelledError":
+        # grpc cancels the handler both when the client gives up and when the
+        # deadline passes; the client sees DEADLINE_EXCEEDED then, and so must we.
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN
 

@@ -50,6 +50,10 @@ INGESTION_SERVICE = alert_ingestion_service_pb2.DESCRIPTOR.services_by_name[
 ].full_name
 INTEGRATION_SERVICE = integrations_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name
 SERVICE_NAMES = (INCIDENT_SERVICE, INGESTION_SERVICE, INTEGRATION_SERVICE)
+LIVENESS = "liveness"
+"""A health service name that is SERVING while the process runs, even while the
+database is unavailable: for liveness probes, which should not restart a server
+that is only waiting for its database."""
 
 
 READER_METHODS = frozenset({"GetIncident", "ListIncidents", "StreamIncidents"})
@@ -226,6 +230,7 @@ class IncidentServer:
         if self.health_server is not None:
             await self.health_server.start()
         await self._set_health(True)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
         self._warn_if_exposed()
         if self.settings.metrics_listen != "off":

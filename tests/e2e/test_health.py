@@ -84,6 +84,9 @@ async def test_health_follows_the_storage_and_recovers_by_itself(
     storage.reachable = False
     assert (await asyncio.wait_for(watch.read(), timeout=5)).status == NOT_SERVING
     await wait_for_status(server, NOT_SERVING, "incident_manager.v1.AlertIngestionService")
+    # Liveness probes must not restart a server that only waits for its database.
+    alive = await server.health.Check(health_pb2.HealthCheckRequest(service="liveness"))
+    assert alive.status == SERVING
     assert collect(server.server.metrics.registry)["incident_manager_storage_available"] == 0
 
     storage.reachable = True

@@ -26,6 +26,7 @@ from incident_manager.config import (
     load_settings,
     parse_duration,
 )
+from incident_manager.entrypoints.server import LIVENESS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -138,7 +139,10 @@ def test_probes_are_native_grpc_probes_of_the_whole_server(probe: str) -> None:
     grpc = container()[probe]["grpc"]
     assert isinstance(grpc["port"], int), "gRPC probes take a port number, not a name"
     assert grpc["port"] in container_ports().values()
-    assert grpc.get("service", "") == "", "service '' is the health of the whole server"
+    # Readiness follows the whole server ('' turns NOT_SERVING without its
+    # database); liveness asks only whether the process is alive.
+    expected = LIVENESS if probe == "livenessProbe" else ""
+    assert grpc.get("service", "") == expected
 
 
 def test_liveness_is_more_lenient_than_readiness() -> None:
