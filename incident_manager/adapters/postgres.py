@@ -96,7 +96,11 @@ from incident_manager.adapters.rows import (
     note_values,
     received_alert_from_row,
 )
-from incident_manager.domain.errors import ConcurrentModification, StorageUnavailable
+from incident_manager.domain.errors import (
+    ConcurrentModification,
+    StorageUnavailable,
+    ValidationError,
+)
 from incident_manager.domain.model import (
     Incident,
     IncidentEvent,
@@ -781,6 +785,13 @@ class PostgresStorage(Storage):
                 raise StorageUnavailable(
                     f"cannot reach {self.where} (no connection within {POOL_TIMEOUT:g}s): "
                     f"{_reason(error)}"
+                ) from error
+            except psycopg.DataError as error:
+                if "NUL" not in str(error):
+                    raise StorageUnavailable(f"{self.where}: {_reason(error)}") from error
+                # SQLite stores U+0000 in text; PostgreSQL cannot.
+                raise ValidationError.single(
+                    "request", "text must not contain NUL (U+0000) characters"
                 ) from error
             except psycopg.Error as error:
                 raise StorageUnavailable(f"{self.where}: {_reason(error)}") from error

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
+from functools import partial
 
 import psycopg
 import pytest
 
 from incident_manager.adapters.postgres import MIGRATIONS, PostgresStorage
 from incident_manager.bootstrap import open_storage
-from incident_manager.domain.errors import StorageUnavailable
+from incident_manager.domain.errors import StorageUnavailable, ValidationError
+from incident_manager.domain.model import Alert, IncidentType, Severity, utc_now
+from incident_manager.service.handlers import submit_alert
 from tests.integration.postgres import fresh_database
 
 
@@ -53,3 +57,19 @@ async def test_a_database_url_chooses_postgresql_and_a_path_sqlite(tmp_path: obj
             await storage.close()
     with pytest.raises(StorageUnavailable, match="pool_size"):
         open_storage("postgresql://postgres@127.0.0.1/x?pool_size=none")
+
+
+async def test_text_with_nul_characters_is_refused_as_invalid_not_unavailable() -> None:
+    with fresh_database() as url:
+        storage = PostgresStorage(url)
+        try:
+            nul = Alert(
+                id="a\x00", source="s", title="t", severity=Severity.P1, type=IncidentType.DATA
+            )
+            with pytest.raises(ValidationError, match="NUL"):
+                await storage.write(
+                    partial(submit_alert, alert=nul, window=timedelta(minutes=5), now=utc_now())
+                )
+            assert storage.available
+        finally:
+            await storage.close()
