@@ -29,6 +29,7 @@ def build_manager(
         rate_limit=(
             RateLimit(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
         ),
+        max_pending_alerts=settings.max_pending_alerts,
         global_rate_limit=(
             RateLimit(settings.global_rate_limit, settings.global_rate_burst)
             if settings.global_rate_limit > 0

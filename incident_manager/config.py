@@ -43,6 +43,9 @@ class Settings:
     the least severe alerts are shed first and P0 never."""
     global_rate_burst: int = 1000
     """Alerts the whole server accepts at once before the global limit applies."""
+    max_pending_alerts: int = 10_000
+    """Alerts accepted but not yet stored at most: past a quarter of it P4 alerts are
+    shed, past half P3, three quarters P2, all of it P1; P0 never."""
     tokens_file: str = ""
     """Bearer-token credentials file (token hashes, principals, roles); empty turns
     token authentication off."""
@@ -174,6 +177,12 @@ _OPTIONS = (
         "alerts/s over all sources, least severe shed first; 0 = no limit",
     ),
     ("--global-rate-burst", "global_rate_burst", _positive_int, "alerts the server takes at once"),
+    (
+        "--max-pending-alerts",
+        "max_pending_alerts",
+        _positive_int,
+        "alerts waiting to be stored before the least severe are shed",
+    ),
     ("--tokens-file", "tokens_file", str, "bearer-token credentials file; empty = no tokens"),
     ("--tls-cert", "tls_cert", str, "PEM certificate chain; serves TLS"),
     ("--tls-key", "tls_key", str, "PEM private key of --tls-cert"),

@@ -161,19 +161,20 @@ class RateLimited(DomainError):
     """A rate limit refused a new alert; nothing was stored.
 
     `scope` says which limit applied: `source` (the alert's source sends too
-    fast) or `server` (all sources together do, and the least severe alerts
-    are shed first).
+    fast), `server` (all sources together do) or `overload` (too many alerts
+    wait to be stored). The last two shed the least severe alerts first.
     """
 
     reason = "RATE_LIMITED"
 
     def __init__(self, source: str, retry_after: float, scope: str = "source") -> None:
-        what = (
-            f"source {quoted(source)} is over its rate limit"
-            if scope == "source"
-            else "the server is over its rate limit for all sources together "
-            "(the least severe alerts are shed first)"
-        )
+        what = {
+            "source": f"source {quoted(source)} is over its rate limit",
+            "server": "the server is over its rate limit for all sources together "
+            "(the least severe alerts are shed first)",
+            "overload": "the server is overloaded: too many alerts are waiting to be stored "
+            "(the least severe alerts are shed first)",
+        }[scope]
         super().__init__(
             f"{what}; nothing was stored, retry in {retry_after:.2f}s "
             "(P0 alerts are never limited)",

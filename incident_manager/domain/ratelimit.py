@@ -96,3 +96,27 @@ class AlertRateLimiter:
                     self._buckets[source].tokens += 1.0
                 return Throttled("server", wait)
         return None
+
+
+SHED_AT = {Severity.P1: 1.0, Severity.P2: 0.75, Severity.P3: 0.5, Severity.P4: 0.25}
+"""Share of the pending-alerts limit at which each severity starts being shed."""
+OVERLOAD_RETRY_AFTER = 1.0
+
+
+@dataclass(frozen=True)
+class OverloadShedder:
+    """Refuses new alerts while too many wait to be stored, the least severe first.
+
+    Rate limits bound what callers may send; this bounds what the server has
+    accepted but not yet stored, so an overloaded server answers at once
+    instead of slowly. P4 alerts are shed once a quarter of `max_pending`
+    wait, P3 at half, P2 at three quarters, P1 at the limit, P0 never.
+    """
+
+    max_pending: int
+
+    def admit(self, severity: Severity, pending: int) -> Throttled | None:
+        share = SHED_AT.get(severity)
+        if share is None or pending < share * self.max_pending:
+            return None
+        return Throttled("overload", OVERLOAD_RETRY_AFTER)

@@ -41,7 +41,7 @@ from incident_manager.domain.query import (
     IncidentQuery,
     Ordering,
 )
-from incident_manager.domain.ratelimit import AlertRateLimiter, RateLimit
+from incident_manager.domain.ratelimit import AlertRateLimiter, OverloadShedder, RateLimit
 from incident_manager.service import handlers
 from incident_manager.service.commands import (
     AddNote,
@@ -84,6 +84,13 @@ class _NoObserver:
 
 
 @dataclass(frozen=True)
+class _Shed:
+    alert_id: str
+    message: str
+    error: RateLimited
+
+
+@dataclass(frozen=True)
 class ListRequest:
     filter: IncidentFilter
     ordering: Ordering
@@ -109,6 +116,7 @@ class IncidentManager:
         hub: EventHub | None = None,
         rate_limit: RateLimit | None = None,
         global_rate_limit: RateLimit | None = None,
+        max_pending_alerts: int = 0,
         auto_resolve: AutoResolvePolicies | None = None,
         observer: Observer | None = None,
     ) -> None:
@@ -117,24 +125,34 @@ class IncidentManager:
         self.clock = clock
         self.rate_limiter = AlertRateLimiter(rate_limit, clock, global_rate_limit)
         self.observer: Observer = observer or _NoObserver()
+        self.shedder = OverloadShedder(max_pending_alerts) if max_pending_alerts > 0 else None
+        self.pending_alerts = 0
+        """Alerts handed to storage and not yet stored (or refused)."""
         self.auto_resolve = auto_resolve or AutoResolvePolicies()
         self.hub = hub or EventHub()
         self.started = time.monotonic()
         storage.add_listener(self.hub.publish)
 
     async def submit_alert(self, alert: Alert) -> AlertAck:
-        """Store an alert; RateLimited if it is new and over a rate limit."""
+        """Store an alert; RateLimited if it is new and over a rate limit, or shed."""
         try:
-            ack = await self._write(
-                partial(
-                    handlers.submit_alert,
-                    alert=alert,
-                    window=self.dedup_window,
-                    now=self.clock(),
-                    limiter=self.rate_limiter,
-                    policies=self.auto_resolve,
+            shed = self._overloaded(alert)
+            if shed is not None:
+                raise shed.error
+            self.pending_alerts += 1
+            try:
+                ack = await self._write(
+                    partial(
+                        handlers.submit_alert,
+                        alert=alert,
+                        window=self.dedup_window,
+                        now=self.clock(),
+                        limiter=self.rate_limiter,
+                        policies=self.auto_resolve,
+                    )
                 )
-            )
+            finally:
+                self.pending_alerts -= 1
         except RateLimited as limited:
             self.observer.alerts_acked(
                 [alert], [AlertAck(alert.id, AckStatus.RATE_LIMITED, message=limited.message)]
@@ -155,18 +173,42 @@ class IncidentManager:
             raise ValidationError.single(
                 "alerts", f"must hold at most {MAX_BATCH} alerts (got {len(alerts)}); split it"
             )
-        acks = await self._write(
-            partial(
-                handlers.submit_alerts,
-                alerts=alerts,
-                window=self.dedup_window,
-                now=self.clock(),
-                limiter=self.rate_limiter,
-                policies=self.auto_resolve,
+        admitted: list[Alert | AlertAck] = []
+        for item in alerts:
+            shed = self._overloaded(item) if isinstance(item, Alert) else None
+            if shed is None:
+                admitted.append(item)
+            else:
+                admitted.append(
+                    AlertAck(shed.alert_id, AckStatus.RATE_LIMITED, message=shed.message)
+                )
+        count = len(admitted)
+        self.pending_alerts += count
+        try:
+            acks = await self._write(
+                partial(
+                    handlers.submit_alerts,
+                    alerts=admitted,
+                    window=self.dedup_window,
+                    now=self.clock(),
+                    limiter=self.rate_limiter,
+                    policies=self.auto_resolve,
+                )
             )
-        )
+        finally:
+            self.pending_alerts -= count
         self.observer.alerts_acked(alerts, acks)
         return acks
+
+    def _overloaded(self, alert: Alert) -> _Shed | None:
+        """Why the alert is shed, if too many alerts wait to be stored."""
+        if self.shedder is None:
+            return None
+        throttled = self.shedder.admit(alert.severity, self.pending_alerts)
+        if throttled is None:
+            return None
+        error = RateLimited(alert.source, throttled.retry_after, throttled.scope)
+        return _Shed(alert.id, error.message, error)
 
     async def submit_module_event(self, event: ModuleEvent) -> AlertAck:
         """Store a monitoring module's event as the alert its mapping rules make of it."""

@@ -12,6 +12,7 @@ from incident_manager.domain.errors import (
     EtagMismatch,
     IncidentNotFound,
     InvalidTransition,
+    RateLimited,
     ShuttingDown,
     SubscriberTooSlow,
     ValidationError,
@@ -323,3 +324,44 @@ async def test_stream_filters_apply_to_the_incident_after_each_event(
     # escalation that followed is the first event of a P0 incident.
     assert (event.incident_id, event.event.type) == (minor.incident_id, EventType.SEVERITY_CHANGED)
     assert event.severity is Severity.P0
+
+
+class GatedStorage(MemoryStorage):
+    """Writes wait at a gate the test opens: a database that has fallen behind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def write(self, work):  # type: ignore[no-untyped-def]
+        await self.gate.wait()
+        return await super().write(work)
+
+
+async def test_an_overloaded_server_sheds_the_least_severe_alerts_at_once(
+    clock: FakeClock,
+) -> None:
+    storage = GatedStorage()
+    manager = IncidentManager(storage, clock=clock, max_pending_alerts=4)
+    # Two P1 alerts wait to be stored: half the limit, where P3 and P4 are shed.
+    waiting = [
+        asyncio.ensure_future(manager.submit_alert(alert(severity=Severity.P1, title=f"w{i}")))
+        for i in range(2)
+    ]
+    await asyncio.sleep(0)
+    assert manager.pending_alerts == 2
+    with pytest.raises(RateLimited, match="overloaded") as shed:
+        await manager.submit_alert(alert(severity=Severity.P4))
+    assert shed.value.scope == "overload"
+    batch = asyncio.ensure_future(
+        manager.submit_alerts([alert(id=f"b-{s.name}", severity=s, title=s.name) for s in Severity])
+    )
+    await asyncio.sleep(0)
+    storage.gate.set()
+    acks = {ack.alert_id: ack for ack in await batch}
+    assert acks["b-P3"].status is AckStatus.RATE_LIMITED
+    assert acks["b-P4"].status is AckStatus.RATE_LIMITED
+    assert "overloaded" in acks["b-P4"].message
+    assert {acks[f"b-{s}"].status for s in ("P0", "P1", "P2")} == {AckStatus.ACCEPTED}
+    assert all(ack.status is AckStatus.ACCEPTED for ack in await asyncio.gather(*waiting))
+    assert manager.pending_alerts == 0

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from incident_manager.domain.model import Severity
-from incident_manager.domain.ratelimit import AlertRateLimiter, RateLimit, Throttled
+from incident_manager.domain.ratelimit import (
+    AlertRateLimiter,
+    OverloadShedder,
+    RateLimit,
+    Throttled,
+)
 from tests.conftest import FakeClock
 
 
@@ -62,3 +67,15 @@ def test_the_server_wide_limit_applies_over_all_sources_and_says_so(clock: FakeC
     # A refusal by the server-wide limit costs the source nothing.
     clock.advance(seconds=1)
     assert limiter.admit("s9", Severity.P1) is None
+
+
+def test_overload_sheds_p4_first_and_p0_never() -> None:
+    shedder = OverloadShedder(max_pending=100)
+    shed_at = {
+        severity: next(p for p in range(0, 1000) if shedder.admit(severity, p) is not None)
+        for severity in (Severity.P1, Severity.P2, Severity.P3, Severity.P4)
+    }
+    assert shed_at == {Severity.P1: 100, Severity.P2: 75, Severity.P3: 50, Severity.P4: 25}
+    assert shedder.admit(Severity.P0, 10**9) is None
+    refused = shedder.admit(Severity.P4, 25)
+    assert refused is not None and refused.scope == "overload"
