@@ -584,6 +584,10 @@ class SqliteStorage(Storage):
 
     MAX_GROUP = 512
     """Jobs per transaction at most, so one group never delays the next for long."""
+    PROBE_SECONDS = 1.0
+    """While writes fail (disk full, read-only file), how often the idle writer tries
+    a write that changes nothing, so that `available` turns True again without
+    traffic: a server whose health says NOT_SERVING gets none."""
 
     def __init__(self, path: Path | str, *, cache: WriterCache | None = None) -> None:
         super().__init__()
@@ -604,11 +608,23 @@ class SqliteStorage(Storage):
         self._warm_cache()
         self._broken: str | None = None
         """Why writes can no longer succeed, once the writer cannot recover."""
+        self._failing: str | None = None
+        """Why the last write failed, until a write succeeds again."""
         self._jobs: queue.SimpleQueue[_WriteJob | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         self._closed = False
+
+    @property
+    def available(self) -> bool:
+        """False from a failed write (disk full, read-only file) until a write succeeds."""
+        return (
+            not self._closed
+            and self._broken is None
+            and self._failing is None
+            and self._writer.is_alive()
+        )
 
     async def write(self, work: Callable[[UnitOfWork], T]) -> T:
         if self._closed:
@@ -625,7 +641,13 @@ class SqliteStorage(Storage):
     def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            first = self._jobs.get()
+            try:
+                first = self._jobs.get(
+                    timeout=self.PROBE_SECONDS if self._failing is not None else None
+                )
+            except queue.Empty:
+                self._probe()
+                continue
             if first is None:
                 break
             group = [first]
@@ -693,7 +715,35 @@ class SqliteStorage(Storage):
             )
             cache.clear()
             self._recover(conn)
+            self._failing = failure
+        else:
+            refused = [job.error for job in group if isinstance(job.error, StorageUnavailable)]
+            if refused:  # a statement failed (disk full) though the COMMIT went through
+                self._failing = str(refused[-1])
+            else:
+                self._writes_work_again()
         self._answer(group, failure=failure)
+
+    def _probe(self) -> None:
+        """Rewrite the schema version as it is: a real commit that changes nothing."""
+        if self._broken is not None:
+            return
+        conn = self._write_conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            self._recover(conn)
+            self._failing = f"{error} (database {str(self.path)!r})"
+        else:
+            self._writes_work_again()
+
+    def _writes_work_again(self) -> None:
+        if self._failing is not None:
+            self._failing = None
+            log.warning("database writes work again", extra={"database": str(self.path)})
 
     def _run_job(self, conn: sqlite3.Connection, cache: WriterCache, job: _WriteJob) -> None:
         """Run one job in its own savepoint; only a broken transaction escapes."""

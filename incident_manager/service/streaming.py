@@ -1,17 +1,19 @@
 """Live fan-out of committed events to StreamIncidents subscribers.
 
 Each subscriber has its own bounded buffer, filled on the event loop as
-commits land. Publishing never waits for a subscriber: when a buffer is full
-the subscriber is marked as overflowed and gets nothing more, so one slow
-reader can neither grow the server's memory nor delay anyone else. The
-stream then ends with a status that tells the client where to resume; the
-events it missed are in storage and a resume replays them.
+commits land. Publishing never waits for a subscriber: when new events come
+while a subscriber still has a full buffer of unread ones, it is marked as
+overflowed and gets nothing more, so one slow reader can neither grow the
+server's memory nor delay anyone else. The stream then ends with a status
+that tells the client where to resume; the events it missed are in storage
+and a resume replays them.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 
 from incident_manager.domain.model import IncidentEvent
 from incident_manager.domain.query import IncidentFilter
@@ -20,7 +22,15 @@ DEFAULT_BUFFER = 1000
 
 
 class Subscription:
-    """One subscriber's buffer of matching live events."""
+    """One subscriber's buffer of matching live events.
+
+    The limit is checked once per published write, not per event: a
+    subscriber with fewer than `capacity` unread events takes all the events
+    of the write. A 1,000-alert batch lands as 1,000 events at once, before
+    any subscriber can read one; counting them one by one would end every
+    subscriber, even those that keep up. So at most `capacity - 1` events
+    plus those of one write are buffered.
+    """
 
     def __init__(self, event_filter: IncidentFilter, capacity: int) -> None:
         self.filter = event_filter
@@ -30,13 +40,17 @@ class Subscription:
         self._buffer: deque[IncidentEvent] = deque()
         self._wakeup = asyncio.Event()
 
-    def offer(self, event: IncidentEvent) -> None:
-        if self.overflowed or self.closed or not self.filter.matches_event(event):
+    def offer(self, events: Sequence[IncidentEvent]) -> None:
+        """Take the matching events of one write, unless `capacity` are still unread."""
+        if self.overflowed or self.closed:
+            return
+        matching = [event for event in events if self.filter.matches_event(event)]
+        if not matching:
             return
         if len(self._buffer) >= self.capacity:
             self.overflowed = True
         else:
-            self._buffer.append(event)
+            self._buffer.extend(matching)
         self._wakeup.set()
 
     def close(self) -> None:
@@ -83,8 +97,7 @@ class EventHub:
 
     def publish(self, events: list[IncidentEvent]) -> None:
         for subscription in self._subscriptions:
-            for event in events:
-                subscription.offer(event)
+            subscription.offer(events)
 
     def close(self) -> None:
         """End every stream (the server is stopping); later subscribers end at once."""
