@@ -45,8 +45,11 @@ replica publishes every event exactly once, in sequence order.
 
 Faults. A call that cannot reach the database fails with StorageUnavailable
 (gRPC UNAVAILABLE); a unit of work is answered only after its COMMIT
-returned. The pool checks a connection before lending it, so it replaces
-connections broken by a restart on its own; the follower reconnects with
+returned. A pooled connection found broken when its transaction begins
+(nothing has run on it yet) is dropped and the unit of work takes another,
+so connections broken by a restart are replaced without failing calls once
+the database is back (cheaper than checking every connection before lending
+it: one round trip less per call); the follower reconnects with
 backoff and catches up from the last sequence it published, so live streams
 resume without a gap. `available` is False from a failed connection until
 the follower's next successful query.
@@ -56,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import random
@@ -138,6 +142,8 @@ CONNECT_TIMEOUT = 3
 """Seconds to establish one connection (libpq's connect_timeout)."""
 POOL_TIMEOUT = 3.0
 """Seconds a call waits for a pooled connection before it fails as unavailable."""
+ONE_STATEMENT_EVENTS = 1000
+"""Events stored with one statement at most (13 parameters each; PostgreSQL takes 65,535)."""
 LOCAL_PUBLISH_WAIT = 2.0
 """Seconds a write waits for the follower to publish other replicas' events before its own."""
 
@@ -287,6 +293,10 @@ def split_options(url: str) -> tuple[str, int]:
 
 class _LockBusy(Exception):
     """Another transaction holds a lock this one may not wait for (it could deadlock)."""
+
+
+class _StaleConnection(Exception):
+    """A pooled connection broke while idle (the database restarted): nothing ran on it."""
 
 
 class _RaceLost(ConcurrentModification):
@@ -617,24 +627,56 @@ def _number_and_store(tx: _Transaction) -> list[IncidentEvent]:
     if not tx.staged:
         return []
     count = len(tx.staged)
-    row = tx.execute(
-        "UPDATE event_counter SET last = last + %s RETURNING last", (count,)
-    ).fetchone()
-    assert row is not None
-    first = int(row[0]) - count + 1
-    events = [e.with_sequence(first + n) for n, e in enumerate(tx.staged)]
-    with tx.conn.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({', '.join(['%s'] * 14)})",
-            [(e.sequence, *event_values(e)) for e in events],
-        )
-    tx.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(events[-1].sequence)))
+    if count <= ONE_STATEMENT_EVENTS:
+        # Number, insert and notify in one statement: the counter's lock is
+        # then held for one round trip and the COMMIT.
+        row = tx.execute(
+            _store_events_sql(count),
+            [count, CHANNEL, count, *(v for e in tx.staged for v in event_values(e))],
+        ).fetchone()
+        assert row is not None
+        first = int(row[0])
+        events = [e.with_sequence(first + n) for n, e in enumerate(tx.staged)]
+    else:
+        row = tx.execute(
+            "UPDATE event_counter SET last = last + %s RETURNING last", (count,)
+        ).fetchone()
+        assert row is not None
+        first = int(row[0]) - count + 1
+        events = [e.with_sequence(first + n) for n, e in enumerate(tx.staged)]
+        with tx.conn.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({', '.join(['%s'] * 14)})",
+                [(e.sequence, *event_values(e)) for e in events],
+            )
+        tx.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(events[-1].sequence)))
     for incident in tx.histories:
         incident.timeline = [
             replace(e, sequence=first - e.sequence - 1) if e.sequence < 0 else e
             for e in incident.timeline
         ]
     return events
+
+
+@functools.cache
+def _store_events_sql(count: int) -> str:
+    """One statement that numbers `count` events, inserts them and notifies; returns the first.
+
+    Parameters: count, channel, count, then 13 values per event (EVENT_COLUMNS
+    after `sequence`), in order.
+    """
+    columns = [c.strip() for c in EVENT_COLUMNS.split(",")[1:]]
+    marks = ", ".join(["%s"] * len(columns))
+    rows = ", ".join(f"({n}::bigint, {marks})" for n in range(1, count + 1))
+    return (
+        "WITH numbered AS (UPDATE event_counter SET last = last + %s RETURNING last), "
+        "notified AS (SELECT pg_notify(%s, last::text) FROM numbered), "
+        f"stored AS (INSERT INTO events ({EVENT_COLUMNS}) "
+        f"SELECT numbered.last - %s + v.position, {', '.join('v.' + c for c in columns)} "
+        f"FROM numbered, notified, (VALUES {rows}) AS v(position, {', '.join(columns)}) "
+        "RETURNING sequence) "
+        "SELECT min(sequence) FROM stored"
+    )
 
 
 def migrate(conn: psycopg.Connection[Any]) -> int:
@@ -682,7 +724,7 @@ class PostgresStorage(Storage):
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
-            check=ConnectionPool.check_connection,
+            configure=_configure,
             timeout=POOL_TIMEOUT,
             name="incident-manager",
             open=False,
@@ -755,7 +797,7 @@ class PostgresStorage(Storage):
     def _run(self, work: Callable[[UnitOfWork], Any], write: bool) -> _Outcome:
         """On a worker thread: run `work` until it commits, fails, or runs out of attempts."""
         prelock: set[int] = set()
-        attempt = 0
+        attempt = stale = 0
         for _round in range(MAX_LOCK_ROUNDS):
             try:
                 with self._connection() as conn:
@@ -769,6 +811,15 @@ class PostgresStorage(Storage):
                             with contextlib.suppress(psycopg.Error):
                                 conn.execute("ROLLBACK")
                         raise
+            except _StaleConnection as error:
+                # The pool drops a broken connection when it gets it back;
+                # idle ones may all be broken after a restart.
+                stale += 1
+                if stale > self._pool.max_size:
+                    raise StorageUnavailable(
+                        f"cannot reach {self.where}: {_reason(error.__cause__ or error)}"
+                    ) from error
+                continue
             except _LockBusy:
                 # Each run takes every lock it learned of before its work, in
                 # order; the set grows by at least one key per run.
@@ -811,12 +862,12 @@ class PostgresStorage(Storage):
         self, tx: _Transaction, work: Callable[[UnitOfWork], Any], prelock: set[int]
     ) -> _Outcome:
         conn = tx.conn
-        if tx.write:
-            conn.execute("BEGIN")
-            for key in sorted(prelock):
-                tx.lock(key)  # ascending, before any write: waiting is safe
-        else:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            conn.execute("BEGIN" if tx.write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        except psycopg.OperationalError as error:
+            raise _StaleConnection from error
+        for key in sorted(prelock):
+            tx.lock(key)  # ascending, before any write: waiting is safe
         uow = PostgresUnitOfWork(tx)
         result = work(uow)
         events: list[IncidentEvent] = []
@@ -924,6 +975,16 @@ class PostgresStorage(Storage):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._executor.shutdown, True)
         await loop.run_in_executor(None, self._pool.close)
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Settings for every pooled connection.
+
+    No JIT: our statements are short, and the planner, misled by a one-row
+    table it has no statistics for yet, compiled the event insert on every
+    commit (7 ms each, against 1 ms for the whole commit without it).
+    """
+    conn.execute("SET jit = off")
 
 
 def _reason(error: BaseException) -> str:
