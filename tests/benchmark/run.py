@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +89,8 @@ class Process:
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Several servers run at once: none may take the metrics port.
+            env={**os.environ, "INCIDENT_MANAGER_METRICS_LISTEN": "off"},
         )
         channel = grpc.insecure_channel(self.address)
         grpc.channel_ready_future(channel).result(timeout=30)
@@ -107,7 +109,7 @@ class Process:
             self.popen.kill()
 
 
-def our_server(database: Path) -> Process:
+def our_server(database: Path | str) -> Process:
     return Process(
         "incident-manager",
         ["-m", "incident_manager", "--database", str(database), "--log-level", "WARNING"],
@@ -147,25 +149,34 @@ def channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address)
 
 
+async def closed_loop(
+    total: int, concurrency: int, call: Callable[[int], Awaitable[object]]
+) -> tuple[float, list[float]]:
+    """`call(i)` for i below `total`, from `concurrency` workers: calls/s and latencies."""
+    latencies: list[float] = []
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        for i in counter:
+            began = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - began)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - began), latencies
+
+
 async def unary_load(
     address: str, make: Callable[[int], alert_pb2.Alert], total: int, concurrency: int = 64
 ) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    counter = iter(range(total))
     async with channel(address) as ch:
         stub = ingestion_grpc.AlertIngestionServiceStub(ch)
-
-        async def worker() -> None:
-            for i in counter:
-                request = ingestion_pb2.SubmitAlertRequest(alert=make(i))
-                began = time.perf_counter()
-                await stub.SubmitAlert(request)
-                latencies.append(time.perf_counter() - began)
-
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    return total / elapsed, latencies
+        return await closed_loop(
+            total,
+            concurrency,
+            lambda i: stub.SubmitAlert(ingestion_pb2.SubmitAlertRequest(alert=make(i))),
+        )
 
 
 async def batch_load(
@@ -459,6 +470,11 @@ async def run(size: str, workdir: Path) -> list[Row]:
         )
     finally:
         memory.stop()
+
+    # Imported here: that module builds on this one's load generators.
+    from tests.benchmark.replicas import postgres_rows
+
+    rows.extend(await postgres_rows(n))
     return rows
 
 
