@@ -295,6 +295,10 @@ class _LockBusy(Exception):
     """Another transaction holds a lock this one may not wait for (it could deadlock)."""
 
 
+class Unreachable(StorageUnavailable):
+    """The database could not be reached (as opposed to refusing a change)."""
+
+
 class _StaleConnection(Exception):
     """A pooled connection broke while idle (the database restarted): nothing ran on it."""
 
@@ -790,8 +794,8 @@ class PostgresStorage(Storage):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, self._run, work, write)
-        except StorageUnavailable:
-            self._available = False
+        except Unreachable:
+            self._available = False  # until the follower reads again
             raise
 
     def _run(self, work: Callable[[UnitOfWork], Any], write: bool) -> _Outcome:
@@ -816,7 +820,7 @@ class PostgresStorage(Storage):
                 # idle ones may all be broken after a restart.
                 stale += 1
                 if stale > self._pool.max_size:
-                    raise StorageUnavailable(
+                    raise Unreachable(
                         f"cannot reach {self.where}: {_reason(error.__cause__ or error)}"
                     ) from error
                 continue
@@ -833,7 +837,7 @@ class PostgresStorage(Storage):
                         f"{self.where} refused the change {MAX_ATTEMPTS} times: {_reason(error)}"
                     ) from error
             except PoolTimeout as error:
-                raise StorageUnavailable(
+                raise Unreachable(
                     f"cannot reach {self.where} (no connection within {POOL_TIMEOUT:g}s): "
                     f"{_reason(error)}"
                 ) from error
@@ -844,6 +848,8 @@ class PostgresStorage(Storage):
                 raise ValidationError.single(
                     "request", "text must not contain NUL (U+0000) characters"
                 ) from error
+            except psycopg.OperationalError as error:
+                raise Unreachable(f"{self.where}: {_reason(error)}") from error
             except psycopg.Error as error:
                 raise StorageUnavailable(f"{self.where}: {_reason(error)}") from error
             with self._retries_lock:
@@ -876,7 +882,7 @@ class PostgresStorage(Storage):
             try:
                 conn.execute("COMMIT")
             except psycopg.OperationalError as error:
-                raise StorageUnavailable(
+                raise Unreachable(
                     f"the connection to {self.where} broke while committing, so the change "
                     f"may or may not be stored; retrying is safe for alerts: {_reason(error)}"
                 ) from error

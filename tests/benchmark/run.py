@@ -495,11 +495,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--postgres-only", action="store_true", help="only the PostgreSQL rows (replicas.py)"
+    )
     args = parser.parse_args()
     size = "quick" if args.quick else "full"
     began = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="im-bench-") as folder:
-        rows = asyncio.run(run(size, Path(folder)))
+    if args.postgres_only:
+        from tests.benchmark.replicas import postgres_rows
+
+        rows = asyncio.run(postgres_rows(SIZES[size]))
+    else:
+        with tempfile.TemporaryDirectory(prefix="im-bench-") as folder:
+            rows = asyncio.run(run(size, Path(folder)))
     print(
         f"\nmachine: {os.cpu_count()} cores; sizes: {size}; took {time.perf_counter() - began:.0f}s"
     )

@@ -10,10 +10,11 @@ from functools import partial
 import psycopg
 import pytest
 
-from incident_manager.adapters.postgres import MIGRATIONS, PostgresStorage
+from incident_manager.adapters.postgres import MAX_ATTEMPTS, MIGRATIONS, PostgresStorage
+from incident_manager.adapters.repository import UnitOfWork
 from incident_manager.bootstrap import open_storage
 from incident_manager.domain.errors import StorageUnavailable, ValidationError
-from incident_manager.domain.model import Alert, IncidentType, Severity, utc_now
+from incident_manager.domain.model import Alert, IncidentType, RequestRecord, Severity, utc_now
 from incident_manager.service.handlers import submit_alert
 from tests.integration.postgres import fresh_database
 
@@ -71,5 +72,24 @@ async def test_text_with_nul_characters_is_refused_as_invalid_not_unavailable() 
                     partial(submit_alert, alert=nul, window=timedelta(minutes=5), now=utc_now())
                 )
             assert storage.available
+        finally:
+            await storage.close()
+
+
+async def test_a_change_the_database_refuses_does_not_make_the_storage_unavailable() -> None:
+    with fresh_database() as url:
+        storage = PostgresStorage(url)
+        try:
+
+            def clash(uow: UnitOfWork) -> None:
+                with uow:
+                    uow.requests.add("req-1", RequestRecord("CreateIncident", "inc_1"))
+                    uow.requests.add("req-1", RequestRecord("CreateIncident", "inc_1"))
+                    uow.commit()
+
+            with pytest.raises(StorageUnavailable, match="refused the change"):
+                await storage.write(clash)
+            assert storage.available
+            assert storage.retries == MAX_ATTEMPTS - 1
         finally:
             await storage.close()
