@@ -21,7 +21,8 @@ class Settings:
     listen: str = "0.0.0.0:9000"
     """host:port to serve gRPC on."""
     database: str = "./data/incident-manager.db"
-    """Path of the SQLite database file (created with its folder if missing)."""
+    """Path of the SQLite database file (created with its folder if missing), or a
+    `postgresql://` URL of a PostgreSQL database that several replicas can share."""
     dedup_window: timedelta = timedelta(minutes=15)
     """How long after an incident opens alerts with its fingerprint still merge into it."""
     log_level: str = "INFO"
@@ -156,7 +157,7 @@ def _optional_listen(text: str) -> str:
 _OPTIONS = (
     # flag, field, parser, help
     ("--listen", "listen", _listen, "host:port to serve gRPC on"),
-    ("--database", "database", str, "SQLite database file"),
+    ("--database", "database", str, "SQLite database file, or a postgresql:// URL"),
     ("--dedup-window", "dedup_window", _positive_duration, "dedup window, e.g. 15m"),
     ("--log-level", "log_level", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     ("--shutdown-grace", "shutdown_grace", _positive_duration, "grace period on SIGTERM"),
