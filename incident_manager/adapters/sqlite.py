@@ -717,11 +717,7 @@ class SqliteStorage(Storage):
             self._recover(conn)
             self._failing = failure
         else:
-            refused = [job.error for job in group if isinstance(job.error, StorageUnavailable)]
-            if refused:  # a statement failed (disk full) though the COMMIT went through
-                self._failing = str(refused[-1])
-            else:
-                self._writes_work_again()
+            self._writes_work_again()
         self._answer(group, failure=failure)
 
     def _probe(self) -> None:

@@ -418,4 +418,7 @@ def resident_memory(server: ServerProcess) -> int:
     for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS in /proc/{server.popen.pid}/status")
+    # Only a process that has exited has no resident set.
+    raise AssertionError(
+        f"server exited with {server.popen.wait(timeout=10)}:\n{server.stderr()[-3000:]}"
+    )
