@@ -17,7 +17,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "incident_manager"
 
-TRANSPORT_AND_STORAGE = ("grpc", "google.protobuf", "generated", "sqlite3")
+TRANSPORT_AND_STORAGE = (
+    "grpc",
+    "google.protobuf",
+    "generated",
+    "sqlite3",
+    "psycopg",
+    "psycopg_pool",
+    "prometheus_client",
+)
 OUTER_LAYERS = (
     "incident_manager.adapters",
     "incident_manager.service",
