@@ -1,10 +1,19 @@
-"""Structured logs: one JSON object per line on stderr."""
+"""Structured logs: one JSON object per line on stderr.
+
+Records are formatted and written by a background thread (a QueueListener),
+so the event loop only creates them: a JSON line per call costs the loop a
+few microseconds instead of a format and a write to stderr.
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 from datetime import UTC, datetime
+from typing import TextIO
 
 # Attributes every LogRecord has; anything else was passed with `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "taskName"}
@@ -23,12 +32,45 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure(level: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+class _Listener(logging.handlers.QueueListener):
+    def stop(self) -> None:
+        """Write what is queued and end the thread; once only, however often called."""
+        if self._thread is not None:
+            super().stop()
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records to the writer thread with their message and traceback rendered."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+def configure(level: str, stream: TextIO | None = None) -> logging.handlers.QueueListener:
+    """Send every record as JSON to `stream` (stderr) from a writer thread; returns its listener."""
+    # Nothing we log uses the caller's file and line, or thread and process
+    # names; finding them costs more than the rest of a record.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    writer = logging.StreamHandler(stream)  # stderr unless told otherwise
+    writer.setFormatter(JsonFormatter())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = _Listener(records, writer)
+    listener.start()
+    atexit.register(listener.stop)  # writes what is queued before the process exits
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Enqueue(records)]
     root.setLevel(level)
+    return listener
