@@ -150,17 +150,24 @@ class Authenticator:
 
 
 def _bearer_token(metadata: Any) -> str | None:
-    for key, value in metadata:
-        if key == "authorization":
-            text = value if isinstance(value, str) else value.decode(errors="replace")
-            scheme, _, token = text.strip().partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Denied(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "the authorization metadata must be 'Bearer <token>'",
-                )
-            return token.strip()
-    return None
+    values = [value for key, value in metadata if key == "authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        # A proxy in front may have checked another entry than the one we would use.
+        raise Denied(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"the call has {len(values)} authorization metadata entries; send only one",
+        )
+    value = values[0]
+    text = value if isinstance(value, str) else value.decode(errors="replace")
+    scheme, _, token = text.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Denied(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "the authorization metadata must be 'Bearer <token>'",
+        )
+    return token.strip()
 
 
 class _Call:

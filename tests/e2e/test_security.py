@@ -186,6 +186,28 @@ async def test_unknown_or_malformed_credentials_are_unauthenticated(
     assert listed.total_size == 0, "a refused alert must not be stored"
 
 
+@pytest.mark.parametrize("order", ["reader first", "admin first"])
+async def test_a_call_with_two_authorization_entries_is_unauthenticated(
+    start_server: StartServer, tokens_file: Path, order: str
+) -> None:
+    # A proxy may check one entry while the server would use another: refuse both.
+    tokens = [token_of("reader"), token_of("admin")]
+    if order == "admin first":
+        tokens.reverse()
+    server = await start_server(tokens_file=str(tokens_file))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await server.incidents.CreateIncident(
+            incident_service_pb2.CreateIncidentRequest(incident=new_incident()),
+            metadata=tuple(("authorization", f"Bearer {token}") for token in tokens),
+        )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "only one" in (refused.value.details() or "")
+    listed = await server.incidents.ListIncidents(
+        incident_service_pb2.ListIncidentsRequest(), metadata=bearer(token_of("admin"))
+    )
+    assert listed.total_size == 0
+
+
 async def test_a_role_refusal_names_the_principal_and_the_role_needed(
     start_server: StartServer, tokens_file: Path
 ) -> None:
