@@ -248,6 +248,25 @@ async def test_health_stays_open_and_reflection_follows_its_setting(
     assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+@pytest.mark.parametrize("header", ["Bearer imt_revoked-token", "Basic dXNlcjpwYXNz"])
+async def test_health_and_open_reflection_answer_callers_with_stale_credentials(
+    start_server: StartServer, tokens_file: Path, header: str
+) -> None:
+    # Clients often attach their token to every call on a channel, health checks
+    # included: a revoked token must not make a healthy server look down.
+    server = await start_server(tokens_file=str(tokens_file))
+    metadata = (("authorization", header),)
+    checked = await server.health.Check(health_pb2.HealthCheckRequest(), metadata=metadata)
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+
+    async def ask() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    answers = [response async for response in stub.ServerReflectionInfo(ask(), metadata=metadata)]
+    assert answers and answers[0].HasField("list_services_response")
+
+
 async def list_services(channel: grpc.aio.Channel, token: str | None) -> list[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
