@@ -112,6 +112,8 @@ class Credentials:
                 if len(fields) != 2:
                     raise CredentialsFileError(f"{where}: expected 'subject:<common name> <roles>'")
                 name = _principal_name(fields[0].removeprefix("subject:"), where)
+                if name in subjects:
+                    raise CredentialsFileError(f"{where}: this certificate subject is listed twice")
                 subjects[name] = Principal(name, _roles(fields[1], where))
                 continue
             if len(fields) != 3:

@@ -357,6 +357,7 @@ async def test_a_token_made_by_the_helper_command_works(
         ("imt_plaintext-token reader-bot reader\n", "never tokens"),
         (f"{hash_token('x')} bot superuser\n", "'superuser' is not a role"),
         (f"{hash_token('x')} bot reader\n{hash_token('x')} other reader\n", "listed twice"),
+        ("subject:gateway reader\nsubject:gateway admin\n", "listed twice"),
     ],
 )
 async def test_a_bad_tokens_file_stops_the_server_with_the_line_to_fix(
