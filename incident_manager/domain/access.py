@@ -143,6 +143,11 @@ class Credentials:
             raise CredentialsFileError(
                 f"cannot read the tokens file {path}: {error.strerror}"
             ) from error
+        except UnicodeDecodeError:
+            # Never quote the bytes: the path may name a key or another secret.
+            raise CredentialsFileError(
+                f"cannot read the tokens file {path}: it is not UTF-8 text; is it the right file?"
+            ) from None
         return cls.parse(text.splitlines(), path)
 
     def by_token(self, token: str) -> Principal | None:

@@ -370,6 +370,24 @@ async def test_a_bad_tokens_file_stops_the_server_with_the_line_to_fix(
     assert f"{path}:" in str(refused.value)
 
 
+async def test_a_tokens_file_that_is_not_text_is_refused_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tokens"
+    path.write_bytes(b"\x30\x82\x01\x0a\xff\xfe a DER key, not a tokens file")
+    with pytest.raises(StartupError, match="not UTF-8 text") as refused:
+        IncidentServer(_unused_manager(tmp_path), Settings(tokens_file=str(path)))
+    assert f"{path}:" in str(refused.value)
+    checked = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "incident_manager.tokens", "check", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 1
+    assert "Traceback" not in checked.stderr and "not UTF-8 text" in checked.stderr
+
+
 def _unused_manager(tmp_path: Path) -> Any:
     return IncidentManager(MemoryStorage())
 
