@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,6 +125,29 @@ def _read(path: str, what: str) -> bytes:
         raise StartupError(f"cannot read the {what} {path}: {error.strerror}") from error
 
 
+def _tls_problem(settings: Settings) -> str:
+    """Why OpenSSL cannot use the TLS files, naming the setting; empty if it can."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # The password callback stops OpenSSL from prompting for an encrypted key.
+        context.load_cert_chain(settings.tls_cert, settings.tls_key, password=lambda: b"")
+    except ssl.SSLError as error:
+        return (
+            f"cannot use --tls-cert {settings.tls_cert} with --tls-key {settings.tls_key}: "
+            f"{error.reason or error}; both must be PEM, the key unencrypted and the "
+            "certificate's own"
+        )
+    if settings.tls_client_ca:
+        try:
+            context.load_verify_locations(settings.tls_client_ca)
+        except ssl.SSLError as error:
+            return (
+                f"cannot use --tls-client-ca {settings.tls_client_ca}: {error.reason or error}; "
+                "it must hold PEM CA certificates"
+            )
+    return ""
+
+
 def _is_loopback(listen: str) -> bool:
     host = listen.rpartition(":")[0].strip("[]")
     if host == "localhost":
@@ -223,7 +247,14 @@ class IncidentServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         credentials = self._credentials()
-        self.port = _bind(self.server, self.listen, credentials)
+        try:
+            self.port = _bind(self.server, self.listen, credentials)
+        except ListenError:
+            # grpc reports unusable TLS files as a failure to bind: say which file.
+            problem = _tls_problem(self.settings) if credentials is not None else ""
+            if problem:
+                raise StartupError(problem) from None
+            raise
         if self.health_server is not None:
             _bind(self.health_server, self.settings.health_listen, None)
         await self.server.start()

@@ -550,6 +550,39 @@ async def test_with_a_tokens_file_certificate_names_get_only_their_listed_roles(
         assert "unlisted-host" in (unlisted.value.details() or "")
 
 
+@pytest.mark.parametrize(
+    ("wrong", "named"),
+    [
+        ("tls_key", "--tls-key"),  # a key of another certificate
+        ("tls_cert", "--tls-cert"),  # not a certificate
+        ("tls_client_ca", "--tls-client-ca"),  # not a certificate
+    ],
+)
+async def test_unusable_tls_files_stop_the_server_naming_the_file_not_the_port(
+    pki: Pki, tmp_path: Path, wrong: str, named: str
+) -> None:
+    other_key, _ = pki.client("someone-else")
+    (tmp_path / "other.key").write_bytes(other_key)
+    (tmp_path / "garbage.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+    )
+    files = {
+        "tls_cert": str(pki.server_cert),
+        "tls_key": str(pki.server_key),
+        "tls_client_ca": str(pki.ca),
+    }
+    files[wrong] = str(tmp_path / ("other.key" if wrong == "tls_key" else "garbage.pem"))
+    server = IncidentServer(
+        IncidentManager(MemoryStorage()),
+        Settings(listen="127.0.0.1:0", metrics_listen="off", **files),
+    )
+    with pytest.raises(StartupError) as refused:
+        await server.start()
+    assert named in str(refused.value)
+    assert files[wrong] in str(refused.value)
+    assert "already using this port" not in str(refused.value)
+
+
 async def test_a_plaintext_health_port_beside_tls_serves_only_health(
     start_server: StartServer, pki: Pki
 ) -> None:
