@@ -124,6 +124,13 @@ class Authenticator:
             names = list(context.auth_context().get("x509_common_name") or ())
             if names:
                 name = names[0].decode(errors="replace")
+                if not name:
+                    # grpc gives an empty name for a certificate without one.
+                    raise Denied(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        "the client certificate has no subject common name (CN), which this "
+                        "server takes as the caller's principal; issue one with a CN",
+                    )
                 if self.credentials is None:
                     # The certificate authority is the whole trust decision.
                     return Principal(name, frozenset({Role.ADMIN}))

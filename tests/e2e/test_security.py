@@ -423,7 +423,13 @@ def _issue(directory: Path, common_name: str, *, client: bool) -> tuple[bytes, b
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(
+            x509.Name(
+                [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+                if common_name
+                else [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "no common name")]
+            )
+        )
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -512,6 +518,24 @@ async def test_mutual_tls_makes_the_certificate_name_the_principal(
                 health_pb2.HealthCheckRequest(), timeout=3
             )
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_client_certificate_without_a_common_name_is_unauthenticated(
+    start_server: StartServer, pki: Pki
+) -> None:
+    # Its principal would be nameless, and its changes recorded as 'anonymous'.
+    server = await start_server(
+        tls_cert=str(pki.server_cert),
+        tls_key=str(pki.server_key),
+        tls_client_ca=str(pki.ca),
+    )
+    async with await tls_channel(server.server.port, pki, pki.client("")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await incident_service_pb2_grpc.IncidentServiceStub(channel).CreateIncident(
+                incident_service_pb2.CreateIncidentRequest(incident=new_incident())
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "common name" in (refused.value.details() or "")
 
 
 async def test_with_a_tokens_file_certificate_names_get_only_their_listed_roles(
