@@ -23,7 +23,7 @@ from generated.incident_manager.v1 import (
     integrations_pb2,
     integrations_pb2_grpc,
 )
-from incident_manager.config import Settings
+from incident_manager.config import Settings, env_name
 from incident_manager.domain.access import Credentials, CredentialsFileError, Role
 from incident_manager.domain.model import IncidentState, Severity
 from incident_manager.domain.query import IncidentFilter, Ordering
@@ -256,7 +256,7 @@ class IncidentServer:
                 raise StartupError(problem) from None
             raise
         if self.health_server is not None:
-            _bind(self.health_server, self.settings.health_listen, None)
+            _bind(self.health_server, self.settings.health_listen, None, "health_listen")
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
@@ -380,7 +380,13 @@ COMPRESSION = {
 }
 
 
-def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+def _bind(
+    server: grpc.aio.Server,
+    listen: str,
+    credentials: grpc.ServerCredentials | None,
+    setting: str = "listen",
+) -> int:
+    flag = "--" + setting.replace("_", "-")
     try:
         port = (
             server.add_secure_port(listen, credentials)
@@ -390,8 +396,8 @@ def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredenti
     except RuntimeError as error:
         raise ListenError(
             f"cannot listen on {listen}: {str(error).rstrip('.')}. Is another server already "
-            "using this port? Choose another with --listen or INCIDENT_MANAGER_LISTEN."
+            f"using this port? Choose another with {flag} or {env_name(setting)}."
         ) from error
     if port == 0:
-        raise ListenError(f"cannot listen on {listen}; is the port already in use?")
+        raise ListenError(f"cannot listen on {listen} ({flag}); is the port already in use?")
     return port

@@ -632,6 +632,25 @@ async def test_a_plaintext_health_port_beside_tls_serves_only_health(
             )
 
 
+async def test_a_busy_health_port_stops_the_server_naming_the_health_setting(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = IncidentServer(
+            _unused_manager(tmp_path),
+            Settings(listen="127.0.0.1:0", metrics_listen="off", health_listen=f"127.0.0.1:{port}"),
+        )
+        with pytest.raises(StartupError) as refused:
+            await server.start()
+    assert f"127.0.0.1:{port}" in str(refused.value)
+    assert "--health-listen" in str(refused.value)
+    assert "--listen or" not in str(refused.value)
+    await server.server.stop(0)
+
+
 async def test_an_exposed_server_without_tls_or_tokens_warns_loudly(
     start_server: StartServer, tokens_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
