@@ -59,6 +59,22 @@ that is only waiting for its database."""
 
 READER_METHODS = frozenset({"GetIncident", "ListIncidents", "StreamIncidents"})
 """IncidentService methods a reader may call; the others change incidents."""
+ROLE_OF: dict[str, Role] = {
+    **{f"{INCIDENT_SERVICE}/{name}": Role.READER for name in READER_METHODS},
+    **{
+        f"{INCIDENT_SERVICE}/{name}": Role.RESPONDER
+        for name in ("CreateIncident", "UpdateIncident", "ResolveIncident", "AddNote")
+    },
+    **{
+        f"{INGESTION_SERVICE}/{name}": Role.INGEST
+        for name in ("SubmitAlert", "BatchSubmitAlerts", "StreamAlerts", "HealthCheck")
+    },
+    **{
+        f"{INTEGRATION_SERVICE}/{name}": Role.INGEST
+        for name in ("SubmitModuleEvent", "BatchSubmitModuleEvents")
+    },
+}
+"""The role each RPC needs, by name; an RPC not listed needs admin (fail closed)."""
 HEALTH_POLL_SECONDS = 1.0
 """How often storage availability is checked to drive the health service."""
 GAUGE_REFRESH_SECONDS = 15.0
@@ -95,9 +111,7 @@ def method_policies(settings: Settings) -> Callable[[str], MethodPolicy]:
                         settings.max_concurrent_calls,
                         "--max-concurrent-calls",
                     )
-                role = Role.INGEST
-                if service.full_name == INCIDENT_SERVICE:
-                    role = Role.READER if method.name in READER_METHODS else Role.RESPONDER
+                role = ROLE_OF.get(f"{service.full_name}/{method.name}", Role.ADMIN)
                 table[name] = MethodPolicy(Access.ROLE, role, limit)
     open_to_all = MethodPolicy(Access.OPEN)
     reflection_policy = (

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -37,8 +38,9 @@ from generated.incident_manager.v1 import (
 )
 from incident_manager.adapters.memory import MemoryStorage
 from incident_manager.config import Settings
-from incident_manager.domain.access import hash_token
-from incident_manager.entrypoints.server import IncidentServer, StartupError
+from incident_manager.domain.access import Role, hash_token
+from incident_manager.entrypoints import server as server_module
+from incident_manager.entrypoints.server import IncidentServer, StartupError, method_policies
 from incident_manager.service.manager import IncidentManager
 from tests.conftest import StartServer
 from tests.helpers import alert, error_reason, new_incident
@@ -153,6 +155,32 @@ async def test_each_role_may_call_exactly_its_rpcs(
         if not allowed and code != grpc.StatusCode.PERMISSION_DENIED:
             wrong[name] = f"answered {code.name} instead of PERMISSION_DENIED"
     assert not wrong, f"role {role}: {wrong}"
+
+
+def test_an_rpc_added_to_a_known_service_later_needs_admin_until_given_a_role(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Roles name their methods: a new RPC, say an ingestion-side purge, must not
+    # fall to every ingest token just because of the service it sits in.
+    for module in FILES:
+        services = {
+            name: SimpleNamespace(
+                full_name=service.full_name,
+                methods=[*service.methods, SimpleNamespace(name="PurgeEverything")],
+            )
+            for name, service in module.DESCRIPTOR.services_by_name.items()
+        }
+        monkeypatch.setattr(
+            server_module,
+            module.__name__.rpartition(".")[2],
+            SimpleNamespace(DESCRIPTOR=SimpleNamespace(services_by_name=services)),
+        )
+    policy = method_policies(Settings())
+    for service in (INCIDENTS, INGESTION, INTEGRATIONS):
+        assert policy(f"/{service}/PurgeEverything").role is Role.ADMIN, service
+    assert policy(f"/{INCIDENTS}/GetIncident").role is Role.READER
+    assert policy(f"/{INCIDENTS}/AddNote").role is Role.RESPONDER
+    assert policy(f"/{INGESTION}/SubmitAlert").role is Role.INGEST
 
 
 async def test_without_a_token_every_rpc_is_unauthenticated(
