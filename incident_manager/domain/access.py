@@ -70,6 +70,17 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def _quoted(value: str, where: str) -> str:
+    """`value` for an error message, refusing at once if it is a token pasted in."""
+    if value.startswith(TOKEN_PREFIX):
+        # Errors reach logs; a token there is a leaked token.
+        raise CredentialsFileError(
+            f"{where}: a field looks like a token; the file must hold only its sha256 "
+            "(make a line with: python -m incident_manager.tokens create)"
+        )
+    return repr(value[:40])
+
+
 def _roles(text: str, where: str) -> frozenset[Role]:
     roles = set()
     for name in text.split(","):
@@ -77,16 +88,17 @@ def _roles(text: str, where: str) -> frozenset[Role]:
             roles.add(Role(name.strip().lower()))
         except ValueError:
             raise CredentialsFileError(
-                f"{where}: {name.strip()!r} is not a role; use {ROLE_NAMES}"
+                f"{where}: {_quoted(name.strip(), where)} is not a role; use {ROLE_NAMES}"
             ) from None
     return frozenset(roles)
 
 
 def _principal_name(name: str, where: str) -> str:
-    if not _PRINCIPAL.match(name):
+    # A token as a name would be shown in every timeline and log line it acts in.
+    if name.startswith(TOKEN_PREFIX) or not _PRINCIPAL.match(name):
         raise CredentialsFileError(
-            f"{where}: principal {name[:40]!r} must be 1-128 letters, digits or ._@:/+=- "
-            "and start with a letter or digit"
+            f"{where}: principal {_quoted(name, where)} must be 1-128 letters, digits or "
+            "._@:/+=- and start with a letter or digit"
         )
     return name
 

@@ -386,6 +386,9 @@ async def test_a_token_made_by_the_helper_command_works(
         (f"{hash_token('x')} bot superuser\n", "'superuser' is not a role"),
         (f"{hash_token('x')} bot reader\n{hash_token('x')} other reader\n", "listed twice"),
         ("subject:gateway reader\nsubject:gateway admin\n", "listed twice"),
+        # A token pasted into the wrong column must not reach the logs.
+        (f"{hash_token('x')} imt_pasted-secret reader\n", "looks like a token"),
+        (f"{hash_token('x')} bot reader,imt_pasted-secret\n", "looks like a token"),
     ],
 )
 async def test_a_bad_tokens_file_stops_the_server_with_the_line_to_fix(
@@ -396,6 +399,7 @@ async def test_a_bad_tokens_file_stops_the_server_with_the_line_to_fix(
     with pytest.raises(StartupError, match=complaint) as refused:
         IncidentServer(_unused_manager(tmp_path), Settings(tokens_file=str(path)))
     assert f"{path}:" in str(refused.value)
+    assert "imt_" not in str(refused.value), "a tokens-file error quoted a token"
 
 
 async def test_a_tokens_file_that_is_not_text_is_refused_without_a_traceback(
