@@ -127,6 +127,17 @@ class Alert:
     status: AlertStatus = AlertStatus.FIRING
     end_time: datetime | None = None
     """When the condition ended; one not in the future makes this a resolve signal."""
+    submitted_by: str = ""
+    """The authenticated caller that sent it, when the server authenticates callers."""
+
+    @property
+    def actor(self) -> str:
+        """Who the events this alert causes name: its submitter if known, else its source.
+
+        With authentication on, `source` is only what the request claims; the
+        submitter is who the credentials prove.
+        """
+        return self.submitted_by or self.source
 
     def is_resolve_signal(self, now: datetime) -> bool:
         return self.status is AlertStatus.RESOLVED or (
@@ -317,13 +328,13 @@ class Incident:
         self.alert_count += 1
         self._record(
             EventType.ALERT_MERGED,
-            alert.source,
+            alert.actor,
             f"alert {alert.id!r} from {alert.source} merged (matched on {matched_on})",
             now,
             {"alert_id": alert.id, "source": alert.source, "matched_on": matched_on},
         )
         if alert.severity.is_more_severe_than(self.severity):
-            self._change_severity(alert.severity, alert.source, now, f"alert {alert.id!r}")
+            self._change_severity(alert.severity, alert.actor, now, f"alert {alert.id!r}")
 
     def update(
         self,

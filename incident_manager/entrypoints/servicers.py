@@ -48,6 +48,12 @@ STREAM_WINDOW = 256
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def _caller() -> str:
+    """The authenticated caller's name; empty when authentication is off."""
+    principal = PRINCIPAL.get()
+    return principal.name if principal is not None else ""
+
+
 def act_as_caller(request: Any, field: str) -> None:
     """With authentication on, the caller is who acts: fill `field` in, refuse another name."""
     principal = PRINCIPAL.get()
@@ -145,7 +151,7 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
     async def SubmitAlert(
         self, request: ingestion_pb2.SubmitAlertRequest, context: Context
     ) -> ingestion_pb2.SubmitAlertResponse:
-        ack = await self.manager.submit_alert(conv.alert_from_proto(request.alert))
+        ack = await self.manager.submit_alert(conv.alert_from_proto(request.alert), _caller())
         return ingestion_pb2.SubmitAlertResponse(ack=conv.ack_to_proto(ack))
 
     @unary
@@ -158,7 +164,7 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
                 items.append(conv.alert_from_proto(message, prefix=f"alerts[{index}]."))
             except ValidationError as error:
                 items.append(AlertAck(message.id, AckStatus.REJECTED, message=error.message))
-        acks = await self.manager.submit_alerts(items)
+        acks = await self.manager.submit_alerts(items, _caller())
         return ingestion_pb2.BatchSubmitAlertsResponse(acks=[conv.ack_to_proto(a) for a in acks])
 
     @streaming
@@ -205,7 +211,7 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
     async def _ack(self, message: alert_pb2.Alert) -> AlertAck:
         """The ack of one streamed alert; a bad or limited alert does not end the stream."""
         try:
-            return await self.manager.submit_alert(conv.alert_from_proto(message))
+            return await self.manager.submit_alert(conv.alert_from_proto(message), _caller())
         except ValidationError as error:
             return AlertAck(message.id, AckStatus.REJECTED, message=error.message)
         except RateLimited as error:
@@ -237,7 +243,9 @@ class IntegrationServicer(integrations_grpc.IntegrationServiceServicer):
     async def SubmitModuleEvent(
         self, request: integrations_pb2.SubmitModuleEventRequest, context: Context
     ) -> integrations_pb2.SubmitModuleEventResponse:
-        ack = await self.manager.submit_module_event(conv.module_event_from_proto(request.event))
+        ack = await self.manager.submit_module_event(
+            conv.module_event_from_proto(request.event), _caller()
+        )
         return integrations_pb2.SubmitModuleEventResponse(ack=conv.ack_to_proto(ack))
 
     @unary
@@ -250,7 +258,7 @@ class IntegrationServicer(integrations_grpc.IntegrationServiceServicer):
                 items.append(conv.module_event_from_proto(message, prefix=f"events[{index}]."))
             except ValidationError as error:
                 items.append(AlertAck(message.id, AckStatus.REJECTED, message=error.message))
-        acks = await self.manager.submit_module_events(items)
+        acks = await self.manager.submit_module_events(items, _caller())
         return integrations_pb2.BatchSubmitModuleEventsResponse(
             acks=[conv.ack_to_proto(a) for a in acks]
         )

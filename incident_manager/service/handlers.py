@@ -177,7 +177,7 @@ def _ingest(
             labels=alert.labels,
             assignees=(),
             fingerprint=fingerprint.value,
-            actor=alert.source,
+            actor=alert.actor,
             now=now,
             alert_count=1,
             details={"alert_id": alert.id, "source": alert.source},
@@ -253,7 +253,7 @@ def _clear(
         method=ResolutionMethod.AUTOMATED,
         root_cause="",
         notes=f"alert {quoted(signal.id)} from {quoted(signal.source)} cleared",
-        resolved_by=signal.source,
+        resolved_by=signal.actor,
         now=now,
         details={"alert_id": signal.id, "policy": policy.value},
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 from typing import Protocol, TypeVar
@@ -133,8 +133,13 @@ class IncidentManager:
         self.started = time.monotonic()
         storage.add_listener(self.hub.publish)
 
-    async def submit_alert(self, alert: Alert) -> AlertAck:
-        """Store an alert; RateLimited if it is new and over a rate limit, or shed."""
+    async def submit_alert(self, alert: Alert, submitted_by: str = "") -> AlertAck:
+        """Store an alert; RateLimited if it is new and over a rate limit, or shed.
+
+        `submitted_by` is the authenticated caller, named in the events it causes.
+        """
+        if submitted_by:
+            alert = replace(alert, submitted_by=submitted_by)
         try:
             shed = self._overloaded(alert)
             if shed is not None:
@@ -161,7 +166,9 @@ class IncidentManager:
         self.observer.alerts_acked([alert], [ack])
         return ack
 
-    async def submit_alerts(self, alerts: Sequence[Alert | AlertAck]) -> list[AlertAck]:
+    async def submit_alerts(
+        self, alerts: Sequence[Alert | AlertAck], submitted_by: str = ""
+    ) -> list[AlertAck]:
         """Store a batch in one transaction: one ack per entry, in order.
 
         Entries that are already acks (refused while decoding) pass through;
@@ -173,6 +180,11 @@ class IncidentManager:
             raise ValidationError.single(
                 "alerts", f"must hold at most {MAX_BATCH} alerts (got {len(alerts)}); split it"
             )
+        if submitted_by:
+            alerts = [
+                replace(item, submitted_by=submitted_by) if isinstance(item, Alert) else item
+                for item in alerts
+            ]
         admitted: list[Alert | AlertAck] = []
         for item in alerts:
             shed = self._overloaded(item) if isinstance(item, Alert) else None
@@ -210,16 +222,17 @@ class IncidentManager:
         error = RateLimited(alert.source, throttled.retry_after, throttled.scope)
         return _Shed(alert.id, error.message, error)
 
-    async def submit_module_event(self, event: ModuleEvent) -> AlertAck:
+    async def submit_module_event(self, event: ModuleEvent, submitted_by: str = "") -> AlertAck:
         """Store a monitoring module's event as the alert its mapping rules make of it."""
-        return await self.submit_alert(to_alert(event))
+        return await self.submit_alert(to_alert(event), submitted_by)
 
     async def submit_module_events(
-        self, events: Sequence[ModuleEvent | AlertAck]
+        self, events: Sequence[ModuleEvent | AlertAck], submitted_by: str = ""
     ) -> list[AlertAck]:
         """Like submit_alerts, for module events; acks (refused while decoding) pass through."""
         return await self.submit_alerts(
-            [item if isinstance(item, AlertAck) else to_alert(item) for item in events]
+            [item if isinstance(item, AlertAck) else to_alert(item) for item in events],
+            submitted_by,
         )
 
     async def create_incident(self, command: CreateIncident) -> Incident:

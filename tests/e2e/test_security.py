@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from generated.incident_manager.v1 import (
     alert_ingestion_service_pb2,
     alert_ingestion_service_pb2_grpc,
+    alert_pb2,
     incident_pb2,
     incident_service_pb2,
     incident_service_pb2_grpc,
@@ -693,3 +694,35 @@ async def test_an_exposed_server_without_tls_or_tokens_warns_loudly(
     await start_server(storage=MemoryStorage(), listen="0.0.0.0:0", tokens_file=str(tokens_file))
     await start_server(storage=MemoryStorage(), listen="127.0.0.1:0")
     assert not any("INSECURE" in r.getMessage() for r in caplog.records)
+
+
+async def test_events_caused_by_alerts_name_the_caller_not_the_claimed_source(
+    start_server: StartServer, tokens_file: Path
+) -> None:
+    server = await start_server(tokens_file=str(tokens_file))
+    ingest = bearer(token_of("ingest"))
+    first = await server.ingestion.SubmitAlert(
+        alert_ingestion_service_pb2.SubmitAlertRequest(alert=alert(id="a1", source="oncall-alice")),
+        metadata=ingest,
+    )
+    await server.ingestion.BatchSubmitAlerts(
+        alert_ingestion_service_pb2.BatchSubmitAlertsRequest(
+            alerts=[
+                alert(id="a2", source="oncall-alice", severity=incident_pb2.SEVERITY_P0),
+                alert(id="a1", source="oncall-alice", status=alert_pb2.ALERT_STATUS_RESOLVED),
+                alert(id="a2", source="oncall-alice", status=alert_pb2.ALERT_STATUS_RESOLVED),
+            ]
+        ),
+        metadata=ingest,
+    )
+    got = await server.incidents.GetIncident(
+        incident_service_pb2.GetIncidentRequest(id=first.ack.incident_id),
+        metadata=bearer(token_of("reader")),
+    )
+    # Opened, merged (raising severity) and auto-resolved: all by the ingest
+    # token's principal. The alert's source is kept as what it is, a claim.
+    assert got.incident.state == incident_pb2.INCIDENT_STATE_RESOLVED
+    assert got.incident.resolution.resolved_by == "ingest-bot"
+    assert {event.actor for event in got.incident.timeline} == {"ingest-bot"}
+    assert got.incident.source == "oncall-alice"
+    assert got.incident.timeline[0].details["source"] == "oncall-alice"

@@ -163,7 +163,9 @@ class Alert(_message.Message):
     """
     source: _builtins.str
     """The module that fired it, e.g. `llm-sentinel` or `llm-shield`. Required,
-    at most 256 characters.
+    at most 256 characters. When the server authenticates callers, the
+    timeline events the alert causes name the caller's principal as their
+    actor, not this field.
     """
     title: _builtins.str
     """One line saying what is wrong. Required, at most 256 characters."""
