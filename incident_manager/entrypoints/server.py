@@ -306,7 +306,27 @@ class IncidentServer:
         return self.port
 
     def _warn_if_exposed(self) -> None:
-        if self.settings.tls or self.authenticator.enabled or _is_loopback(self.listen):
+        credentials = self.authenticator.credentials
+        if credentials is not None and not credentials.tokens and not credentials.subjects:
+            log.warning(
+                "the tokens file %s lists no credentials: every call but health (and open "
+                "reflection) will be refused as UNAUTHENTICATED",
+                self.settings.tokens_file,
+            )
+        if credentials is not None and credentials.subjects and not self.settings.tls_client_ca:
+            log.warning(
+                "the tokens file's subject: lines are ignored: they apply to client "
+                "certificates, which only --tls-client-ca (mutual TLS) asks for"
+            )
+        if self.authenticator.enabled or _is_loopback(self.listen):
+            return
+        if self.settings.tls:
+            log.warning(
+                "INSECURE: serving %s with TLS but without authentication; anyone who can "
+                "reach this address can read and change incidents. Set --tokens-file or "
+                "--tls-client-ca (see docs/OPERATIONS.md).",
+                self.listen,
+            )
             return
         log.warning(
             "INSECURE: serving %s without TLS and without authentication; anyone who can "

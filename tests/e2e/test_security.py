@@ -696,6 +696,28 @@ async def test_an_exposed_server_without_tls_or_tokens_warns_loudly(
     assert not any("INSECURE" in r.getMessage() for r in caplog.records)
 
 
+async def test_tls_without_authentication_and_useless_tokens_files_are_warned_about(
+    start_server: StartServer, pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "incident_manager")
+    tls = {"tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key)}
+    await start_server(listen="0.0.0.0:0", **tls)
+    assert any(
+        "INSECURE" in r.getMessage() and "without authentication" in r.getMessage()
+        for r in caplog.records
+    )
+    caplog.clear()
+    empty = tmp_path / "empty-tokens"
+    empty.write_text("# nobody yet\n")
+    await start_server(storage=MemoryStorage(), tokens_file=str(empty))
+    assert any("lists no credentials" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    subjects_only = tmp_path / "subjects"
+    subjects_only.write_text("subject:detector-eu ingest\n")
+    await start_server(storage=MemoryStorage(), tokens_file=str(subjects_only), **tls)
+    assert any("subject: lines are ignored" in r.getMessage() for r in caplog.records)
+
+
 async def test_events_caused_by_alerts_name_the_caller_not_the_claimed_source(
     start_server: StartServer, tokens_file: Path
 ) -> None:
