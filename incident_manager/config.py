@@ -32,7 +32,8 @@ class Settings:
     """After SIGTERM, how long to keep serving while health says NOT_SERVING, so load
     balancers stop sending traffic first (a few seconds on Kubernetes)."""
     stream_buffer: int = 1000
-    """Live events buffered per StreamIncidents subscriber before it is ended as too slow."""
+    """Live events buffered per StreamIncidents subscriber; one further behind catches up
+    from storage on the same stream."""
     rate_limit: float = 0.0
     """Alerts per second each source may send on average; 0 turns rate limiting off."""
     rate_burst: int = 100

@@ -116,20 +116,6 @@ class ConcurrentModification(DomainError):
         )
 
 
-class SubscriberTooSlow(DomainError):
-    """A StreamIncidents subscriber fell too far behind the live events."""
-
-    reason = "SUBSCRIBER_TOO_SLOW"
-
-    def __init__(self, last_sequence: int, limit: int) -> None:
-        super().__init__(
-            f"this stream fell more than {limit} events behind and was ended; reconnect with "
-            f"after_sequence={last_sequence} to resume without gaps",
-            metadata={"last_sequence": str(last_sequence)},
-        )
-        self.last_sequence = last_sequence
-
-
 class SequenceOutOfRange(DomainError):
     """A stream was asked to resume after a sequence this server has never reached."""
 

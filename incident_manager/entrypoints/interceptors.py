@@ -180,10 +180,11 @@ def _bearer_token(metadata: Any) -> str | None:
 class _Call:
     """Bookkeeping of one call, from its start to its status."""
 
-    __slots__ = ("acquired", "error", "incident_id", "metrics", "principal", "started")
+    __slots__ = ("acquired", "error", "incident_id", "metrics", "peer", "principal", "started")
 
-    def __init__(self, metrics: MethodMetrics | None) -> None:
+    def __init__(self, metrics: MethodMetrics | None, peer: str = "") -> None:
         self.started = time.perf_counter()
+        self.peer = peer
         self.metrics = metrics
         self.principal: Principal | None = None
         self.acquired: ConcurrencyLimit | None = None
@@ -274,7 +275,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         streaming_requests: bool = False,
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         async def wrapper(request: Any, context: Context) -> Any:
-            call = _Call(metrics)
+            call = _Call(metrics, context.peer() if self.rpc_log != "off" else "")
             try:
                 await self._admit(method, policy, call, context)
                 if streaming_requests:
@@ -306,7 +307,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         streaming_requests: bool,
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-            call = _Call(metrics)
+            call = _Call(metrics, context.peer() if self.rpc_log != "off" else "")
             try:
                 await self._admit(method, policy, call, context)
                 if streaming_requests:
@@ -374,7 +375,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             "method": method,
             "grpc_code": code.name,
             "duration_ms": round(seconds * 1000, 3),
-            "peer": context.peer(),
+            "peer": call.peer,
         }
         if call.principal is not None:
             extra["principal"] = call.principal.name

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -21,6 +21,7 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from incident_manager.domain.model import AckStatus, Alert, AlertAck
@@ -138,8 +139,9 @@ class Metrics:
     def for_method(self, grpc_type: str, service: str, method: str) -> MethodMetrics:
         return MethodMetrics(self, grpc_type, service, method)
 
-    def count_subscribers(self, count: Callable[[], int]) -> None:
+    def count_subscribers(self, count: Callable[[], int], catch_ups: Callable[[], int]) -> None:
         self.subscribers.set_function(count)
+        self.registry.register(_CatchUps(catch_ups))
 
     # The manager's Observer protocol.
     def alerts_acked(self, alerts: Sequence[Alert | AlertAck], acks: Sequence[AlertAck]) -> None:
@@ -170,6 +172,21 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _CatchUps(Collector):
+    """A counter kept by the manager, read when Prometheus scrapes."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "incident_manager_stream_catch_ups",
+            "Times a StreamIncidents subscriber fell more than --stream-buffer events behind "
+            "and caught up from storage.",
+            value=self.read(),
+        )
 
 
 def collect(registry: Collector) -> dict[str, float]:

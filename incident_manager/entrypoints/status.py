@@ -32,7 +32,6 @@ from incident_manager.domain.errors import (
     SequenceOutOfRange,
     ShuttingDown,
     StorageUnavailable,
-    SubscriberTooSlow,
     ValidationError,
 )
 
@@ -48,7 +47,6 @@ STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
     EtagMismatch: grpc.StatusCode.ABORTED,
     ConcurrentModification: grpc.StatusCode.ABORTED,
-    SubscriberTooSlow: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     SequenceOutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,

@@ -21,7 +21,6 @@ from incident_manager.domain.errors import (
     RateLimited,
     SequenceOutOfRange,
     ShuttingDown,
-    SubscriberTooSlow,
     ValidationError,
 )
 from incident_manager.domain.integrations import ModuleEvent, to_alert
@@ -126,6 +125,8 @@ class IncidentManager:
         self.rate_limiter = AlertRateLimiter(rate_limit, clock, global_rate_limit)
         self.observer: Observer = observer or _NoObserver()
         self.shedder = OverloadShedder(max_pending_alerts) if max_pending_alerts > 0 else None
+        self.catch_ups = 0
+        """How often a StreamIncidents subscriber fell behind and caught up from storage."""
         self.pending_alerts = 0
         """Alerts handed to storage and not yet stored (or refused)."""
         self.auto_resolve = auto_resolve or AutoResolvePolicies()
@@ -288,6 +289,12 @@ class IncidentManager:
         during the replay is either in what storage returns or in the live
         buffer; events already replayed are skipped by sequence. No gap, no
         repeat.
+
+        A subscriber that falls more than its buffer behind is not ended: the
+        events it missed are all in storage, so it catches up from there, a
+        page at a time, and then follows live events again. Its buffer stays
+        bounded whatever it does, so a stalled reader costs the server no
+        more memory than a slow one.
         """
         if after_sequence is not None and not 0 <= after_sequence < 2**63:
             raise ValidationError.single("after_sequence", "must be between 0 and 2^63-1")
@@ -298,11 +305,13 @@ class IncidentManager:
             # Without after_sequence the stream starts at the last committed
             # event; read after subscribing, so nothing later is missed.
             cursor = await self.storage.read(_last_sequence)
+            replaying = after_sequence is not None
             if after_sequence is not None:
                 if after_sequence > cursor:
                     raise SequenceOutOfRange(after_sequence, cursor)
                 cursor = after_sequence
-                while True:
+            while True:
+                if replaying:
                     page = await self.storage.read(
                         partial(_events_after, sequence=cursor, limit=REPLAY_PAGE)
                     )
@@ -313,17 +322,22 @@ class IncidentManager:
                         if event_filter.matches_event(event):
                             yield event
                     if len(page) < REPLAY_PAGE:
-                        if not subscription.overflowed:
-                            break
-                        # Live events overflowed while replaying: they are all
-                        # in storage, so keep reading from there.
-                        subscription.forget_overflow()
-            while True:
+                        if subscription.overflowed:
+                            # Live events overflowed meanwhile: they are all in
+                            # storage, so keep reading from there.
+                            subscription.forget_overflow()
+                        else:
+                            replaying = False
+                    continue
                 live = await subscription.next()
                 if live is None:
                     if subscription.closed:
                         raise ShuttingDown(cursor)
-                    raise SubscriberTooSlow(cursor, subscription.capacity)
+                    # It fell more than its buffer behind: catch up from storage.
+                    subscription.forget_overflow()
+                    self.catch_ups += 1
+                    replaying = True
+                    continue
                 if live.sequence <= cursor:
                     continue
                 cursor = live.sequence

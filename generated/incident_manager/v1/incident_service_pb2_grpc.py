@@ -127,9 +127,11 @@ class IncidentServiceServicer:
     def StreamIncidents(self, request, context):
         """Streams incident events matching the filters as they happen. With
         `after_sequence`, first replays every stored event after that sequence,
-        so a client that reconnects misses nothing. A subscriber that falls too
-        far behind is ended with RESOURCE_EXHAUSTED and may resume from the
-        last sequence it received.
+        so a client that reconnects misses nothing. A subscriber that falls
+        behind is not ended: once its buffer of live events is full, it catches
+        up from stored events on the same stream. A stream ended by the server
+        (UNAVAILABLE when it stops) may be resumed from the last sequence
+        received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

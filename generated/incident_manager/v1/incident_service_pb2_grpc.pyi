@@ -59,9 +59,11 @@ class IncidentServiceStub:
     StreamIncidents: _grpc.UnaryStreamMultiCallable[_incident_service_pb2.StreamIncidentsRequest, _incident_service_pb2.StreamIncidentsResponse]
     """Streams incident events matching the filters as they happen. With
     `after_sequence`, first replays every stored event after that sequence,
-    so a client that reconnects misses nothing. A subscriber that falls too
-    far behind is ended with RESOURCE_EXHAUSTED and may resume from the
-    last sequence it received.
+    so a client that reconnects misses nothing. A subscriber that falls
+    behind is not ended: once its buffer of live events is full, it catches
+    up from stored events on the same stream. A stream ended by the server
+    (UNAVAILABLE when it stops) may be resumed from the last sequence
+    received.
     """
 
 @_typing.type_check_only
@@ -95,9 +97,11 @@ class IncidentServiceAsyncStub(IncidentServiceStub):
     StreamIncidents: _aio.UnaryStreamMultiCallable[_incident_service_pb2.StreamIncidentsRequest, _incident_service_pb2.StreamIncidentsResponse]  # type: ignore[assignment]
     """Streams incident events matching the filters as they happen. With
     `after_sequence`, first replays every stored event after that sequence,
-    so a client that reconnects misses nothing. A subscriber that falls too
-    far behind is ended with RESOURCE_EXHAUSTED and may resume from the
-    last sequence it received.
+    so a client that reconnects misses nothing. A subscriber that falls
+    behind is not ended: once its buffer of live events is full, it catches
+    up from stored events on the same stream. A stream ended by the server
+    (UNAVAILABLE when it stops) may be resumed from the last sequence
+    received.
     """
 
 class IncidentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -170,9 +174,11 @@ class IncidentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_incident_service_pb2.StreamIncidentsResponse], _abc.AsyncIterator[_incident_service_pb2.StreamIncidentsResponse]]:
         """Streams incident events matching the filters as they happen. With
         `after_sequence`, first replays every stored event after that sequence,
-        so a client that reconnects misses nothing. A subscriber that falls too
-        far behind is ended with RESOURCE_EXHAUSTED and may resume from the
-        last sequence it received.
+        so a client that reconnects misses nothing. A subscriber that falls
+        behind is not ended: once its buffer of live events is full, it catches
+        up from stored events on the same stream. A stream ended by the server
+        (UNAVAILABLE when it stops) may be resumed from the last sequence
+        received.
         """
 
 def add_IncidentServiceServicer_to_server(servicer: IncidentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
