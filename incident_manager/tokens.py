@@ -33,6 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     create.add_argument("principal", help="who the token belongs to; the actor in timelines")
     create.add_argument("roles", nargs="+", help=f"one or more of: {ROLE_NAMES}")
+    create.add_argument(
+        "--sources",
+        help="comma-separated alert sources it may send as (default: any); "
+        "give one to an ingest token so it cannot pose as another module",
+    )
     check = commands.add_parser("check", help="validate a tokens file")
     check.add_argument("path")
     args = parser.parse_args(argv)
@@ -52,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     token = new_token()
     line = f"{hash_token(token)} {args.principal} {','.join(args.roles)}"
+    if args.sources:
+        line += f" sources={args.sources}"
     try:  # the same checks the server makes when it loads the file
         Credentials.parse([line], "the new line")
     except CredentialsFileError as error:

@@ -2,14 +2,15 @@
 
 The credentials file holds one entry per line; `#` starts a comment.
 
-    sha256:<64 hex digits> <principal> <role>[,<role>...]
-    subject:<certificate common name> <role>[,<role>...]
+    sha256:<64 hex digits> <principal> <role>[,<role>...] [sources=<source>[,<source>...]]
+    subject:<certificate common name> <role>[,<role>...] [sources=...]
 
 A `sha256:` line is a bearer token, stored only as the SHA-256 of the token
 (`python -m incident_manager.tokens create` makes one). A `subject:` line
 gives roles to a client certificate (mutual TLS) whose subject common name
-matches; that name is then the principal. The file never holds a secret that
-would let its reader call the server.
+matches; that name is then the principal. `sources=` limits the alert sources the
+principal may send alerts as; without it, any. The file never holds a secret
+that would let its reader call the server.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ _PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:/+=-]{0,127}$")
 class Principal:
     name: str
     roles: frozenset[Role]
+    sources: frozenset[str] | None = None
+    """The alert sources it may send as; None allows any."""
+
+    def may_send_as(self, source: str) -> bool:
+        return self.sources is None or source in self.sources
 
     def has(self, role: Role) -> bool:
         return any(role in IMPLIED[held] for held in self.roles)
@@ -93,6 +99,16 @@ def _roles(text: str, where: str) -> frozenset[Role]:
     return frozenset(roles)
 
 
+def _sources(field: str, where: str) -> frozenset[str]:
+    names = [name for name in field.removeprefix("sources=").split(",") if name]
+    if not names:
+        raise CredentialsFileError(f"{where}: 'sources=' needs at least one source name")
+    for name in names:
+        if len(name) > 256:
+            raise CredentialsFileError(f"{where}: a source name is at most 256 characters")
+    return frozenset(names)
+
+
 def _principal_name(name: str, where: str) -> str:
     # A token as a name would be shown in every timeline and log line it acts in.
     if name.startswith(TOKEN_PREFIX) or not _PRINCIPAL.match(name):
@@ -120,18 +136,23 @@ class Credentials:
                 continue
             where = f"{source}:{number}"
             fields = line.split()
+            sources = None
+            if len(fields) > 2 and fields[-1].startswith("sources="):
+                sources = _sources(fields.pop(), where)
             if fields[0].startswith("subject:"):
                 if len(fields) != 2:
-                    raise CredentialsFileError(f"{where}: expected 'subject:<common name> <roles>'")
+                    raise CredentialsFileError(
+                        f"{where}: expected 'subject:<common name> <roles> [sources=<a>,<b>]'"
+                    )
                 name = _principal_name(fields[0].removeprefix("subject:"), where)
                 if name in subjects:
                     raise CredentialsFileError(f"{where}: this certificate subject is listed twice")
-                subjects[name] = Principal(name, _roles(fields[1], where))
+                subjects[name] = Principal(name, _roles(fields[1], where), sources)
                 continue
             if len(fields) != 3:
                 raise CredentialsFileError(
-                    f"{where}: expected 'sha256:<hex> <principal> <roles>' "
-                    f"or 'subject:<common name> <roles>'"
+                    f"{where}: expected 'sha256:<hex> <principal> <roles> [sources=<a>,<b>]' "
+                    f"or 'subject:<common name> <roles> [sources=<a>,<b>]'"
                 )
             match = _HASH.match(fields[0])
             if match is None:
@@ -143,7 +164,7 @@ class Credentials:
             if fields[0] in tokens:
                 raise CredentialsFileError(f"{where}: this token hash is listed twice")
             tokens[fields[0]] = Principal(
-                _principal_name(fields[1], where), _roles(fields[2], where)
+                _principal_name(fields[1], where), _roles(fields[2], where), sources
             )
         return cls(tokens, subjects)
 

@@ -194,3 +194,17 @@ class ActorMismatch(DomainError):
             f"leave {field} empty (the server fills it in) or set it to your principal",
             metadata={"field": field, "principal": principal[:256]},
         )
+
+
+class SourceNotAllowed(DomainError):
+    """The caller's credentials do not allow it to send alerts as this source."""
+
+    reason = "SOURCE_NOT_ALLOWED"
+
+    def __init__(self, source: str, principal: str, allowed: frozenset[str]) -> None:
+        listed = ", ".join(quoted(name, 40) for name in sorted(allowed)[:10])
+        super().__init__(
+            f"{quoted(principal)} may not send alerts as source {quoted(source)}; its line in "
+            f"the tokens file allows only: {listed}",
+            metadata={"source": source[:256], "principal": principal[:256]},
+        )

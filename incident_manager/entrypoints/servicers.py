@@ -31,13 +31,18 @@ from generated.incident_manager.v1 import (
     integrations_pb2_grpc as integrations_grpc,
 )
 from incident_manager import __version__
-from incident_manager.domain.errors import ActorMismatch, RateLimited, ValidationError
+from incident_manager.domain.errors import (
+    ActorMismatch,
+    RateLimited,
+    SourceNotAllowed,
+    ValidationError,
+)
 from incident_manager.domain.integrations import ModuleEvent
 from incident_manager.domain.model import AckStatus, Alert, AlertAck
 from incident_manager.entrypoints import conversions as conv
 from incident_manager.entrypoints.interceptors import PRINCIPAL
 from incident_manager.entrypoints.status import streaming, unary
-from incident_manager.service.manager import IncidentManager, ListRequest
+from incident_manager.service.manager import IncidentManager, ListRequest, Submitter
 from incident_manager.service.pagination import parse_order_by
 
 log = logging.getLogger(__name__)
@@ -48,10 +53,12 @@ STREAM_WINDOW = 256
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _caller() -> str:
-    """The authenticated caller's name; empty when authentication is off."""
+def _caller() -> Submitter | None:
+    """The authenticated caller as a sender of alerts; None when authentication is off."""
     principal = PRINCIPAL.get()
-    return principal.name if principal is not None else ""
+    if principal is None:
+        return None
+    return Submitter(principal.name, principal.sources)
 
 
 def act_as_caller(request: Any, field: str) -> None:
@@ -216,6 +223,8 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
             return AlertAck(message.id, AckStatus.REJECTED, message=error.message)
         except RateLimited as error:
             return AlertAck(message.id, AckStatus.RATE_LIMITED, message=error.message)
+        except SourceNotAllowed as error:
+            return AlertAck(message.id, AckStatus.REJECTED, message=error.message)
 
     @unary
     async def HealthCheck(

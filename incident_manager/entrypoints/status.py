@@ -31,6 +31,7 @@ from incident_manager.domain.errors import (
     RateLimited,
     SequenceOutOfRange,
     ShuttingDown,
+    SourceNotAllowed,
     StorageUnavailable,
     ValidationError,
 )
@@ -52,6 +53,7 @@ STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
     ActorMismatch: grpc.StatusCode.PERMISSION_DENIED,
+    SourceNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

@@ -21,6 +21,7 @@ from incident_manager.domain.errors import (
     RateLimited,
     SequenceOutOfRange,
     ShuttingDown,
+    SourceNotAllowed,
     ValidationError,
 )
 from incident_manager.domain.integrations import ModuleEvent, to_alert
@@ -83,6 +84,16 @@ class _NoObserver:
 
 
 @dataclass(frozen=True)
+class Submitter:
+    """The authenticated caller sending alerts, when the server authenticates callers."""
+
+    name: str
+    """Named as the actor of the events its alerts cause."""
+    sources: frozenset[str] | None = None
+    """The alert sources it may send as; None allows any."""
+
+
+@dataclass(frozen=True)
 class _Shed:
     alert_id: str
     message: str
@@ -134,13 +145,14 @@ class IncidentManager:
         self.started = time.monotonic()
         storage.add_listener(self.hub.publish)
 
-    async def submit_alert(self, alert: Alert, submitted_by: str = "") -> AlertAck:
+    async def submit_alert(self, alert: Alert, submitter: Submitter | None = None) -> AlertAck:
         """Store an alert; RateLimited if it is new and over a rate limit, or shed.
 
-        `submitted_by` is the authenticated caller, named in the events it causes.
+        With a `submitter` (the authenticated caller), SourceNotAllowed if it
+        may not send as the alert's source; it is named in the events caused.
         """
-        if submitted_by:
-            alert = replace(alert, submitted_by=submitted_by)
+        if submitter is not None:
+            alert = _as_submitted_by(alert, submitter)
         try:
             shed = self._overloaded(alert)
             if shed is not None:
@@ -168,7 +180,7 @@ class IncidentManager:
         return ack
 
     async def submit_alerts(
-        self, alerts: Sequence[Alert | AlertAck], submitted_by: str = ""
+        self, alerts: Sequence[Alert | AlertAck], submitter: Submitter | None = None
     ) -> list[AlertAck]:
         """Store a batch in one transaction: one ack per entry, in order.
 
@@ -181,11 +193,8 @@ class IncidentManager:
             raise ValidationError.single(
                 "alerts", f"must hold at most {MAX_BATCH} alerts (got {len(alerts)}); split it"
             )
-        if submitted_by:
-            alerts = [
-                replace(item, submitted_by=submitted_by) if isinstance(item, Alert) else item
-                for item in alerts
-            ]
+        if submitter is not None:
+            alerts = [_submitted(item, submitter) for item in alerts]
         admitted: list[Alert | AlertAck] = []
         for item in alerts:
             shed = self._overloaded(item) if isinstance(item, Alert) else None
@@ -223,17 +232,19 @@ class IncidentManager:
         error = RateLimited(alert.source, throttled.retry_after, throttled.scope)
         return _Shed(alert.id, error.message, error)
 
-    async def submit_module_event(self, event: ModuleEvent, submitted_by: str = "") -> AlertAck:
+    async def submit_module_event(
+        self, event: ModuleEvent, submitter: Submitter | None = None
+    ) -> AlertAck:
         """Store a monitoring module's event as the alert its mapping rules make of it."""
-        return await self.submit_alert(to_alert(event), submitted_by)
+        return await self.submit_alert(to_alert(event), submitter)
 
     async def submit_module_events(
-        self, events: Sequence[ModuleEvent | AlertAck], submitted_by: str = ""
+        self, events: Sequence[ModuleEvent | AlertAck], submitter: Submitter | None = None
     ) -> list[AlertAck]:
         """Like submit_alerts, for module events; acks (refused while decoding) pass through."""
         return await self.submit_alerts(
             [item if isinstance(item, AlertAck) else to_alert(item) for item in events],
-            submitted_by,
+            submitter,
         )
 
     async def create_incident(self, command: CreateIncident) -> Incident:
@@ -357,6 +368,23 @@ class IncidentManager:
 
     def uptime(self) -> float:
         return time.monotonic() - self.started
+
+
+def _as_submitted_by(alert: Alert, submitter: Submitter) -> Alert:
+    """The alert as its authenticated submitter sends it; SourceNotAllowed if it may not."""
+    if submitter.sources is not None and alert.source not in submitter.sources:
+        raise SourceNotAllowed(alert.source, submitter.name, submitter.sources)
+    return replace(alert, submitted_by=submitter.name)
+
+
+def _submitted(item: Alert | AlertAck, submitter: Submitter) -> Alert | AlertAck:
+    """A batch entry as its submitter sends it, or a REJECTED ack if it may not."""
+    if isinstance(item, AlertAck):
+        return item
+    try:
+        return _as_submitted_by(item, submitter)
+    except SourceNotAllowed as refused:
+        return AlertAck(item.id, AckStatus.REJECTED, message=refused.message)
 
 
 def _events_after(uow: UnitOfWork, sequence: int, limit: int) -> list[IncidentEvent]:

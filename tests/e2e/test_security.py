@@ -36,6 +36,7 @@ from generated.incident_manager.v1 import (
     incident_service_pb2,
     incident_service_pb2_grpc,
     integrations_pb2,
+    integrations_pb2_grpc,
 )
 from incident_manager.adapters.memory import MemoryStorage
 from incident_manager.config import Settings
@@ -387,6 +388,7 @@ async def test_a_token_made_by_the_helper_command_works(
         (f"{hash_token('x')} bot superuser\n", "'superuser' is not a role"),
         (f"{hash_token('x')} bot reader\n{hash_token('x')} other reader\n", "listed twice"),
         ("subject:gateway reader\nsubject:gateway admin\n", "listed twice"),
+        (f"{hash_token('x')} bot ingest sources=\n", "at least one source"),
         # A token pasted into the wrong column must not reach the logs.
         (f"{hash_token('x')} imt_pasted-secret reader\n", "looks like a token"),
         (f"{hash_token('x')} bot reader,imt_pasted-secret\n", "looks like a token"),
@@ -748,3 +750,69 @@ async def test_events_caused_by_alerts_name_the_caller_not_the_claimed_source(
     assert {event.actor for event in got.incident.timeline} == {"ingest-bot"}
     assert got.incident.source == "oncall-alice"
     assert got.incident.timeline[0].details["source"] == "oncall-alice"
+
+
+async def test_a_token_limited_to_its_sources_cannot_pose_as_another_module(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(
+        f"{hash_token('imt_sentinel')} eu-sentinel ingest sources=llm-sentinel\n"
+        f"{hash_token(token_of('reader'))} reader-bot reader\n"
+    )
+    server = await start_server(tokens_file=str(path))
+    sentinel = bearer("imt_sentinel")
+    own = await server.ingestion.SubmitAlert(
+        alert_ingestion_service_pb2.SubmitAlertRequest(alert=alert(source="llm-sentinel")),
+        metadata=sentinel,
+    )
+    assert own.ack.status == alert_pb2.ACK_STATUS_ACCEPTED
+    with pytest.raises(grpc.aio.AioRpcError) as posing:
+        await server.ingestion.SubmitAlert(
+            alert_ingestion_service_pb2.SubmitAlertRequest(alert=alert(source="llm-shield")),
+            metadata=sentinel,
+        )
+    assert posing.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_reason(posing.value) == "SOURCE_NOT_ALLOWED"
+    assert "'llm-sentinel'" in (posing.value.details() or "")
+
+    batch = await server.ingestion.BatchSubmitAlerts(
+        alert_ingestion_service_pb2.BatchSubmitAlertsRequest(
+            alerts=[
+                alert(id="b1", source="llm-sentinel", title="mine"),
+                alert(id="b2", source="llm-shield", title="not mine"),
+            ]
+        ),
+        metadata=sentinel,
+    )
+    assert [ack.status for ack in batch.acks] == [
+        alert_pb2.ACK_STATUS_ACCEPTED,
+        alert_pb2.ACK_STATUS_REJECTED,
+    ]
+    assert "may not send alerts as source 'llm-shield'" in batch.acks[1].message
+
+    async def stream() -> AsyncIterator[alert_ingestion_service_pb2.StreamAlertsRequest]:
+        yield alert_ingestion_service_pb2.StreamAlertsRequest(
+            alert=alert(id="s1", source="llm-shield", title="streamed")
+        )
+
+    [streamed] = [r async for r in server.ingestion.StreamAlerts(stream(), metadata=sentinel)]
+    assert streamed.ack.status == alert_pb2.ACK_STATUS_REJECTED
+
+    with pytest.raises(grpc.aio.AioRpcError) as module_posing:
+        await integrations_pb2_grpc.IntegrationServiceStub(server.channel).SubmitModuleEvent(
+            integrations_pb2.SubmitModuleEventRequest(
+                event=integrations_pb2.ModuleEvent(
+                    id="m1",
+                    source="llm-shield",
+                    edge_agent=integrations_pb2.EdgeAgentEvent(agent_id="edge-1"),
+                )
+            ),
+            metadata=sentinel,
+        )
+    assert module_posing.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    listed = await server.incidents.ListIncidents(
+        incident_service_pb2.ListIncidentsRequest(), metadata=bearer(token_of("reader"))
+    )
+    assert {i.source for i in listed.incidents} == {"llm-sentinel"}, "nothing refused was stored"
