@@ -17,6 +17,7 @@ and health checks alike, and could starve the probes.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import enum
 import inspect
@@ -180,7 +181,9 @@ def _bearer_token(metadata: Any) -> str | None:
 class _Call:
     """Bookkeeping of one call, from its start to its status."""
 
-    __slots__ = ("acquired", "error", "incident_id", "metrics", "peer", "principal", "started")
+    __slots__ = (
+        "acquired", "error", "metrics", "peer", "principal", "request", "response", "started",
+    )  # fmt: skip
 
     def __init__(self, metrics: MethodMetrics | None, peer: str = "") -> None:
         self.started = time.perf_counter()
@@ -189,7 +192,9 @@ class _Call:
         self.principal: Principal | None = None
         self.acquired: ConcurrencyLimit | None = None
         self.error: BaseException | None = None
-        self.incident_id = ""
+        self.request: Any = None
+        """The request message, kept (not for client streams) to name its incident in the log."""
+        self.response: Any = None
         if metrics is not None:
             metrics.started.inc()
 
@@ -275,21 +280,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         streaming_requests: bool = False,
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         async def wrapper(request: Any, context: Context) -> Any:
-            call = _Call(metrics, context.peer() if self.rpc_log != "off" else "")
+            call = self._start(metrics, context)
             try:
-                await self._admit(method, policy, call, context)
-                if streaming_requests:
-                    request = _counted(request, metrics)
-                else:
-                    if metrics is not None:
-                        metrics.received.inc()
-                    # Known before the call, so that a failed call names its incident too.
-                    call.incident_id = _incident_id(request, None)
-                response = await behavior(request, context)
+                request = await self._admit(
+                    method, policy, call, context, request, streaming_requests
+                )
+                call.response = await behavior(request, context)
                 if metrics is not None:
                     metrics.sent.inc()
-                call.incident_id = _incident_id(request, response)
-                return response
+                return call.response
             except BaseException as error:
                 call.error = error
                 raise
@@ -307,15 +306,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         streaming_requests: bool,
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-            call = _Call(metrics, context.peer() if self.rpc_log != "off" else "")
+            call = self._start(metrics, context)
             try:
-                await self._admit(method, policy, call, context)
-                if streaming_requests:
-                    request = _counted(request, metrics)
-                else:
-                    if metrics is not None:
-                        metrics.received.inc()
-                    call.incident_id = _incident_id(request, None)
+                request = await self._admit(
+                    method, policy, call, context, request, streaming_requests
+                )
                 given: Any = context
                 if metrics is not None and not inspect.isasyncgenfunction(behavior):
                     # Its messages go out through context.write, not through us.
@@ -338,9 +333,21 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     # -- the checks and the record ------------------------------------------
 
+    def _start(self, metrics: MethodMetrics | None, context: Context) -> _Call:
+        # The peer is read now: reading it once the call is torn down (a stream
+        # finishing at shutdown) crashes grpc with a segmentation fault.
+        return _Call(metrics, context.peer() if self.rpc_log != "off" else "")
+
     async def _admit(
-        self, method: str, policy: MethodPolicy, call: _Call, context: Context
-    ) -> None:
+        self,
+        method: str,
+        policy: MethodPolicy,
+        call: _Call,
+        context: Context,
+        request: Any,
+        streaming_requests: bool,
+    ) -> Any:
+        """Authenticate, authorize and take a slot, or abort; returns the request to serve."""
         try:
             # Open methods ignore credentials: a stale token must not fail a probe.
             if self.authenticator.enabled and policy.access is not Access.OPEN:
@@ -358,6 +365,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 call.acquired = limit
         except Denied as denied:
             await context.abort(denied.code, denied.message)
+        if streaming_requests:
+            return _counted(request, call.metrics)
+        if call.metrics is not None:
+            call.metrics.received.inc()
+        call.request = request
+        return request
 
     def _finish(self, method: str, call: _Call, context: Context) -> None:
         if call.acquired is not None:
@@ -379,8 +392,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         }
         if call.principal is not None:
             extra["principal"] = call.principal.name
-        if call.incident_id:
-            extra["incident_id"] = call.incident_id
+        incident_id = _incident_id(call.request, call.response)
+        if incident_id:
+            extra["incident_id"] = incident_id
         if code is not grpc.StatusCode.OK:
             details = context.details()
             if details:
@@ -416,7 +430,7 @@ def _status_code(context: Context, error: BaseException | None) -> grpc.StatusCo
         return grpc.StatusCode.OK
     if isinstance(error, grpc.aio.AbortError):
         return grpc.StatusCode.UNKNOWN
-    if isinstance(error, BaseException) and type(error).__name__ == "CancelledError":
+    if isinstance(error, asyncio.CancelledError):
         # grpc cancels the handler both when the client gives up and when the
         # deadline passes; the client sees DEADLINE_EXCEEDED then, and so must we.
         remaining = context.time_remaining()
