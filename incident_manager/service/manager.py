@@ -94,13 +94,6 @@ class Submitter:
 
 
 @dataclass(frozen=True)
-class _Shed:
-    alert_id: str
-    message: str
-    error: RateLimited
-
-
-@dataclass(frozen=True)
 class ListRequest:
     filter: IncidentFilter
     ordering: Ordering
@@ -156,7 +149,7 @@ class IncidentManager:
         try:
             shed = self._overloaded(alert)
             if shed is not None:
-                raise shed.error
+                raise shed
             self.pending_alerts += 1
             try:
                 ack = await self._write(
@@ -193,17 +186,7 @@ class IncidentManager:
             raise ValidationError.single(
                 "alerts", f"must hold at most {MAX_BATCH} alerts (got {len(alerts)}); split it"
             )
-        if submitter is not None:
-            alerts = [_submitted(item, submitter) for item in alerts]
-        admitted: list[Alert | AlertAck] = []
-        for item in alerts:
-            shed = self._overloaded(item) if isinstance(item, Alert) else None
-            if shed is None:
-                admitted.append(item)
-            else:
-                admitted.append(
-                    AlertAck(shed.alert_id, AckStatus.RATE_LIMITED, message=shed.message)
-                )
+        admitted = [self._admit(item, submitter) for item in alerts]
         count = len(admitted)
         self.pending_alerts += count
         try:
@@ -222,15 +205,28 @@ class IncidentManager:
         self.observer.alerts_acked(alerts, acks)
         return acks
 
-    def _overloaded(self, alert: Alert) -> _Shed | None:
+    def _overloaded(self, alert: Alert) -> RateLimited | None:
         """Why the alert is shed, if too many alerts wait to be stored."""
         if self.shedder is None:
             return None
         throttled = self.shedder.admit(alert.severity, self.pending_alerts)
         if throttled is None:
             return None
-        error = RateLimited(alert.source, throttled.retry_after, throttled.scope)
-        return _Shed(alert.id, error.message, error)
+        return RateLimited(alert.source, throttled.retry_after, throttled.scope)
+
+    def _admit(self, item: Alert | AlertAck, submitter: Submitter | None) -> Alert | AlertAck:
+        """A batch entry as it goes to storage, or the ack refusing it before storage."""
+        if isinstance(item, AlertAck):
+            return item
+        if submitter is not None:
+            try:
+                item = _as_submitted_by(item, submitter)
+            except SourceNotAllowed as refused:
+                return AlertAck(item.id, AckStatus.REJECTED, message=refused.message)
+        shed = self._overloaded(item)
+        if shed is not None:
+            return AlertAck(item.id, AckStatus.RATE_LIMITED, message=shed.message)
+        return item
 
     async def submit_module_event(
         self, event: ModuleEvent, submitter: Submitter | None = None
@@ -375,16 +371,6 @@ def _as_submitted_by(alert: Alert, submitter: Submitter) -> Alert:
     if submitter.sources is not None and alert.source not in submitter.sources:
         raise SourceNotAllowed(alert.source, submitter.name, submitter.sources)
     return replace(alert, submitted_by=submitter.name)
-
-
-def _submitted(item: Alert | AlertAck, submitter: Submitter) -> Alert | AlertAck:
-    """A batch entry as its submitter sends it, or a REJECTED ack if it may not."""
-    if isinstance(item, AlertAck):
-        return item
-    try:
-        return _as_submitted_by(item, submitter)
-    except SourceNotAllowed as refused:
-        return AlertAck(item.id, AckStatus.REJECTED, message=refused.message)
 
 
 def _events_after(uow: UnitOfWork, sequence: int, limit: int) -> list[IncidentEvent]:
