@@ -139,8 +139,9 @@ class Metrics:
     def for_method(self, grpc_type: str, service: str, method: str) -> MethodMetrics:
         return MethodMetrics(self, grpc_type, service, method)
 
-    def count_subscribers(self, count: Callable[[], int], catch_ups: Callable[[], int]) -> None:
-        self.subscribers.set_function(count)
+    def follow_streams(self, subscribers: Callable[[], int], catch_ups: Callable[[], int]) -> None:
+        """Read StreamIncidents subscribers and catch-ups from the manager at scrape time."""
+        self.subscribers.set_function(subscribers)
         self.registry.register(_CatchUps(catch_ups))
 
     # The manager's Observer protocol.

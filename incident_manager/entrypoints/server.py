@@ -185,9 +185,7 @@ class IncidentServer:
             raise StartupError(str(error)) from error
         self.authenticator = Authenticator(credentials, mutual_tls=bool(settings.tls_client_ca))
         self.metrics = Metrics()
-        self.metrics.count_subscribers(
-            lambda: manager.hub.subscriber_count, lambda: manager.catch_ups
-        )
+        self.metrics.follow_streams(lambda: manager.hub.subscriber_count, lambda: manager.catch_ups)
         manager.observer = self.metrics
         self.metrics_port = 0
         keepalive_ms = int(settings.keepalive_time.total_seconds() * 1000)
