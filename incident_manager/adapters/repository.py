@@ -24,6 +24,7 @@ from incident_manager.domain.model import (
     RequestRecord,
 )
 from incident_manager.domain.query import IncidentPage, IncidentQuery
+from incident_manager.service.paging_ports import PagingRepository
 
 T = TypeVar("T")
 EventListener = Callable[[list[IncidentEvent]], None]
@@ -111,6 +112,7 @@ class UnitOfWork(abc.ABC):
     alerts: AlertLog
     events: EventLog
     requests: RequestLog
+    paging: PagingRepository
 
     def __init__(self) -> None:
         self.committed_events: list[IncidentEvent] = []
