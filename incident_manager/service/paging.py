@@ -21,6 +21,7 @@ from incident_manager.domain.paging.ledger import (
     Override,
     PlannedTarget,
     PolicySnapshot,
+    TargetKind,
     Silence,
     holding,
     new_notification_id,
@@ -41,6 +42,7 @@ class Recipient:
     channel_type: str
     recipient: str
     problem: str = ""
+    user_name: str = ""
     """Set when nothing can be delivered (nobody on call, no contact method): the
     ledger records it as SUPPRESSED with this reason, so "nobody got paged" shows."""
 
@@ -283,15 +285,17 @@ def _page_level(
 ) -> int:
     level_index, round = escalation.next_level, escalation.next_round
     level = escalation.policy.levels[level_index]
-    notifications: list[Notification] = []
+    found: list[tuple[PlannedTarget, Recipient]] = []
     for target in level.targets:
         overrides: Sequence[Override] = ()
-        if target.kind.name == "SCHEDULE":
+        if target.kind is TargetKind.SCHEDULE:
             overrides = paging.overrides_between(target.id, now, now + timedelta(microseconds=1))
-        for found in rules.resolve(target, now, overrides):
-            notifications.append(
-                _notification(incident, escalation, target, found, now, len(notifications))
-            )
+        found += [(target, recipient) for recipient in rules.resolve(target, now, overrides)]
+    content = page_content(incident, escalation, now, found)
+    notifications = [
+        _notification(incident, escalation, target, recipient, now, ordinal, content)
+        for ordinal, (target, recipient) in enumerate(found)
+    ]
     paging.add_notifications(notifications)
     names = ", ".join(n.target for n in notifications) or "nobody"
     details = {
@@ -318,6 +322,7 @@ def _notification(
     found: Recipient,
     now: datetime,
     ordinal: int,
+    content: Mapping[str, object],
 ) -> Notification:
     notification = Notification(
         id=new_notification_id(),
@@ -336,32 +341,58 @@ def _notification(
         update_time=now,
         next_attempt_time=now,
         ordinal=ordinal,
-        content=page_content(incident, escalation, now),
+        content=content,
     )
     if found.problem:
         notification.suppress(found.problem, now)
     return notification
 
 
-def page_content(incident: Incident, escalation: Escalation, now: datetime) -> dict[str, object]:
-    """What a page says, fixed when it becomes due so every retry says the same."""
+def page_content(
+    incident: Incident,
+    escalation: Escalation,
+    now: datetime,
+    found: Sequence[tuple[PlannedTarget, Recipient]],
+) -> dict[str, object]:
+    """What a page says, fixed when it becomes due so every retry says the same.
+
+    The keys are those of the channels' `PageContent` (adapters/channels/base.py).
+    """
+    targets = []
+    for target, recipient in found:
+        if recipient.problem:
+            continue
+        if target.kind is TargetKind.SCHEDULE:
+            targets.append(
+                {"kind": "user", "id": recipient.user_id, "name": recipient.user_name or None,
+                 "via": target.id}
+            )
+        elif target.kind is TargetKind.USER:
+            targets.append(
+                {"kind": "user", "id": target.id, "name": recipient.user_name or None, "via": None}
+            )
+        else:
+            targets.append({"kind": "channel", "id": target.id, "name": None, "via": None})
+    unique = list({(t["kind"], t["id"], t["via"]): t for t in targets}.values())
     return {
         "incident_id": incident.id,
         "title": incident.title,
-        "description": incident.description,
         "severity": incident.severity.name,
         "state": incident.state.name,
-        "type": incident.type.name,
         "source": incident.source,
+        "incident_type": incident.type.name,
+        "opened_at": escalation.started_at.isoformat(),
+        "occurred_at": now.isoformat(),
+        "event": "paged",
         "alert_count": incident.alert_count,
-        "assignees": list(incident.assignees),
-        "labels": dict(incident.labels),
-        "policy": escalation.policy.id,
         "level": escalation.next_level + 1,
         "round": escalation.next_round,
         "reason": escalation.reason,
-        "opened": incident.create_time.isoformat(),
-        "paged": now.isoformat(),
+        "targets": unique,
+        "assignees": list(incident.assignees),
+        "labels": dict(incident.labels),
+        "runbook_url": incident.labels.get("runbook_url") or None,
+        "links": [],
     }
 
 
@@ -379,8 +410,9 @@ class DeliveryOutcome:
 
 
 class RetrySchedule(Protocol):
-    def delay(self, attempt: int, retry_after: float | None) -> timedelta | None:
-        """How long to wait before attempt `attempt + 1`; None means give up."""
+    def delay(self, attempt: int, retry_after: float | None, age: timedelta) -> timedelta | None:
+        """How long to wait after failed attempt `attempt` (from 1), `age` after the
+        delivery became due; None means give up."""
 
 
 def record_delivery(
@@ -412,7 +444,11 @@ def record_delivery(
         notification.sent(now)
         final = "SENT"
     else:
-        delay = retries.delay(attempt, outcome.retry_after) if outcome.retry else None
+        delay = (
+            retries.delay(attempt, outcome.retry_after, now - notification.create_time)
+            if outcome.retry
+            else None
+        )
         if delay is None:
             why = outcome.detail or "refused"
             notification.failed(

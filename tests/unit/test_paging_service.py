@@ -64,7 +64,7 @@ class Rules:
 
 
 class NeverRetry:
-    def delay(self, attempt: int, retry_after: float | None) -> timedelta | None:
+    def delay(self, attempt: int, retry_after: float | None, age: timedelta) -> timedelta | None:
         return timedelta(seconds=30) if attempt < 3 else None
 
 
