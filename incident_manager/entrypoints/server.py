@@ -23,8 +23,8 @@ from generated.incident_manager.v1 import (
     integrations_pb2,
     integrations_pb2_grpc,
 )
-from incident_manager.config import Settings, env_name
-from incident_manager.domain.access import Credentials, CredentialsFileError, Role
+from incident_manager.config import Settings, TokensFileError, env_name, read_tokens_file
+from incident_manager.domain.access import Role
 from incident_manager.domain.model import IncidentState, Severity
 from incident_manager.domain.query import IncidentFilter, Ordering
 from incident_manager.entrypoints.interceptors import (
@@ -180,8 +180,8 @@ class IncidentServer:
         self.settings = settings
         self.listen = settings.listen
         try:
-            credentials = Credentials.load(settings.tokens_file) if settings.tokens_file else None
-        except CredentialsFileError as error:
+            credentials = read_tokens_file(settings.tokens_file) if settings.tokens_file else None
+        except TokensFileError as error:
             raise StartupError(str(error)) from error
         self.authenticator = Authenticator(credentials, mutual_tls=bool(settings.tls_client_ca))
         self.metrics = Metrics()
