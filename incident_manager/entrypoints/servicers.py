@@ -40,7 +40,7 @@ from incident_manager.domain.errors import (
 from incident_manager.domain.integrations import ModuleEvent
 from incident_manager.domain.model import AckStatus, Alert, AlertAck
 from incident_manager.entrypoints import conversions as conv
-from incident_manager.entrypoints.interceptors import PRINCIPAL
+from incident_manager.entrypoints.auth import PRINCIPAL
 from incident_manager.entrypoints.status import streaming, unary
 from incident_manager.service.manager import IncidentManager, ListRequest, Submitter
 from incident_manager.service.pagination import parse_order_by

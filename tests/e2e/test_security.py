@@ -41,8 +41,9 @@ from generated.incident_manager.v1 import (
 from incident_manager.adapters.memory import MemoryStorage
 from incident_manager.config import Settings
 from incident_manager.domain.access import Role, hash_token
-from incident_manager.entrypoints import server as server_module
-from incident_manager.entrypoints.server import IncidentServer, StartupError, method_policies
+from incident_manager.entrypoints import auth as auth_module
+from incident_manager.entrypoints.auth import method_policies
+from incident_manager.entrypoints.server import IncidentServer, StartupError
 from incident_manager.service.manager import IncidentManager
 from tests.conftest import StartServer
 from tests.helpers import alert, error_reason, new_incident
@@ -173,7 +174,7 @@ def test_an_rpc_added_to_a_known_service_later_needs_admin_until_given_a_role(
             for name, service in module.DESCRIPTOR.services_by_name.items()
         }
         monkeypatch.setattr(
-            server_module,
+            auth_module,
             module.__name__.rpartition(".")[2],
             SimpleNamespace(DESCRIPTOR=SimpleNamespace(services_by_name=services)),
         )
