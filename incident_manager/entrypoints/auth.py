@@ -34,7 +34,7 @@ from generated.incident_manager.v1 import (
 )
 from incident_manager.config import Settings
 from incident_manager.domain.access import ROLE_NAMES, Credentials, Principal, Role
-from incident_manager.domain.errors import ActorMismatch
+from incident_manager.domain.errors import ActorMismatch, DomainError, SourceNotAllowed
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -249,3 +249,14 @@ def acting_as(field: str, claimed: str) -> str:
     if claimed and claimed != principal.name:
         raise ActorMismatch(field, claimed, principal.name)
     return principal.name
+
+
+def explained(error: DomainError) -> str:
+    """The error's message for the client, with what only this layer knows.
+
+    The domain knows that a principal may send as some sources only; that
+    the tokens file grants them is known here.
+    """
+    if isinstance(error, SourceNotAllowed):
+        return f"{error.message} (set by the sources= of its line in the tokens file)"
+    return error.message

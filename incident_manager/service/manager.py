@@ -15,6 +15,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from incident_manager.adapters.repository import Storage, UnitOfWork
+from incident_manager.domain.access import Principal
 from incident_manager.domain.autoresolve import AutoResolvePolicies
 from incident_manager.domain.dedup import DEFAULT_WINDOW
 from incident_manager.domain.errors import (
@@ -84,16 +85,6 @@ class _NoObserver:
 
 
 @dataclass(frozen=True)
-class Submitter:
-    """The authenticated caller sending alerts, when the server authenticates callers."""
-
-    name: str
-    """Named as the actor of the events its alerts cause."""
-    sources: frozenset[str] | None = None
-    """The alert sources it may send as; None allows any."""
-
-
-@dataclass(frozen=True)
 class ListRequest:
     filter: IncidentFilter
     ordering: Ordering
@@ -138,14 +129,14 @@ class IncidentManager:
         self.started = time.monotonic()
         storage.add_listener(self.hub.publish)
 
-    async def submit_alert(self, alert: Alert, submitter: Submitter | None = None) -> AlertAck:
+    async def submit_alert(self, alert: Alert, sender: Principal | None = None) -> AlertAck:
         """Store an alert; RateLimited if it is new and over a rate limit, or shed.
 
-        With a `submitter` (the authenticated caller), SourceNotAllowed if it
+        With a `sender` (the authenticated caller), SourceNotAllowed if it
         may not send as the alert's source; it is named in the events caused.
         """
-        if submitter is not None:
-            alert = _as_submitted_by(alert, submitter)
+        if sender is not None:
+            alert = _as_sent_by(alert, sender)
         try:
             shed = self._overloaded(alert)
             if shed is not None:
@@ -173,7 +164,7 @@ class IncidentManager:
         return ack
 
     async def submit_alerts(
-        self, alerts: Sequence[Alert | AlertAck], submitter: Submitter | None = None
+        self, alerts: Sequence[Alert | AlertAck], sender: Principal | None = None
     ) -> list[AlertAck]:
         """Store a batch in one transaction: one ack per entry, in order.
 
@@ -186,7 +177,7 @@ class IncidentManager:
             raise ValidationError.single(
                 "alerts", f"must hold at most {MAX_BATCH} alerts (got {len(alerts)}); split it"
             )
-        admitted = [self._admit(item, submitter) for item in alerts]
+        admitted = [self._admit(item, sender) for item in alerts]
         count = len(admitted)
         self.pending_alerts += count
         try:
@@ -214,13 +205,13 @@ class IncidentManager:
             return None
         return RateLimited(alert.source, throttled.retry_after, throttled.scope)
 
-    def _admit(self, item: Alert | AlertAck, submitter: Submitter | None) -> Alert | AlertAck:
+    def _admit(self, item: Alert | AlertAck, sender: Principal | None) -> Alert | AlertAck:
         """A batch entry as it goes to storage, or the ack refusing it before storage."""
         if isinstance(item, AlertAck):
             return item
-        if submitter is not None:
+        if sender is not None:
             try:
-                item = _as_submitted_by(item, submitter)
+                item = _as_sent_by(item, sender)
             except SourceNotAllowed as refused:
                 return AlertAck(item.id, AckStatus.REJECTED, message=refused.message)
         shed = self._overloaded(item)
@@ -229,18 +220,18 @@ class IncidentManager:
         return item
 
     async def submit_module_event(
-        self, event: ModuleEvent, submitter: Submitter | None = None
+        self, event: ModuleEvent, sender: Principal | None = None
     ) -> AlertAck:
         """Store a monitoring module's event as the alert its mapping rules make of it."""
-        return await self.submit_alert(to_alert(event), submitter)
+        return await self.submit_alert(to_alert(event), sender)
 
     async def submit_module_events(
-        self, events: Sequence[ModuleEvent | AlertAck], submitter: Submitter | None = None
+        self, events: Sequence[ModuleEvent | AlertAck], sender: Principal | None = None
     ) -> list[AlertAck]:
         """Like submit_alerts, for module events; acks (refused while decoding) pass through."""
         return await self.submit_alerts(
             [item if isinstance(item, AlertAck) else to_alert(item) for item in events],
-            submitter,
+            sender,
         )
 
     async def create_incident(self, command: CreateIncident) -> Incident:
@@ -366,11 +357,11 @@ class IncidentManager:
         return time.monotonic() - self.started
 
 
-def _as_submitted_by(alert: Alert, submitter: Submitter) -> Alert:
-    """The alert as its authenticated submitter sends it; SourceNotAllowed if it may not."""
-    if submitter.sources is not None and alert.source not in submitter.sources:
-        raise SourceNotAllowed(alert.source, submitter.name, submitter.sources)
-    return replace(alert, submitted_by=submitter.name)
+def _as_sent_by(alert: Alert, sender: Principal) -> Alert:
+    """The alert as its authenticated sender sends it; SourceNotAllowed if it may not."""
+    if not sender.may_send_as(alert.source):
+        raise SourceNotAllowed(alert.source, sender.name, sender.sources or frozenset())
+    return replace(alert, submitted_by=sender.name)
 
 
 def _events_after(uow: UnitOfWork, sequence: int, limit: int) -> list[IncidentEvent]:
