@@ -134,9 +134,13 @@ def _is_loopback(listen: str) -> bool:
 
 
 class IncidentServer:
-    """A running gRPC server around one IncidentManager."""
+    """A running gRPC server around one IncidentManager.
 
-    def __init__(self, manager: IncidentManager, settings: Settings) -> None:
+    `metrics` should be the manager's observer (bootstrap wires them so), or
+    the alert and storage metrics stay at zero.
+    """
+
+    def __init__(self, manager: IncidentManager, settings: Settings, metrics: Metrics) -> None:
         self.manager = manager
         self.settings = settings
         self.listen = settings.listen
@@ -145,9 +149,8 @@ class IncidentServer:
         except TokensFileError as error:
             raise StartupError(str(error)) from error
         self.authenticator = Authenticator(credentials, mutual_tls=bool(settings.tls_client_ca))
-        self.metrics = Metrics()
+        self.metrics = metrics
         self.metrics.follow_streams(lambda: manager.hub.subscriber_count, lambda: manager.catch_ups)
-        manager.observer = self.metrics
         self.metrics_port = 0
         keepalive_ms = int(settings.keepalive_time.total_seconds() * 1000)
         self.server = grpc.aio.server(
@@ -312,7 +315,7 @@ class IncidentServer:
     async def _watch_storage(self) -> None:
         """Health follows the database: NOT_SERVING while it cannot be used."""
         while self._serving:
-            available = self.manager.storage.available
+            available = self.manager.storage_available
             if available != self._storage_ok and self._serving:
                 self._storage_ok = available
                 self.metrics.storage_available.set(1 if available else 0)
@@ -365,7 +368,7 @@ class IncidentServer:
         if self.health_server is not None:
             await self.health_server.stop(0)
         self.metrics.stop()
-        await self.manager.storage.close()
+        await self.manager.close()
         log.info("stopped")
 
     async def wait(self) -> None:

@@ -350,8 +350,19 @@ class IncidentManager:
         finally:
             self.observer.storage_written(time.perf_counter() - started)
 
+    @property
+    def storage_available(self) -> bool:
+        """Whether the database can be used now; health reports NOT_SERVING while it cannot."""
+        return self.storage.available
+
     def close_streams(self) -> None:
+        """End every StreamIncidents stream, each with the point to resume from."""
         self.hub.close()
+
+    async def close(self) -> None:
+        """End the streams, let running work finish and release the database."""
+        self.hub.close()
+        await self.storage.close()
 
     def uptime(self) -> float:
         return time.monotonic() - self.started
