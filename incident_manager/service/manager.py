@@ -55,7 +55,7 @@ from incident_manager.service.pagination import (
     encode_page_token,
     page_size_or_default,
 )
-from incident_manager.service.streaming import EventHub
+from incident_manager.service.streaming import EventHub, Subscription
 
 MAX_BATCH = 1000
 """Alerts in one BatchSubmitAlerts call at most."""
@@ -293,6 +293,10 @@ class IncidentManager:
         page at a time, and then follows live events again. Its buffer stays
         bounded whatever it does, so a stalled reader costs the server no
         more memory than a slow one.
+
+        So a stream goes: replay (only with `after_sequence`), then live;
+        from live, each fall behind means a catch-up from storage and back to
+        live. Closing the hub ends it with ShuttingDown in either step.
         """
         if after_sequence is not None and not 0 <= after_sequence < 2**63:
             raise ValidationError.single("after_sequence", "must be between 0 and 2^63-1")
@@ -300,48 +304,33 @@ class IncidentManager:
             await self.get_incident(event_filter.incident_id)  # NOT_FOUND if it does not exist
         subscription = self.hub.subscribe(event_filter)
         try:
-            # Without after_sequence the stream starts at the last committed
-            # event; read after subscribing, so nothing later is missed.
-            cursor = await self.storage.read(_last_sequence)
-            replaying = after_sequence is not None
+            stream = _EventStream(
+                self.storage, subscription, await self._starting_point(after_sequence)
+            )
             if after_sequence is not None:
-                if after_sequence > cursor:
-                    raise SequenceOutOfRange(after_sequence, cursor)
-                cursor = after_sequence
+                async for event in stream.from_storage():
+                    yield event
             while True:
-                if replaying:
-                    page = await self.storage.read(
-                        partial(_events_after, sequence=cursor, limit=REPLAY_PAGE)
-                    )
-                    if subscription.closed:
-                        raise ShuttingDown(cursor)
-                    for event in page:
-                        cursor = event.sequence
-                        if event_filter.matches_event(event):
-                            yield event
-                    if len(page) < REPLAY_PAGE:
-                        if subscription.overflowed:
-                            # Live events overflowed meanwhile: they are all in
-                            # storage, so keep reading from there.
-                            subscription.forget_overflow()
-                        else:
-                            replaying = False
-                    continue
-                live = await subscription.next()
-                if live is None:
-                    if subscription.closed:
-                        raise ShuttingDown(cursor)
-                    # It fell more than its buffer behind: catch up from storage.
-                    subscription.forget_overflow()
-                    self.catch_ups += 1
-                    replaying = True
-                    continue
-                if live.sequence <= cursor:
-                    continue
-                cursor = live.sequence
-                yield live
+                async for event in stream.live():
+                    yield event
+                # live() ended: the subscriber fell more than its buffer behind.
+                self.catch_ups += 1
+                async for event in stream.from_storage():
+                    yield event
         finally:
             self.hub.unsubscribe(subscription)
+
+    async def _starting_point(self, after_sequence: int | None) -> int:
+        """The sequence a stream starts after: `after_sequence`, else the last committed event.
+
+        Read after subscribing, so nothing committed later is missed.
+        """
+        last = await self.storage.read(_last_sequence)
+        if after_sequence is None:
+            return last
+        if after_sequence > last:
+            raise SequenceOutOfRange(after_sequence, last)
+        return after_sequence
 
     async def _write(self, work: Callable[[UnitOfWork], T]) -> T:
         started = time.perf_counter()
@@ -373,6 +362,59 @@ def _as_sent_by(alert: Alert, sender: Principal) -> Alert:
     if not sender.may_send_as(alert.source):
         raise SourceNotAllowed(alert.source, sender.name, sender.sources or frozenset())
     return replace(alert, submitted_by=sender.name)
+
+
+class _EventStream:
+    """Where one StreamIncidents subscriber is, and its two ways forward.
+
+    `cursor` is the sequence of the last event it was given (or skipped as
+    not matching); both steps move it on, so switching between them neither
+    repeats nor skips an event. The steps hold nothing to release, so a step
+    abandoned when the client goes away needs no closing; the subscription is
+    follow_events' to end.
+    """
+
+    def __init__(self, storage: Storage, subscription: Subscription, cursor: int) -> None:
+        self.storage = storage
+        self.subscription = subscription
+        self.cursor = cursor
+
+    async def from_storage(self) -> AsyncIterator[IncidentEvent]:
+        """Matching stored events after the cursor, a page at a time, until it is level.
+
+        Level means storage holds nothing newer and no live event was lost
+        meanwhile; if some were (the buffer overflowed again), storage has
+        them too, so it reads on.
+        """
+        while True:
+            page = await self.storage.read(
+                partial(_events_after, sequence=self.cursor, limit=REPLAY_PAGE)
+            )
+            if self.subscription.closed:
+                raise ShuttingDown(self.cursor)
+            for event in page:
+                self.cursor = event.sequence
+                if self.subscription.filter.matches_event(event):
+                    yield event
+            if len(page) == REPLAY_PAGE:
+                continue
+            if not self.subscription.overflowed:
+                return
+            self.subscription.forget_overflow()
+
+    async def live(self) -> AsyncIterator[IncidentEvent]:
+        """Live events after the cursor, until the subscriber falls more than its buffer behind.
+
+        Then the buffer is dropped (storage has every event in it) and this
+        returns; ShuttingDown instead if the hub was closed.
+        """
+        while (event := await self.subscription.next()) is not None:
+            if event.sequence > self.cursor:
+                self.cursor = event.sequence
+                yield event
+        if self.subscription.closed:
+            raise ShuttingDown(self.cursor)
+        self.subscription.forget_overflow()
 
 
 def _events_after(uow: UnitOfWork, sequence: int, limit: int) -> list[IncidentEvent]:
