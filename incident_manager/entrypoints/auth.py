@@ -70,6 +70,8 @@ PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
 
 
 class Access(enum.Enum):
+    """Which callers a method admits."""
+
     OPEN = "open"
     """Anyone, with or without credentials (health; reflection when configured so)."""
     AUTHENTICATED = "authenticated"
@@ -136,6 +138,7 @@ class Authenticator:
 
     @property
     def enabled(self) -> bool:
+        """Whether callers must authenticate (a tokens file or mutual TLS is configured)."""
         return self.credentials is not None or self.mutual_tls
 
     def admit(self, method: str, policy: MethodPolicy, context: Context) -> Principal | None:

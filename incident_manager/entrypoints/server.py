@@ -137,7 +137,7 @@ class IncidentServer:
     """A running gRPC server around one IncidentManager.
 
     `metrics` should be the manager's observer (bootstrap wires them so), or
-    the alert and storage metrics stay at zero.
+    the alert and storage-write metrics stay at zero.
     """
 
     def __init__(self, manager: IncidentManager, settings: Settings, metrics: Metrics) -> None:
