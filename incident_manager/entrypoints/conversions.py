@@ -432,8 +432,9 @@ def incident_event_from_proto(message: incident_service_pb2.IncidentEvent) -> In
 
 
 def create_incident_from_proto(
-    request: incident_service_pb2.CreateIncidentRequest,
+    request: incident_service_pb2.CreateIncidentRequest, *, actor: str | None = None
 ) -> CreateIncident:
+    """The command; `actor` is who acts (by default whoever the request names)."""
     incident = request.incident
     violations: list[FieldViolation] = []
     severity = _attempt(lambda: SEVERITY.parse(incident.severity, "incident.severity"), violations)
@@ -452,7 +453,7 @@ def create_incident_from_proto(
         affected_resources=tuple(incident.affected_resources),
         labels=dict(incident.labels),
         assignees=tuple(incident.assignees),
-        actor=request.actor or ANONYMOUS,
+        actor=_named(request.actor, actor) or ANONYMOUS,
         request_id=request.request_id,
     )
 
@@ -470,8 +471,9 @@ UPDATABLE_FIELDS = (
 
 
 def update_incident_from_proto(
-    request: incident_service_pb2.UpdateIncidentRequest,
+    request: incident_service_pb2.UpdateIncidentRequest, *, actor: str | None = None
 ) -> UpdateIncident:
+    """The command; `actor` is who acts (by default whoever the request names)."""
     paths = _mask_paths(request.update_mask if request.HasField("update_mask") else None)
     incident = request.incident
     changes = IncidentChanges(
@@ -492,7 +494,7 @@ def update_incident_from_proto(
         incident_id=incident.id,
         changes=changes,
         etag=incident.etag,
-        actor=request.actor or ANONYMOUS,
+        actor=_named(request.actor, actor) or ANONYMOUS,
     )
 
 
@@ -524,25 +526,34 @@ def _mask_paths(mask: FieldMask | None) -> frozenset[str]:
 
 
 def resolve_incident_from_proto(
-    request: incident_service_pb2.ResolveIncidentRequest,
+    request: incident_service_pb2.ResolveIncidentRequest, *, resolved_by: str | None = None
 ) -> ResolveIncident:
+    """The command; `resolved_by` is who resolves (by default whoever the request names)."""
     return ResolveIncident(
         incident_id=request.id,
         method=RESOLUTION_METHOD.parse(request.method, "method"),
-        resolved_by=request.resolved_by,
+        resolved_by=_named(request.resolved_by, resolved_by),
         root_cause=request.root_cause,
         notes=request.notes,
         etag=request.etag,
     )
 
 
-def add_note_from_proto(request: incident_service_pb2.AddNoteRequest) -> AddNote:
+def add_note_from_proto(
+    request: incident_service_pb2.AddNoteRequest, *, author: str | None = None
+) -> AddNote:
+    """The command; `author` is who writes the note (by default whoever the request names)."""
     return AddNote(
         incident_id=request.incident_id,
-        author=request.author,
+        author=_named(request.author, author),
         content=request.content,
         request_id=request.request_id,
     )
+
+
+def _named(claimed: str, acting: str | None) -> str:
+    """Who acts: `acting` if the servicer says, else whom the request names."""
+    return claimed if acting is None else acting
 
 
 class _FilterFields(Protocol):
