@@ -298,18 +298,18 @@ def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> 
     with uow:
         earlier = _earlier_request(uow, command.request_id, "CreateIncident")
         if earlier is not None:
-            return _reload(uow, earlier.incident_id)
+            return _load_with_history(uow, earlier.incident_id)
         uow.incidents.add(incident)
         if command.request_id:
             uow.requests.add(command.request_id, RequestRecord("CreateIncident", incident.id))
-        stored = _reload(uow, incident.id)
+        stored = _load_with_history(uow, incident.id)
         uow.commit()
     return stored
 
 
 def get_incident(uow: UnitOfWork, incident_id: str) -> Incident:
     _check_id("id", incident_id)
-    return _reload(uow, incident_id)
+    return _load_with_history(uow, incident_id)
 
 
 def update_incident(uow: UnitOfWork, command: UpdateIncident, now: datetime) -> Incident:
@@ -348,7 +348,7 @@ def update_incident(uow: UnitOfWork, command: UpdateIncident, now: datetime) -> 
         )
         if incident.pending_events:
             uow.incidents.save(incident)
-        stored = _reload(uow, incident.id)
+        stored = _load_with_history(uow, incident.id)
         uow.commit()
     return stored
 
@@ -372,7 +372,7 @@ def resolve_incident(uow: UnitOfWork, command: ResolveIncident, now: datetime) -
             now=now,
         )
         uow.incidents.save(incident)
-        stored = _reload(uow, incident.id)
+        stored = _load_with_history(uow, incident.id)
         uow.commit()
     return stored
 
@@ -390,7 +390,7 @@ def add_note(uow: UnitOfWork, command: AddNote, now: datetime) -> tuple[Note, In
             noted = uow.incidents.get_note(earlier.note_id)
             if noted is None:
                 raise IncidentNotFound(earlier.incident_id)
-            return noted, _reload(uow, earlier.incident_id)
+            return noted, _load_with_history(uow, earlier.incident_id)
         incident = _load(uow, command.incident_id)
         note = incident.add_note(author=command.author, content=command.content, now=now)
         uow.incidents.save(incident)
@@ -398,7 +398,7 @@ def add_note(uow: UnitOfWork, command: AddNote, now: datetime) -> tuple[Note, In
             uow.requests.add(
                 command.request_id, RequestRecord("AddNote", incident.id, note_id=note.id)
             )
-        stored = _reload(uow, incident.id)
+        stored = _load_with_history(uow, incident.id)
         uow.commit()
     return note, stored
 
@@ -452,7 +452,8 @@ def _load(uow: UnitOfWork, incident_id: str) -> Incident:
     return incident
 
 
-def _reload(uow: UnitOfWork, incident_id: str) -> Incident:
+def _load_with_history(uow: UnitOfWork, incident_id: str) -> Incident:
+    """The incident with its recent timeline and notes, as clients are answered with it."""
     incident = uow.incidents.get(incident_id, with_history=True)
     if incident is None:
         raise IncidentNotFound(incident_id)
