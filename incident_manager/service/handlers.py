@@ -14,7 +14,6 @@ from incident_manager.domain.autoresolve import AutoResolvePolicies
 from incident_manager.domain.dedup import alert_fingerprint, fingerprint_of
 from incident_manager.domain.errors import (
     EtagMismatch,
-    FieldViolation,
     IncidentNotFound,
     RateLimited,
     ValidationError,
@@ -44,6 +43,7 @@ from incident_manager.domain.validation import (
     Checker,
     validate_alert,
     validate_assignees,
+    validate_filter,
 )
 from incident_manager.service.commands import (
     AddNote,
@@ -404,6 +404,9 @@ def add_note(uow: UnitOfWork, command: AddNote, now: datetime) -> tuple[Note, In
 
 
 def list_incidents(uow: UnitOfWork, query: IncidentQuery) -> IncidentPage:
+    checker = Checker()
+    validate_filter(query.filter, checker)
+    checker.raise_if_any()
     return uow.incidents.list(query)
 
 
@@ -415,15 +418,17 @@ def _check_id(field: str, incident_id: str) -> None:
 
 def _check_actor(checker: Checker, actor: str) -> None:
     # `actor` sits beside the incident in the request, not inside it.
-    if len(actor) > MAX_NAME:
-        checker.violations.append(FieldViolation("actor", f"must be at most {MAX_NAME} characters"))
+    beside = Checker()
+    if beside.text("actor", actor) and len(actor) > MAX_NAME:
+        beside.fail("actor", f"must be at most {MAX_NAME} characters")
+    checker.violations.extend(beside.violations)
 
 
 MAX_REQUEST_ID = 128
 
 
 def _check_request_id(checker: Checker, request_id: str) -> None:
-    if len(request_id) > MAX_REQUEST_ID:
+    if checker.text("request_id", request_id) and len(request_id) > MAX_REQUEST_ID:
         checker.fail("request_id", f"must be at most {MAX_REQUEST_ID} characters")
 
 
