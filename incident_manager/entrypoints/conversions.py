@@ -2,8 +2,13 @@
 
 Enum tables are built from the proto constants by name and checked to cover
 every value at import, so adding a value to one side and not the other fails
-loudly. Converting from proto validates: an UNSPECIFIED or unknown enum value
-where one is required is a ValidationError naming the field, never a default.
+loudly.
+
+Conversions only convert. The rules a request follows are the domain's, and
+the service runs them, once. What cannot be converted (an UNSPECIFIED or
+unknown enum value where one is required, a timestamp out of range) is a
+ValidationError naming the field, never a default; only then do the rules
+run here, on what did convert, so that one answer names every bad field.
 """
 
 from __future__ import annotations
@@ -52,13 +57,7 @@ from incident_manager.domain.model import (
     TimelineEvent,
 )
 from incident_manager.domain.query import IncidentFilter
-from incident_manager.domain.validation import (
-    MAX_FILTER_VALUES,
-    MAX_NAME,
-    MAX_TITLE,
-    Checker,
-    validate_alert,
-)
+from incident_manager.domain.validation import MAX_FILTER_VALUES, Checker, validate_alert
 from incident_manager.service.commands import (
     ANONYMOUS,
     AddNote,
@@ -67,6 +66,7 @@ from incident_manager.service.commands import (
     ResolveIncident,
     UpdateIncident,
 )
+from incident_manager.service.handlers import check_create_incident
 
 E = TypeVar("E", bound=enum.IntEnum)
 T = TypeVar("T")
@@ -440,16 +440,11 @@ def create_incident_from_proto(
     violations: list[FieldViolation] = []
     severity = _attempt(lambda: SEVERITY.parse(incident.severity, "incident.severity"), violations)
     type_ = _attempt(lambda: TYPE.parse(incident.type, "incident.type"), violations)
-    if violations or severity is None or type_ is None:
-        checker = Checker("incident.")
-        checker.required("title", incident.title, MAX_TITLE)
-        checker.required("source", incident.source, MAX_NAME)
-        raise ValidationError(violations + checker.violations)
-    return CreateIncident(
+    command = CreateIncident(
         title=incident.title,
         description=incident.description,
-        severity=severity,
-        type=type_,
+        severity=SEVERITY.stand_in if severity is None else severity,
+        type=TYPE.stand_in if type_ is None else type_,
         source=incident.source,
         affected_resources=tuple(incident.affected_resources),
         labels=dict(incident.labels),
@@ -457,6 +452,9 @@ def create_incident_from_proto(
         actor=request.actor or ANONYMOUS,
         request_id=request.request_id,
     )
+    if violations:
+        raise ValidationError(violations + check_create_incident(command).violations)
+    return command
 
 
 UPDATABLE_FIELDS = (
@@ -666,7 +664,7 @@ def _kind_from_proto(
 def module_event_from_proto(
     message: integrations_pb2.ModuleEvent, prefix: str = "event."
 ) -> ModuleEvent:
-    """A module event, validated; every bad field is named in one ValidationError."""
+    """A module event; if a field does not convert, every bad field is named at once."""
     violations: list[FieldViolation] = []
     status = (
         AlertStatus.FIRING
@@ -690,8 +688,8 @@ def module_event_from_proto(
         end_time=moment("end_time"),
         labels=dict(message.labels),
     )
-    checker = Checker(prefix)
-    event.validate(checker)
-    if violations or checker.violations:
+    if violations:
+        checker = Checker(prefix)
+        event.validate(checker)
         raise ValidationError(violations + checker.violations)
     return event

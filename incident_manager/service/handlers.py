@@ -269,7 +269,8 @@ def _clear(
     )
 
 
-def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> Incident:
+def check_create_incident(command: CreateIncident) -> Checker:
+    """The rules a new incident follows; the checker holds every one the command breaks."""
     checker = Checker("incident.")
     checker.required("title", command.title, MAX_TITLE)
     checker.required("source", command.source, MAX_NAME)
@@ -279,7 +280,11 @@ def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> 
     validate_assignees(command.assignees, checker, "assignees")
     _check_actor(checker, command.actor)
     _check_request_id(checker, command.request_id)
-    checker.raise_if_any()
+    return checker
+
+
+def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> Incident:
+    check_create_incident(command).raise_if_any()
     incident = Incident.open(
         title=command.title,
         description=command.description,

@@ -766,3 +766,35 @@ def test_a_module_event_field_that_does_not_convert_is_named_with_the_other_bad_
         "events[3].id",
         "events[3].edge_agent.agent_id",
     ]
+
+
+def test_a_module_event_that_converts_is_left_for_the_service_to_judge() -> None:
+    event = conv.module_event_from_proto(integrations_pb2.ModuleEvent(source=" "))
+    assert (event.id, event.source, event.kind) == ("", " ", None)
+
+
+def test_a_new_incident_that_converts_is_left_for_the_service_to_judge() -> None:
+    request = incident_service_pb2.CreateIncidentRequest(incident=_incident_message())
+    request.incident.title = ""
+    assert conv.create_incident_from_proto(request).title == ""
+
+
+def test_a_new_incident_with_a_bad_enum_also_names_every_field_the_rules_refuse() -> None:
+    request = incident_service_pb2.CreateIncidentRequest(
+        incident=incident_pb2.Incident(
+            title="t",
+            source="s",
+            description="x" * 10_000,
+            assignees=["ana", "ana"],
+            type=incident_pb2.INCIDENT_TYPE_DATA,
+        ),
+        actor="a\x00",
+    )
+    with pytest.raises(ValidationError) as refused:
+        conv.create_incident_from_proto(request)
+    assert field_names(refused.value) == [
+        "incident.severity",
+        "incident.description",
+        "incident.assignees",
+        "actor",
+    ]

@@ -17,6 +17,16 @@ import pytest
 
 from incident_manager.adapters.memory import MemoryStorage
 from incident_manager.domain.errors import ValidationError
+from incident_manager.domain.integrations import (
+    AnomalyEvent,
+    AnomalyMetric,
+    EdgeAgentEvent,
+    EventKind,
+    GovernanceEvent,
+    ModuleEvent,
+    SecurityEvent,
+    ThreatCategory,
+)
 from incident_manager.domain.model import (
     AckStatus,
     Alert,
@@ -248,3 +258,39 @@ async def test_a_page_token_naming_an_id_with_a_nul_is_not_one_this_server_issue
     token = encode_page_token((1, NUL), IncidentFilter(), Ordering())
     listing = manager.list_incidents(ListRequest(IncidentFilter(), Ordering(), page_token=token))
     assert set(await refused_fields(listing)) == {"page_token"}
+
+
+KIND_TEXTS = [
+    (AnomalyEvent(NUL, AnomalyMetric.COST), "event.anomaly.model"),
+    (AnomalyEvent("gpt-4o", AnomalyMetric.COST, endpoint=NUL), "event.anomaly.endpoint"),
+    (SecurityEvent(ThreatCategory.OTHER, model=NUL), "event.security.model"),
+    (SecurityEvent(ThreatCategory.OTHER, application=NUL), "event.security.application"),
+    (SecurityEvent(ThreatCategory.OTHER, model="m", sample_ref=NUL), "event.security.sample_ref"),
+    (EdgeAgentEvent(NUL), "event.edge_agent.agent_id"),
+    (GovernanceEvent(NUL), "event.governance.policy_id"),
+    (GovernanceEvent("p", framework=NUL), "event.governance.framework"),
+    (GovernanceEvent("p", violation=NUL), "event.governance.violation"),
+    (GovernanceEvent("p", model=NUL), "event.governance.model"),
+    (GovernanceEvent("p", dataset=NUL), "event.governance.dataset"),
+]
+
+
+@pytest.mark.parametrize(("kind", "field"), KIND_TEXTS, ids=[f for _, f in KIND_TEXTS])
+async def test_a_nul_in_any_text_of_a_module_event_is_refused_naming_the_field(
+    manager: IncidentManager, kind: EventKind, field: str
+) -> None:
+    event = ModuleEvent("e-1", "mod", kind)
+    await assert_refused_for_a_nul(manager.submit_module_event(event), field)
+
+
+async def test_the_service_judges_a_module_event_once_it_has_converted(
+    manager: IncidentManager,
+) -> None:
+    fields = await refused_fields(manager.submit_module_event(ModuleEvent("", "mod", None)))
+    assert set(fields) == {"event.id", "event.kind"}
+    good = ModuleEvent("e-1", "mod", GovernanceEvent("p-1"))
+    bad = ModuleEvent("e-2", "mod", EdgeAgentEvent("edge-1", queue_depth=-1))
+    stored, rejected = await manager.submit_module_events([good, bad])
+    assert stored.status is AckStatus.ACCEPTED
+    assert rejected.status is AckStatus.REJECTED
+    assert "events[1].edge_agent.queue_depth: must not be negative" in rejected.message
