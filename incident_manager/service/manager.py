@@ -25,7 +25,7 @@ from incident_manager.domain.errors import (
     SourceNotAllowed,
     ValidationError,
 )
-from incident_manager.domain.integrations import ModuleEvent, to_alert
+from incident_manager.domain.integrations import ModuleEvent
 from incident_manager.domain.model import (
     AckStatus,
     Alert,
@@ -43,6 +43,7 @@ from incident_manager.domain.query import (
     Ordering,
 )
 from incident_manager.domain.ratelimit import AlertRateLimiter, OverloadShedder, RateLimit
+from incident_manager.domain.validation import Checker
 from incident_manager.service import handlers
 from incident_manager.service.commands import (
     AddNote,
@@ -222,15 +223,24 @@ class IncidentManager:
     async def submit_module_event(
         self, event: ModuleEvent, sender: Principal | None = None
     ) -> AlertAck:
-        """Store a monitoring module's event as the alert its mapping rules make of it."""
-        return await self.submit_alert(to_alert(event), sender)
+        """Store a monitoring module's event as the alert its mapping rules make of it.
+
+        ValidationError, naming every bad field, if the event breaks a rule.
+        """
+        checker = Checker("event.")
+        event.validate(checker)
+        checker.raise_if_any()
+        return await self.submit_alert(event.to_alert(), sender)
 
     async def submit_module_events(
         self, events: Sequence[ModuleEvent | AlertAck], sender: Principal | None = None
     ) -> list[AlertAck]:
-        """Like submit_alerts, for module events; acks (refused while decoding) pass through."""
+        """Like submit_alerts, for module events; an invalid event gets a REJECTED ack.
+
+        Acks (events refused while decoding) pass through.
+        """
         return await self.submit_alerts(
-            [item if isinstance(item, AlertAck) else to_alert(item) for item in events],
+            [_alert_of(item, f"events[{index}].") for index, item in enumerate(events)],
             sender,
         )
 
@@ -415,6 +425,18 @@ class _EventStream:
         if self.subscription.closed:
             raise ShuttingDown(self.cursor)
         self.subscription.forget_overflow()
+
+
+def _alert_of(item: ModuleEvent | AlertAck, prefix: str) -> Alert | AlertAck:
+    """The alert a batch's event stands for, or the ack refusing it."""
+    if isinstance(item, AlertAck):
+        return item
+    checker = Checker(prefix)
+    item.validate(checker)
+    if checker.violations:
+        message = ValidationError(checker.violations).message
+        return AlertAck(item.id, AckStatus.REJECTED, message=message)
+    return item.to_alert()
 
 
 def _events_after(uow: UnitOfWork, sequence: int, limit: int) -> list[IncidentEvent]:
