@@ -3,6 +3,7 @@ with STARTTLS on a self-signed certificate made here and AUTH where a test asks 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email
 import email.policy
@@ -94,9 +95,9 @@ class LoopbackController(Controller):
     start-up probe connects."""
 
     def _trigger_server(self) -> None:
-        assert self.server is not None
+        assert isinstance(self.server, asyncio.Server)
         self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
@@ -142,7 +143,13 @@ class SmtpServer:
 
 def run_server(mailbox: Mailbox, **smtp: Any) -> Iterator[LoopbackController]:
     controller = LoopbackController(
-        mailbox, hostname="127.0.0.1", port=0, server_hostname="smtp.test", **smtp
+        mailbox,
+        hostname="127.0.0.1",
+        port=0,
+        server_hostname="smtp.test",
+        # Generous: the test machine is shared, and a slow start is not what is tested.
+        ready_timeout=30,
+        **smtp,
     )
     controller.start()
     try:
