@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from incident_manager.adapters.postgres import PostgresStorage, is_postgres_url
-from incident_manager.adapters.repository import Storage
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.config import Settings
 from incident_manager.domain.model import Clock, utc_now
 from incident_manager.domain.ratelimit import RateLimit
 from incident_manager.service.manager import IncidentManager
+from incident_manager.service.ports import Storage
 from incident_manager.service.streaming import EventHub
 
 

@@ -11,15 +11,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from incident_manager.adapters.repository import (
-    AlertLog,
-    EventLog,
-    IncidentRepository,
-    RequestLog,
-    Storage,
-    T,
-    UnitOfWork,
-)
 from incident_manager.domain.errors import ConcurrentModification
 from incident_manager.domain.model import (
     Incident,
@@ -29,6 +20,15 @@ from incident_manager.domain.model import (
     RequestRecord,
 )
 from incident_manager.domain.query import NOTES_LIMIT, TIMELINE_LIMIT, IncidentPage, IncidentQuery
+from incident_manager.service.ports import (
+    AlertLog,
+    EventLog,
+    IncidentRepository,
+    RequestLog,
+    Storage,
+    T,
+    UnitOfWork,
+)
 
 
 class _State:

@@ -76,15 +76,6 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from incident_manager.adapters.repository import (
-    AlertLog,
-    EventLog,
-    IncidentRepository,
-    RequestLog,
-    Storage,
-    T,
-    UnitOfWork,
-)
 from incident_manager.adapters.rows import (
     ALERT_COLUMNS,
     EVENT_COLUMNS,
@@ -119,6 +110,15 @@ from incident_manager.domain.query import (
     IncidentQuery,
     SortKey,
     micros,
+)
+from incident_manager.service.ports import (
+    AlertLog,
+    EventLog,
+    IncidentRepository,
+    RequestLog,
+    Storage,
+    T,
+    UnitOfWork,
 )
 
 log = logging.getLogger(__name__)

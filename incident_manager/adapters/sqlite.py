@@ -26,15 +26,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from incident_manager.adapters.cache import WriterCache
-from incident_manager.adapters.repository import (
-    AlertLog,
-    EventLog,
-    IncidentRepository,
-    RequestLog,
-    Storage,
-    T,
-    UnitOfWork,
-)
 from incident_manager.adapters.rows import (
     ALERT_COLUMNS,
     EVENT_COLUMNS,
@@ -66,6 +57,15 @@ from incident_manager.domain.query import (
     IncidentQuery,
     SortKey,
     micros,
+)
+from incident_manager.service.ports import (
+    AlertLog,
+    EventLog,
+    IncidentRepository,
+    RequestLog,
+    Storage,
+    T,
+    UnitOfWork,
 )
 
 log = logging.getLogger(__name__)

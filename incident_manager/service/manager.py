@@ -14,7 +14,6 @@ from datetime import timedelta
 from functools import partial
 from typing import Protocol, TypeVar
 
-from incident_manager.adapters.repository import Storage, UnitOfWork
 from incident_manager.domain.autoresolve import AutoResolvePolicies
 from incident_manager.domain.dedup import DEFAULT_WINDOW
 from incident_manager.domain.errors import (
@@ -54,6 +53,7 @@ from incident_manager.service.pagination import (
     encode_page_token,
     page_size_or_default,
 )
+from incident_manager.service.ports import Storage, UnitOfWork
 from incident_manager.service.streaming import EventHub
 
 MAX_BATCH = 1000

@@ -13,7 +13,6 @@ import pytest
 
 from incident_manager.adapters.memory import MemoryStorage
 from incident_manager.adapters.postgres import PostgresStorage
-from incident_manager.adapters.repository import Storage, UnitOfWork
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.domain.errors import ConcurrentModification
 from incident_manager.domain.model import (
@@ -37,6 +36,7 @@ from incident_manager.domain.query import (
     Ordering,
     SortKey,
 )
+from incident_manager.service.ports import Storage, UnitOfWork
 from tests.integration.postgres import fresh_database
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)

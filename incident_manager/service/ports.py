@@ -1,4 +1,7 @@
-"""The storage contract every backend implements, and passes the same tests for.
+"""The storage contract: what the service layer needs from a database.
+
+The service layer owns these ports; the backends in incident_manager.adapters
+implement them, and each passes the same contract tests.
 
 Work runs as a *unit of work*: a synchronous function given a `UnitOfWork`,
 executed by the backend inside one transaction (on the backend's own thread,
