@@ -221,7 +221,11 @@ def test_the_checks_see_the_imports_that_are_allowed() -> None:
     assert {"incident_manager.domain.model", "incident_manager.service.handlers"} <= modules
     targets = {(f.importer, f.target) for f in IMPORTS}
     assert ("incident_manager.entrypoints.conversions", "generated.incident_manager.v1") in targets
-    assert ("incident_manager.adapters.sqlite", "sqlite3") in targets
+    assert ("incident_manager.adapters.sqlite.writer", "sqlite3") in targets
+    assert (
+        "incident_manager.adapters.sql.repositories",
+        "incident_manager.service.ports",
+    ) in targets
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
 """How domain objects are stored as rows: one encoding that every SQL backend shares.
 
 Times are integer microseconds since the epoch; lists, maps and the
-resolution are compact JSON text; enums are their integer values. Column
-lists name the order in which the row functions read and write values.
+resolution are compact JSON text; enums are their integer values. Each
+column list names, in order, the values its row function reads or writes;
+statements and placeholders are derived from these lists, never counted by
+hand.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from incident_manager.domain.model import (
     IncidentType,
     Note,
     ReceivedAlert,
+    RequestRecord,
     Resolution,
     ResolutionMethod,
     Severity,
@@ -31,14 +34,70 @@ from incident_manager.domain.model import (
 from incident_manager.domain.query import IncidentFilter, from_micros, micros
 
 INCIDENT_COLUMNS = (
-    "id, title, description, severity, type, state, source, affected_resources, labels, "
-    "assignees, fingerprint, alert_count, create_time, update_time, resolution, version, "
-    "timeline_size, notes_size"
+    "id",
+    "title",
+    "description",
+    "severity",
+    "type",
+    "state",
+    "source",
+    "affected_resources",
+    "labels",
+    "assignees",
+    "fingerprint",
+    "alert_count",
+    "create_time",
+    "update_time",
+    "resolution",
+    "version",
+    "timeline_size",
+    "notes_size",
 )
+"""What `incident_row` writes and `incident_from_row` reads, in order; the id first."""
 EVENT_COLUMNS = (
-    "sequence, incident_id, type, actor, message, details, create_time, title, state, "
-    "severity, incident_type, source, assignees, alert_count"
+    "sequence",
+    "incident_id",
+    "type",
+    "actor",
+    "message",
+    "details",
+    "create_time",
+    "title",
+    "state",
+    "severity",
+    "incident_type",
+    "source",
+    "assignees",
+    "alert_count",
 )
+"""What `event_from_row` reads, in order."""
+EVENT_VALUE_COLUMNS = EVENT_COLUMNS[1:]
+"""What `event_values` writes: every event column but the sequence, which storage assigns."""
+ALERT_COLUMNS = ("incident_id", "status", "fingerprint", "receive_time", "payload", "cleared_time")
+"""What `received_alert_from_row` reads, in order."""
+ALERT_VALUE_COLUMNS = (
+    "source",
+    "alert_id",
+    "incident_id",
+    "status",
+    "fingerprint",
+    "receive_time",
+    "payload",
+)
+"""What `alert_values` writes, in order (an alert is stored before it can clear)."""
+NOTE_COLUMNS = ("id", "author", "content", "create_time")
+"""What `note_from_row` reads, in order."""
+NOTE_VALUE_COLUMNS = ("id", "incident_id", "author", "content", "create_time")
+"""What `note_values` writes, in order."""
+REQUEST_COLUMNS = ("kind", "incident_id", "note_id")
+"""What `request_from_row` reads, in order."""
+REQUEST_VALUE_COLUMNS = ("request_id", *REQUEST_COLUMNS)
+"""What `request_values` writes, in order."""
+
+
+def column_list(columns: Sequence[str]) -> str:
+    """The columns as SQL writes them in a SELECT or INSERT: `a, b, c`."""
+    return ", ".join(columns)
 
 
 def dumps(value: object) -> str:
@@ -98,47 +157,83 @@ def incident_row(incident: Incident) -> tuple[Any, ...]:
 
 
 def incident_from_row(row: Sequence[Any]) -> Incident:
+    (
+        incident_id,
+        title,
+        description,
+        severity,
+        incident_type,
+        state,
+        source,
+        affected_resources,
+        labels,
+        assignees,
+        fingerprint,
+        alert_count,
+        create_time,
+        update_time,
+        resolution,
+        version,
+        timeline_size,
+        notes_size,
+    ) = row
     return Incident(
-        id=row[0],
-        title=row[1],
-        description=row[2],
-        severity=Severity(row[3]),
-        type=IncidentType(row[4]),
-        state=IncidentState(row[5]),
-        source=row[6],
-        affected_resources=json.loads(row[7]),
-        labels=json.loads(row[8]),
-        assignees=json.loads(row[9]),
-        fingerprint=row[10],
-        alert_count=row[11],
-        create_time=from_micros(row[12]),
-        update_time=from_micros(row[13]),
-        resolution=resolution_from_json(row[14]),
-        version=row[15],
-        loaded_version=row[15],
-        timeline_size=row[16],
-        notes_size=row[17],
+        id=incident_id,
+        title=title,
+        description=description,
+        severity=Severity(severity),
+        type=IncidentType(incident_type),
+        state=IncidentState(state),
+        source=source,
+        affected_resources=json.loads(affected_resources),
+        labels=json.loads(labels),
+        assignees=json.loads(assignees),
+        fingerprint=fingerprint,
+        alert_count=alert_count,
+        create_time=from_micros(create_time),
+        update_time=from_micros(update_time),
+        resolution=resolution_from_json(resolution),
+        version=version,
+        loaded_version=version,
+        timeline_size=timeline_size,
+        notes_size=notes_size,
     )
 
 
 def event_from_row(row: Sequence[Any]) -> IncidentEvent:
+    (
+        sequence,
+        incident_id,
+        event_type,
+        actor,
+        message,
+        details,
+        create_time,
+        title,
+        state,
+        severity,
+        incident_type,
+        source,
+        assignees,
+        alert_count,
+    ) = row
     return IncidentEvent(
-        incident_id=row[1],
+        incident_id=incident_id,
         event=TimelineEvent(
-            sequence=row[0],
-            type=EventType(row[2]),
-            actor=row[3],
-            message=row[4],
-            details=json.loads(row[5]),
-            create_time=from_micros(row[6]),
+            sequence=sequence,
+            type=EventType(event_type),
+            actor=actor,
+            message=message,
+            details=json.loads(details),
+            create_time=from_micros(create_time),
         ),
-        title=row[7],
-        state=IncidentState(row[8]),
-        severity=Severity(row[9]),
-        type=IncidentType(row[10]),
-        source=row[11],
-        assignees=tuple(json.loads(row[12])),
-        alert_count=row[13],
+        title=title,
+        state=IncidentState(state),
+        severity=Severity(severity),
+        type=IncidentType(incident_type),
+        source=source,
+        assignees=tuple(json.loads(assignees)),
+        alert_count=alert_count,
     )
 
 
@@ -183,23 +278,20 @@ def alert_from_json(text: str) -> Alert:
     )
 
 
-ALERT_COLUMNS = "incident_id, status, fingerprint, receive_time, payload, cleared_time"
-"""What `received_alert_from_row` reads, in order."""
-
-
 def received_alert_from_row(row: Sequence[Any]) -> ReceivedAlert:
+    incident_id, status, fingerprint, receive_time, payload, cleared_time = row
     return ReceivedAlert(
-        alert=alert_from_json(row[4]),
-        incident_id=row[0],
-        status=AckStatus(row[1]),
-        fingerprint=row[2],
-        receive_time=from_micros(row[3]),
-        cleared_time=None if row[5] is None else from_micros(row[5]),
+        alert=alert_from_json(payload),
+        incident_id=incident_id,
+        status=AckStatus(status),
+        fingerprint=fingerprint,
+        receive_time=from_micros(receive_time),
+        cleared_time=None if cleared_time is None else from_micros(cleared_time),
     )
 
 
 def event_values(pending: IncidentEvent) -> tuple[Any, ...]:
-    """The values of EVENT_COLUMNS after `sequence`, for an INSERT."""
+    """The values of EVENT_VALUE_COLUMNS, for an INSERT."""
     event = pending.event
     return (
         pending.incident_id,
@@ -218,20 +310,18 @@ def event_values(pending: IncidentEvent) -> tuple[Any, ...]:
     )
 
 
-NOTE_COLUMNS = "id, author, content, create_time"
-
-
 def note_from_row(row: Sequence[Any]) -> Note:
-    return Note(id=row[0], author=row[1], content=row[2], create_time=from_micros(row[3]))
+    note_id, author, content, create_time = row
+    return Note(id=note_id, author=author, content=content, create_time=from_micros(create_time))
 
 
 def note_values(incident_id: str, note: Note) -> tuple[Any, ...]:
-    """Values for (id, incident_id, author, content, create_time)."""
+    """The values of NOTE_VALUE_COLUMNS."""
     return (note.id, incident_id, note.author, note.content, micros(note.create_time))
 
 
 def alert_values(received: ReceivedAlert) -> tuple[Any, ...]:
-    """Values for (source, alert_id, incident_id, status, fingerprint, receive_time, payload)."""
+    """The values of ALERT_VALUE_COLUMNS."""
     return (
         received.alert.source,
         received.alert.id,
@@ -241,6 +331,16 @@ def alert_values(received: ReceivedAlert) -> tuple[Any, ...]:
         micros(received.receive_time),
         alert_to_json(received.alert),
     )
+
+
+def request_from_row(row: Sequence[Any]) -> RequestRecord:
+    kind, incident_id, note_id = row
+    return RequestRecord(kind, incident_id, note_id)
+
+
+def request_values(request_id: str, record: RequestRecord) -> tuple[Any, ...]:
+    """The values of REQUEST_VALUE_COLUMNS."""
+    return (request_id, record.kind, record.incident_id, record.note_id)
 
 
 def filter_values(query_filter: IncidentFilter) -> list[tuple[str, list[Any]]]:
