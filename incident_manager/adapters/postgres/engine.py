@@ -14,9 +14,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -111,6 +111,58 @@ class _Outcome:
     events: list[IncidentEvent]
 
 
+@dataclass
+class _Reruns:
+    """Why one unit of work runs again, and how often it still may, by reason.
+
+    Every run counts toward MAX_LOCK_ROUNDS; lost races also toward
+    MAX_ATTEMPTS; connections broken while idle toward the pool's size.
+    """
+
+    where: str
+    max_stale: int
+    runs: int = 0
+    races: int = 0
+    stale: int = 0
+    prelock: set[int] = field(default_factory=set)
+    """Locks the next run takes before its work, in ascending order."""
+
+    def start(self) -> None:
+        """Count one more run; StorageUnavailable when none is left."""
+        if self.runs == MAX_LOCK_ROUNDS:
+            raise StorageUnavailable(
+                f"{self.where}: too much contention, gave up after {MAX_LOCK_ROUNDS} runs"
+            )
+        self.runs += 1
+
+    def stale_connection(self, error: _StaleConnection) -> None:
+        """Take another connection: after a restart, every idle one may be broken."""
+        self.stale += 1
+        if self.stale > self.max_stale:
+            raise Unreachable(
+                f"cannot reach {self.where}: {_reason(error.__cause__ or error)}"
+            ) from error
+
+    def lock_busy(self, busy: LockBusy) -> None:
+        """Take every lock learned of before the work; the set grows by one key a run at least."""
+        self.prelock |= busy.needed
+
+    def race_lost(self, error: Exception) -> None:
+        """Run again, unless the races are lost MAX_ATTEMPTS times."""
+        self.races += 1
+        if self.races < MAX_ATTEMPTS:
+            return
+        if isinstance(error, RaceLost):
+            raise error
+        raise StorageUnavailable(
+            f"{self.where} refused the change {MAX_ATTEMPTS} times: {_reason(error)}"
+        ) from error
+
+    def pause(self) -> float:
+        """Seconds to wait before running again: longer, at random, as races are lost."""
+        return random.uniform(0, 0.002 * (self.races + 1))
+
+
 class PostgresStorage(Storage):
     """Stores everything in a PostgreSQL database that any number of replicas share."""
 
@@ -190,97 +242,86 @@ class PostgresStorage(Storage):
             raise
 
     def _run(self, work: Callable[[UnitOfWork], Any], write: bool) -> _Outcome:
-        """On a worker thread: run `work` until it commits, fails, or runs out of attempts."""
-        prelock: set[int] = set()
-        attempt = stale = 0
-        for _round in range(MAX_LOCK_ROUNDS):
+        """On a worker thread: run `work` until it commits, fails, or runs out of reruns."""
+        reruns = _Reruns(self.where, max_stale=self._pool.max_size)
+        while True:
+            reruns.start()
             try:
-                with self._connection() as conn:
-                    tx = Transaction(conn, write)
-                    try:
-                        return self._attempt(tx, work, prelock)
-                    except BaseException:
-                        for undo in reversed(tx.undo):
-                            undo.apply()
-                        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                            with contextlib.suppress(psycopg.Error):
-                                conn.execute("ROLLBACK")
-                        raise
+                return self._run_once(work, write, reruns.prelock)
             except _StaleConnection as error:
-                # The pool drops a broken connection when it gets it back;
-                # idle ones may all be broken after a restart.
-                stale += 1
-                if stale > self._pool.max_size:
-                    raise Unreachable(
-                        f"cannot reach {self.where}: {_reason(error.__cause__ or error)}"
-                    ) from error
-                continue
-            except LockBusy:
-                # Each run takes every lock it learned of before its work, in
-                # order; the set grows by at least one key per run.
-                prelock |= tx.needed
+                reruns.stale_connection(error)
+                continue  # no pause: nothing ran, no one to make way for
+            except LockBusy as busy:
+                reruns.lock_busy(busy)
             except (*_RACES, RaceLost) as error:
-                attempt += 1
-                if attempt == MAX_ATTEMPTS:
-                    if isinstance(error, RaceLost):
-                        raise
-                    raise StorageUnavailable(
-                        f"{self.where} refused the change {MAX_ATTEMPTS} times: {_reason(error)}"
-                    ) from error
-            except PoolTimeout as error:
-                raise Unreachable(
-                    f"cannot reach {self.where} (no connection within {POOL_TIMEOUT:g}s): "
-                    f"{_reason(error)}"
-                ) from error
-            except psycopg.DataError as error:
-                if "NUL" not in str(error):
-                    raise StorageUnavailable(f"{self.where}: {_reason(error)}") from error
-                # SQLite stores U+0000 in text; PostgreSQL cannot.
-                raise ValidationError.single(
-                    "request", "text must not contain NUL (U+0000) characters"
-                ) from error
-            except psycopg.OperationalError as error:
-                raise Unreachable(f"{self.where}: {_reason(error)}") from error
-            except psycopg.Error as error:
-                raise StorageUnavailable(f"{self.where}: {_reason(error)}") from error
+                reruns.race_lost(error)
+            except (PoolTimeout, psycopg.Error) as error:
+                raise self._failure(error) from error
             with self._retries_lock:
                 self._retries += 1
-            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-        raise StorageUnavailable(
-            f"{self.where}: too much contention, gave up after {MAX_LOCK_ROUNDS} runs"
-        )
+            time.sleep(reruns.pause())
 
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def _run_once(
+        self, work: Callable[[UnitOfWork], Any], write: bool, prelock: set[int]
+    ) -> _Outcome:
+        """One run in one transaction; whatever goes wrong, it leaves no trace to run again on."""
         with self._pool.connection() as conn:
-            yield conn
+            tx = Transaction(conn, write)
+            try:
+                return self._attempt(tx, work, prelock)
+            except BaseException:
+                tx.abandon()
+                raise
 
     def _attempt(
         self, tx: Transaction, work: Callable[[UnitOfWork], Any], prelock: set[int]
     ) -> _Outcome:
-        conn = tx.conn
+        """Begin, run the work, and commit if it asked to (else roll back)."""
+        self._begin(tx, prelock)
+        uow = PostgresUnitOfWork(tx)
+        result = work(uow)
+        if not (tx.write and uow.committed):
+            tx.conn.execute("ROLLBACK")
+            return _Outcome(result, [])
+        uow.committed_events = self._commit(tx)
+        return _Outcome(result, uow.committed_events)
+
+    def _begin(self, tx: Transaction, prelock: set[int]) -> None:
+        """BEGIN, then take the locks a previous run learned of (ascending: waiting is safe)."""
         try:
-            conn.execute("BEGIN" if tx.write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            tx.conn.execute(
+                "BEGIN" if tx.write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+            )
         except psycopg.OperationalError as error:
             raise _StaleConnection from error
         for key in sorted(prelock):
-            tx.lock(key)  # ascending, before any write: waiting is safe
-        uow = PostgresUnitOfWork(tx)
-        result = work(uow)
-        events: list[IncidentEvent] = []
-        if tx.write and uow.committed:
-            events = number_and_store(tx)
-            try:
-                conn.execute("COMMIT")
-            except psycopg.OperationalError as error:
-                raise Unreachable(
-                    f"the connection to {self.where} broke while committing, so the change "
-                    f"may or may not be stored; retrying is safe for alerts: {_reason(error)}"
-                ) from error
-            uow.committed_events = events
-        else:
-            conn.execute("ROLLBACK")
-        return _Outcome(result, events)
+            tx.lock(key)
+
+    def _commit(self, tx: Transaction) -> list[IncidentEvent]:
+        """Number and store the staged events, and COMMIT; returns the events as stored."""
+        events = number_and_store(tx)
+        try:
+            tx.conn.execute("COMMIT")
+        except psycopg.OperationalError as error:
+            raise Unreachable(
+                f"the connection to {self.where} broke while committing, so the change "
+                f"may or may not be stored; retrying is safe for alerts: {_reason(error)}"
+            ) from error
+        return events
+
+    def _failure(self, error: PoolTimeout | psycopg.Error) -> Exception:
+        """What the caller gets for an error that running again would not cure."""
+        if isinstance(error, PoolTimeout):
+            return Unreachable(
+                f"cannot reach {self.where} (no connection within {POOL_TIMEOUT:g}s): "
+                f"{_reason(error)}"
+            )
+        nul = _nul_refused(error)
+        if nul is not None:
+            return nul
+        if isinstance(error, psycopg.OperationalError):
+            return Unreachable(f"{self.where}: {_reason(error)}")
+        return StorageUnavailable(f"{self.where}: {_reason(error)}")
 
     async def _publish_own(self, events: list[IncidentEvent]) -> None:
         """Publish this process's commit in order: now if it is next, else via the follower."""
@@ -398,3 +439,17 @@ def _reason(error: BaseException) -> str:
     """One line saying why, without libpq's multi-line decoration."""
     text = " ".join(str(error).split())
     return text or type(error).__name__
+
+
+# -- NUL characters ---------------------------------------------------------
+# SQLite stores U+0000 in text; PostgreSQL cannot, and refuses the statement.
+# Until the domain refuses NUL for every backend alike, a refusal here is the
+# client's mistake, not the database's. Delete this, and its one call in
+# PostgresStorage._failure, once domain/validation.py enforces it.
+
+
+def _nul_refused(error: psycopg.Error) -> ValidationError | None:
+    """INVALID_ARGUMENT for text PostgreSQL refused because it holds NUL; else None."""
+    if isinstance(error, psycopg.DataError) and "NUL" in str(error):
+        return ValidationError.single("request", "text must not contain NUL (U+0000) characters")
+    return None
