@@ -22,9 +22,11 @@ from typing import TypeVar
 from incident_manager.domain.model import (
     Incident,
     IncidentEvent,
+    IncidentState,
     Note,
     ReceivedAlert,
     RequestRecord,
+    Severity,
 )
 from incident_manager.domain.query import IncidentPage, IncidentQuery
 
@@ -62,6 +64,10 @@ class IncidentRepository(abc.ABC):
     @abc.abstractmethod
     def get_note(self, note_id: str) -> Note | None:
         """One note by its id, however old."""
+
+    @abc.abstractmethod
+    def count_active(self) -> dict[tuple[Severity, IncidentState], int]:
+        """How many active incidents there are of each severity and state (none: left out)."""
 
 
 class AlertLog(abc.ABC):

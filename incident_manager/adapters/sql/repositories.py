@@ -32,9 +32,11 @@ from incident_manager.domain.errors import ConcurrentModification
 from incident_manager.domain.model import (
     Incident,
     IncidentEvent,
+    IncidentState,
     Note,
     ReceivedAlert,
     RequestRecord,
+    Severity,
     TimelineEvent,
 )
 from incident_manager.domain.query import (
@@ -184,6 +186,13 @@ class SqlIncidents(IncidentRepository):
     def get_note(self, note_id: str) -> Note | None:
         row = self._db.execute(self._sql.note, (note_id,)).fetchone()
         return None if row is None else note_from_row(row)
+
+    def count_active(self) -> dict[tuple[Severity, IncidentState], int]:
+        rows = self._db.execute(self._sql.count_active, ()).fetchall()
+        return {
+            (Severity(severity), IncidentState(state)): int(count)
+            for state, severity, count in rows
+        }
 
     def _filter(self, query_filter: IncidentFilter) -> _Where:
         """The filter, written twice: once for the count, once for the page.

@@ -54,6 +54,11 @@ class Statements:
         self.insert_incident = insert(dialect, "incidents", INCIDENT_COLUMNS)
         self.update_incident = update_incident(dialect, INCIDENT_COLUMNS[1:])
         """Every column but the id; parameters: the values, the id, the version read."""
+        self.count_active = (
+            f"SELECT state, severity, COUNT(*) FROM incidents WHERE {ACTIVE} "
+            "GROUP BY state, severity"
+        )
+        """In the order of the index on (state, severity, ...), which answers it alone."""
         self.timeline = (
             f"SELECT {event} FROM events WHERE incident_id = {m} ORDER BY sequence DESC LIMIT {m}"
         )
