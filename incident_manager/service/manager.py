@@ -31,7 +31,9 @@ from incident_manager.domain.model import (
     Clock,
     Incident,
     IncidentEvent,
+    IncidentState,
     Note,
+    Severity,
 )
 from incident_manager.domain.model import utc_now as _utc_now
 from incident_manager.domain.query import (
@@ -287,6 +289,10 @@ class IncidentManager:
             next_token = encode_page_token(cursor, request.filter, request.ordering)
         return ListResult(page.incidents, next_token, page.total_size)
 
+    async def count_open_incidents(self) -> dict[tuple[Severity, IncidentState], int]:
+        """Open incidents by severity and state, in one read (pairs with none are left out)."""
+        return await self.storage.read(_count_active)
+
     async def follow_events(
         self, event_filter: IncidentFilter, after_sequence: int | None
     ) -> AsyncIterator[IncidentEvent]:
@@ -379,3 +385,7 @@ def _events_after(uow: UnitOfWork, sequence: int, limit: int) -> list[IncidentEv
 
 def _last_sequence(uow: UnitOfWork) -> int:
     return uow.events.last_sequence()
+
+
+def _count_active(uow: UnitOfWork) -> dict[tuple[Severity, IncidentState], int]:
+    return uow.incidents.count_active()
