@@ -34,56 +34,23 @@ from incident_manager.domain.model import (
 from incident_manager.domain.query import IncidentFilter, from_micros, micros
 
 INCIDENT_COLUMNS = (
-    "id",
-    "title",
-    "description",
-    "severity",
-    "type",
-    "state",
-    "source",
-    "affected_resources",
-    "labels",
-    "assignees",
-    "fingerprint",
-    "alert_count",
-    "create_time",
-    "update_time",
-    "resolution",
-    "version",
-    "timeline_size",
-    "notes_size",
-)
+    "id", "title", "description", "severity", "type", "state", "source", "affected_resources",
+    "labels", "assignees", "fingerprint", "alert_count", "create_time", "update_time",
+    "resolution", "version", "timeline_size", "notes_size",
+)  # fmt: skip
 """What `incident_row` writes and `incident_from_row` reads, in order; the id first."""
 EVENT_COLUMNS = (
-    "sequence",
-    "incident_id",
-    "type",
-    "actor",
-    "message",
-    "details",
-    "create_time",
-    "title",
-    "state",
-    "severity",
-    "incident_type",
-    "source",
-    "assignees",
-    "alert_count",
-)
+    "sequence", "incident_id", "type", "actor", "message", "details", "create_time", "title",
+    "state", "severity", "incident_type", "source", "assignees", "alert_count",
+)  # fmt: skip
 """What `event_from_row` reads, in order."""
 EVENT_VALUE_COLUMNS = EVENT_COLUMNS[1:]
 """What `event_values` writes: every event column but the sequence, which storage assigns."""
 ALERT_COLUMNS = ("incident_id", "status", "fingerprint", "receive_time", "payload", "cleared_time")
 """What `received_alert_from_row` reads, in order."""
 ALERT_VALUE_COLUMNS = (
-    "source",
-    "alert_id",
-    "incident_id",
-    "status",
-    "fingerprint",
-    "receive_time",
-    "payload",
-)
+    "source", "alert_id", "incident_id", "status", "fingerprint", "receive_time", "payload",
+)  # fmt: skip
 """What `alert_values` writes, in order (an alert is stored before it can clear)."""
 NOTE_COLUMNS = ("id", "author", "content", "create_time")
 """What `note_from_row` reads, in order."""
@@ -157,83 +124,47 @@ def incident_row(incident: Incident) -> tuple[Any, ...]:
 
 
 def incident_from_row(row: Sequence[Any]) -> Incident:
-    (
-        incident_id,
-        title,
-        description,
-        severity,
-        incident_type,
-        state,
-        source,
-        affected_resources,
-        labels,
-        assignees,
-        fingerprint,
-        alert_count,
-        create_time,
-        update_time,
-        resolution,
-        version,
-        timeline_size,
-        notes_size,
-    ) = row
     return Incident(
-        id=incident_id,
-        title=title,
-        description=description,
-        severity=Severity(severity),
-        type=IncidentType(incident_type),
-        state=IncidentState(state),
-        source=source,
-        affected_resources=json.loads(affected_resources),
-        labels=json.loads(labels),
-        assignees=json.loads(assignees),
-        fingerprint=fingerprint,
-        alert_count=alert_count,
-        create_time=from_micros(create_time),
-        update_time=from_micros(update_time),
-        resolution=resolution_from_json(resolution),
-        version=version,
-        loaded_version=version,
-        timeline_size=timeline_size,
-        notes_size=notes_size,
+        id=row[0],
+        title=row[1],
+        description=row[2],
+        severity=Severity(row[3]),
+        type=IncidentType(row[4]),
+        state=IncidentState(row[5]),
+        source=row[6],
+        affected_resources=json.loads(row[7]),
+        labels=json.loads(row[8]),
+        assignees=json.loads(row[9]),
+        fingerprint=row[10],
+        alert_count=row[11],
+        create_time=from_micros(row[12]),
+        update_time=from_micros(row[13]),
+        resolution=resolution_from_json(row[14]),
+        version=row[15],
+        loaded_version=row[15],
+        timeline_size=row[16],
+        notes_size=row[17],
     )
 
 
 def event_from_row(row: Sequence[Any]) -> IncidentEvent:
-    (
-        sequence,
-        incident_id,
-        event_type,
-        actor,
-        message,
-        details,
-        create_time,
-        title,
-        state,
-        severity,
-        incident_type,
-        source,
-        assignees,
-        alert_count,
-    ) = row
     return IncidentEvent(
-        incident_id=incident_id,
+        incident_id=row[1],
         event=TimelineEvent(
-            sequence=sequence,
-            type=EventType(event_type),
-            actor=actor,
-            message=message,
-            details=json.loads(details),
-            create_time=from_micros(create_time),
+            sequence=row[0],
+            type=EventType(row[2]),
+            actor=row[3],
+            message=row[4],
+            details=json.loads(row[5]),
+            create_time=from_micros(row[6]),
         ),
-        title=title,
-        state=IncidentState(state),
-        severity=Severity(severity),
-        type=IncidentType(incident_type),
-        source=source,
-        assignees=tuple(json.loads(assignees)),
-        alert_count=alert_count,
+        title=row[7],
+        state=IncidentState(row[8]),
+        severity=Severity(row[9]),
+        type=IncidentType(row[10]),
+        source=row[11],
+        assignees=tuple(json.loads(row[12])),
+        alert_count=row[13],
     )
 
 
@@ -279,14 +210,13 @@ def alert_from_json(text: str) -> Alert:
 
 
 def received_alert_from_row(row: Sequence[Any]) -> ReceivedAlert:
-    incident_id, status, fingerprint, receive_time, payload, cleared_time = row
     return ReceivedAlert(
-        alert=alert_from_json(payload),
-        incident_id=incident_id,
-        status=AckStatus(status),
-        fingerprint=fingerprint,
-        receive_time=from_micros(receive_time),
-        cleared_time=None if cleared_time is None else from_micros(cleared_time),
+        alert=alert_from_json(row[4]),
+        incident_id=row[0],
+        status=AckStatus(row[1]),
+        fingerprint=row[2],
+        receive_time=from_micros(row[3]),
+        cleared_time=None if row[5] is None else from_micros(row[5]),
     )
 
 
@@ -311,8 +241,7 @@ def event_values(pending: IncidentEvent) -> tuple[Any, ...]:
 
 
 def note_from_row(row: Sequence[Any]) -> Note:
-    note_id, author, content, create_time = row
-    return Note(id=note_id, author=author, content=content, create_time=from_micros(create_time))
+    return Note(id=row[0], author=row[1], content=row[2], create_time=from_micros(row[3]))
 
 
 def note_values(incident_id: str, note: Note) -> tuple[Any, ...]:
@@ -334,8 +263,7 @@ def alert_values(received: ReceivedAlert) -> tuple[Any, ...]:
 
 
 def request_from_row(row: Sequence[Any]) -> RequestRecord:
-    kind, incident_id, note_id = row
-    return RequestRecord(kind, incident_id, note_id)
+    return RequestRecord(kind=row[0], incident_id=row[1], note_id=row[2])
 
 
 def request_values(request_id: str, record: RequestRecord) -> tuple[Any, ...]:
