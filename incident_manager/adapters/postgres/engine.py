@@ -64,6 +64,7 @@ _RACES = (
 
 
 def is_postgres_url(database: str) -> bool:
+    """True for a `postgresql://` or `postgres://` URL: a database for PostgresStorage."""
     return database.startswith(URL_SCHEMES)
 
 
