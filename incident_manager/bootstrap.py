@@ -7,7 +7,6 @@ attached to the manager after it is built.
 from __future__ import annotations
 
 from incident_manager.adapters.postgres import PostgresStorage, is_postgres_url
-from incident_manager.adapters.repository import Storage
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.config import Settings
 from incident_manager.domain.model import Clock, utc_now
@@ -15,6 +14,7 @@ from incident_manager.domain.ratelimit import RateLimit
 from incident_manager.entrypoints.metrics import Metrics
 from incident_manager.entrypoints.server import IncidentServer, StartupError
 from incident_manager.service.manager import IncidentManager, Observer
+from incident_manager.service.ports import Storage
 from incident_manager.service.streaming import EventHub
 
 

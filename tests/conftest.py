@@ -18,13 +18,13 @@ from generated.incident_manager.v1 import (
 from generated.incident_manager.v1 import (
     incident_service_pb2_grpc as service_grpc,
 )
-from incident_manager.adapters.repository import Storage
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.config import Settings
 from incident_manager.domain.ratelimit import RateLimit
 from incident_manager.entrypoints.metrics import Metrics
 from incident_manager.entrypoints.server import IncidentServer
 from incident_manager.service.manager import IncidentManager
+from incident_manager.service.ports import Storage
 from incident_manager.service.streaming import EventHub
 
 TEST_SETTINGS: dict[str, Any] = {"listen": "127.0.0.1:0", "metrics_listen": "off"}

@@ -27,7 +27,6 @@ from generated.incident_manager.v1 import (
 )
 from incident_manager.config import Settings, TokensFileError, env_name, read_tokens_file
 from incident_manager.domain.model import IncidentState, Severity
-from incident_manager.domain.query import IncidentFilter, Ordering
 from incident_manager.entrypoints.auth import (
     INCIDENT_SERVICE,
     INGESTION_SERVICE,
@@ -43,7 +42,7 @@ from incident_manager.entrypoints.servicers import (
     IncidentServicer,
     IntegrationServicer,
 )
-from incident_manager.service.manager import IncidentManager, ListRequest
+from incident_manager.service.manager import IncidentManager
 
 log = logging.getLogger(__name__)
 
@@ -334,18 +333,11 @@ class IncidentServer:
 
     async def refresh_gauges(self) -> None:
         """Recount open incidents by severity and state (also done every 15 s)."""
+        counts = await self.manager.count_open_incidents()
         for severity in Severity:
             for state in ACTIVE_STATES:
-                result = await self.manager.list_incidents(
-                    ListRequest(
-                        filter=IncidentFilter(
-                            severities=frozenset({severity}), states=frozenset({state})
-                        ),
-                        ordering=Ordering(),
-                        page_size=1,
-                    )
-                )
-                self.metrics.open_incidents.labels(severity.name, state.name).set(result.total_size)
+                count = counts.get((severity, state), 0)
+                self.metrics.open_incidents.labels(severity.name, state.name).set(count)
 
     async def stop(self, grace: float, drain_delay: float = 0) -> None:
         """Turn health NOT_SERVING, end event streams, let calls finish, close storage.

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from incident_manager.adapters.repository import UnitOfWork
 from incident_manager.domain.autoresolve import AutoResolvePolicies
 from incident_manager.domain.dedup import alert_fingerprint, fingerprint_of
 from incident_manager.domain.errors import (
@@ -51,6 +50,7 @@ from incident_manager.service.commands import (
     ResolveIncident,
     UpdateIncident,
 )
+from incident_manager.service.ports import UnitOfWork
 
 DEFAULT_POLICIES = AutoResolvePolicies()
 

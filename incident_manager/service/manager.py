@@ -14,7 +14,6 @@ from datetime import timedelta
 from functools import partial
 from typing import Protocol, TypeVar
 
-from incident_manager.adapters.repository import Storage, UnitOfWork
 from incident_manager.domain.access import Principal
 from incident_manager.domain.autoresolve import AutoResolvePolicies
 from incident_manager.domain.dedup import DEFAULT_WINDOW
@@ -33,7 +32,9 @@ from incident_manager.domain.model import (
     Clock,
     Incident,
     IncidentEvent,
+    IncidentState,
     Note,
+    Severity,
 )
 from incident_manager.domain.model import utc_now as _utc_now
 from incident_manager.domain.query import (
@@ -56,6 +57,7 @@ from incident_manager.service.pagination import (
     encode_page_token,
     page_size_or_default,
 )
+from incident_manager.service.ports import Storage, UnitOfWork
 from incident_manager.service.streaming import EventHub, Subscription
 
 MAX_BATCH = 1000
@@ -288,6 +290,10 @@ class IncidentManager:
             next_token = encode_page_token(cursor, request.filter, request.ordering)
         return ListResult(page.incidents, next_token, page.total_size)
 
+    async def count_open_incidents(self) -> dict[tuple[Severity, IncidentState], int]:
+        """Open incidents by severity and state, in one read (pairs with none are left out)."""
+        return await self.storage.read(_count_active)
+
     async def follow_events(
         self, event_filter: IncidentFilter, after_sequence: int | None
     ) -> AsyncIterator[IncidentEvent]:
@@ -445,3 +451,7 @@ def _events_after(uow: UnitOfWork, sequence: int, limit: int) -> list[IncidentEv
 
 def _last_sequence(uow: UnitOfWork) -> int:
     return uow.events.last_sequence()
+
+
+def _count_active(uow: UnitOfWork) -> dict[tuple[Severity, IncidentState], int]:
+    return uow.incidents.count_active()

@@ -1,4 +1,7 @@
-"""The storage contract every backend implements, and passes the same tests for.
+"""The storage contract: what the service layer needs from a database.
+
+The service layer owns these ports; the backends in incident_manager.adapters
+implement them, and each passes the same contract tests.
 
 Work runs as a *unit of work*: a synchronous function given a `UnitOfWork`,
 executed by the backend inside one transaction (on the backend's own thread,
@@ -19,9 +22,11 @@ from typing import TypeVar
 from incident_manager.domain.model import (
     Incident,
     IncidentEvent,
+    IncidentState,
     Note,
     ReceivedAlert,
     RequestRecord,
+    Severity,
 )
 from incident_manager.domain.query import IncidentPage, IncidentQuery
 
@@ -59,6 +64,10 @@ class IncidentRepository(abc.ABC):
     @abc.abstractmethod
     def get_note(self, note_id: str) -> Note | None:
         """One note by its id, however old."""
+
+    @abc.abstractmethod
+    def count_active(self) -> dict[tuple[Severity, IncidentState], int]:
+        """How many active incidents there are of each severity and state (none: left out)."""
 
 
 class AlertLog(abc.ABC):
