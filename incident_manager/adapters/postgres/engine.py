@@ -33,7 +33,7 @@ from incident_manager.adapters.postgres.repositories import (
 from incident_manager.adapters.postgres.schema import migrate
 from incident_manager.adapters.postgres.transaction import LockBusy, RaceLost, Transaction
 from incident_manager.adapters.sql.rows import event_from_row
-from incident_manager.domain.errors import StorageUnavailable, ValidationError
+from incident_manager.domain.errors import StorageUnavailable
 from incident_manager.domain.model import IncidentEvent
 from incident_manager.service.ports import Storage, T, UnitOfWork
 
@@ -317,9 +317,6 @@ class PostgresStorage(Storage):
                 f"cannot reach {self.where} (no connection within {POOL_TIMEOUT:g}s): "
                 f"{_reason(error)}"
             )
-        nul = _nul_refused(error)
-        if nul is not None:
-            return nul
         if isinstance(error, psycopg.OperationalError):
             return Unreachable(f"{self.where}: {_reason(error)}")
         return StorageUnavailable(f"{self.where}: {_reason(error)}")
@@ -440,17 +437,3 @@ def _reason(error: BaseException) -> str:
     """One line saying why, without libpq's multi-line decoration."""
     text = " ".join(str(error).split())
     return text or type(error).__name__
-
-
-# -- NUL characters ---------------------------------------------------------
-# SQLite stores U+0000 in text; PostgreSQL cannot, and refuses the statement.
-# Until the domain refuses NUL for every backend alike, a refusal here is the
-# client's mistake, not the database's. Delete this, and its one call in
-# PostgresStorage._failure, once domain/validation.py enforces it.
-
-
-def _nul_refused(error: psycopg.Error) -> ValidationError | None:
-    """INVALID_ARGUMENT for text PostgreSQL refused because it holds NUL; else None."""
-    if isinstance(error, psycopg.DataError) and "NUL" in str(error):
-        return ValidationError.single("request", "text must not contain NUL (U+0000) characters")
-    return None
