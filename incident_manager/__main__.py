@@ -9,22 +9,16 @@ import sys
 from collections.abc import Sequence
 
 from incident_manager import __version__, logs
-from incident_manager.bootstrap import build_manager
+from incident_manager.bootstrap import start_server
 from incident_manager.config import Settings, load_settings
 from incident_manager.domain.errors import StorageUnavailable
-from incident_manager.entrypoints.server import IncidentServer, StartupError
+from incident_manager.entrypoints.server import StartupError
 
 log = logging.getLogger("incident_manager")
 
 
 async def serve(settings: Settings) -> None:
-    manager = build_manager(settings)
-    try:
-        server = IncidentServer(manager, settings)
-        await server.start()
-    except StartupError:
-        await manager.storage.close()
-        raise
+    server = await start_server(settings)
     log.info(
         "incident manager started",
         extra={"version": __version__, "database": settings.database, "port": server.port},

@@ -1,19 +1,47 @@
-"""Wires the incident manager's dependencies; tests pass fakes in instead."""
+"""Wires the incident manager's dependencies, in one place; tests pass fakes in instead.
+
+The server's metrics are the manager's observer from the start: nothing is
+attached to the manager after it is built.
+"""
 
 from __future__ import annotations
 
 from incident_manager.adapters.postgres import PostgresStorage, is_postgres_url
-from incident_manager.adapters.repository import Storage
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.config import Settings
 from incident_manager.domain.model import Clock, utc_now
 from incident_manager.domain.ratelimit import RateLimit
-from incident_manager.service.manager import IncidentManager
+from incident_manager.entrypoints.metrics import Metrics
+from incident_manager.entrypoints.server import IncidentServer, StartupError
+from incident_manager.service.manager import IncidentManager, Observer
+from incident_manager.service.ports import Storage
 from incident_manager.service.streaming import EventHub
 
 
-def build_manager(
+async def start_server(
     settings: Settings, *, storage: Storage | None = None, clock: Clock = utc_now
+) -> IncidentServer:
+    """A started server around a manager on the configured storage, its metrics observing it.
+
+    StartupError (a bad tokens file, a busy port) closes the storage again first.
+    """
+    metrics = Metrics()
+    manager = build_manager(settings, storage=storage, clock=clock, observer=metrics)
+    try:
+        server = IncidentServer(manager, settings, metrics)
+        await server.start()
+    except StartupError:
+        await manager.close()
+        raise
+    return server
+
+
+def build_manager(
+    settings: Settings,
+    *,
+    storage: Storage | None = None,
+    clock: Clock = utc_now,
+    observer: Observer | None = None,
 ) -> IncidentManager:
     """The application service on the configured storage (unless one is given).
 
@@ -35,6 +63,7 @@ def build_manager(
             if settings.global_rate_limit > 0
             else None
         ),
+        observer=observer,
     )
 
 

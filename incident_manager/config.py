@@ -1,4 +1,5 @@
-"""Settings, from command-line flags, then environment variables, then defaults."""
+"""Settings, from command-line flags, then environment variables, then defaults; and
+the files they name that the server reads at start (the tokens file)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
+from incident_manager.domain.access import Credentials, CredentialsFileError
 from incident_manager.domain.autoresolve import AutoResolvePolicies
 
 ENV_PREFIX = "INCIDENT_MANAGER_"
@@ -273,3 +276,24 @@ def _inconsistency(settings: Settings) -> str:
     if settings.tls_client_ca and not settings.tls_cert:
         return "--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first"
     return ""
+
+
+class TokensFileError(Exception):
+    """The tokens file cannot be read or used; the message names the file (and the line)."""
+
+
+def read_tokens_file(path: str) -> Credentials:
+    """The credentials the tokens file at `path` lists (the server's and `tokens check`'s)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise TokensFileError(f"cannot read the tokens file {path}: {error.strerror}") from error
+    except UnicodeDecodeError:
+        # Never quote the bytes: the path may name a key or another secret.
+        raise TokensFileError(
+            f"cannot read the tokens file {path}: it is not UTF-8 text; is it the right file?"
+        ) from None
+    try:
+        return Credentials.parse(text)
+    except CredentialsFileError as error:
+        raise TokensFileError(error.in_file(path)) from None

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from incident_manager.config import TokensFileError, read_tokens_file
 from incident_manager.domain.access import (
     ROLE_NAMES,
     Credentials,
@@ -43,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         try:
-            credentials = Credentials.load(args.path)
-        except CredentialsFileError as error:
+            credentials = read_tokens_file(args.path)
+        except TokensFileError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         print(
@@ -60,9 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sources:
         line += f" sources={args.sources}"
     try:  # the same checks the server makes when it loads the file
-        Credentials.parse([line], "the new line")
+        Credentials.parse(line)
     except CredentialsFileError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error.in_file('the new line')}", file=sys.stderr)
         return 2
     print(f"token: {token}")
     print(f"tokens file line: {line}")

@@ -18,12 +18,13 @@ from generated.incident_manager.v1 import (
 from generated.incident_manager.v1 import (
     incident_service_pb2_grpc as service_grpc,
 )
-from incident_manager.adapters.repository import Storage
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.config import Settings
 from incident_manager.domain.ratelimit import RateLimit
+from incident_manager.entrypoints.metrics import Metrics
 from incident_manager.entrypoints.server import IncidentServer
 from incident_manager.service.manager import IncidentManager
+from incident_manager.service.ports import Storage
 from incident_manager.service.streaming import EventHub
 
 TEST_SETTINGS: dict[str, Any] = {"listen": "127.0.0.1:0", "metrics_listen": "off"}
@@ -88,15 +89,18 @@ async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
         global_rate_limit: RateLimit | None = None,
         **settings: Any,
     ) -> Running:
+        # Wired as bootstrap wires it: the server's metrics observe the manager.
+        metrics = Metrics()
         manager = IncidentManager(
             storage if storage is not None else SqliteStorage(path or db_path),
             dedup_window=dedup_window,
             hub=EventHub(stream_buffer),
             rate_limit=rate_limit,
             global_rate_limit=global_rate_limit,
+            observer=metrics,
             **({"clock": clock} if clock is not None else {}),
         )
-        server = IncidentServer(manager, Settings(**{**TEST_SETTINGS, **settings}))
+        server = IncidentServer(manager, Settings(**{**TEST_SETTINGS, **settings}), metrics)
         port = await server.start()
         address = f"127.0.0.1:{port}"
         channel = grpc.aio.insecure_channel(address)

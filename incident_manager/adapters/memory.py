@@ -7,11 +7,24 @@ work and applied only on commit, so a failed unit of work leaves no trace.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from incident_manager.adapters.repository import (
+from incident_manager.adapters.memory_paging import MemoryPaging, PagingStaged, PagingState
+from incident_manager.domain.errors import ConcurrentModification
+from incident_manager.domain.model import (
+    Incident,
+    IncidentEvent,
+    IncidentState,
+    Note,
+    ReceivedAlert,
+    RequestRecord,
+    Severity,
+)
+from incident_manager.domain.query import NOTES_LIMIT, TIMELINE_LIMIT, IncidentPage, IncidentQuery
+from incident_manager.service.ports import (
     AlertLog,
     EventLog,
     IncidentRepository,
@@ -20,16 +33,6 @@ from incident_manager.adapters.repository import (
     T,
     UnitOfWork,
 )
-from incident_manager.adapters.memory_paging import MemoryPaging, PagingStaged, PagingState
-from incident_manager.domain.errors import ConcurrentModification
-from incident_manager.domain.model import (
-    Incident,
-    IncidentEvent,
-    Note,
-    ReceivedAlert,
-    RequestRecord,
-)
-from incident_manager.domain.query import NOTES_LIMIT, TIMELINE_LIMIT, IncidentPage, IncidentQuery
 
 
 class _State:
@@ -130,6 +133,10 @@ class MemoryIncidents(IncidentRepository):
                 if note.id == note_id:
                     return note
         return next((n for _, n in self._staged.notes if n.id == note_id), None)
+
+    def count_active(self) -> dict[tuple[Severity, IncidentState], int]:
+        counts = Counter((i.severity, i.state) for i in self._merged_view() if i.state.is_active)
+        return dict(counts)
 
     def list(self, query: IncidentQuery) -> IncidentPage:
         matching = [i for i in self._merged_view() if query.filter.matches_incident(i)]

@@ -15,7 +15,7 @@ from incident_manager.domain.paging.ledger import (
     Override,
     Silence,
 )
-from incident_manager.service.paging_ports import PagingRepository
+from incident_manager.service.ports import PagingRepository
 
 
 class PagingState:

@@ -34,7 +34,7 @@ from incident_manager.domain.paging.ledger import (
     Silence,
 )
 from incident_manager.domain.query import from_micros, micros
-from incident_manager.service.paging_ports import PagingRepository
+from incident_manager.service.ports import PagingRepository
 
 PENDING = int(NotificationState.PENDING)
 
@@ -304,9 +304,7 @@ class SqlPaging(PagingRepository):
             query += f" AND end_time > {self._p}"
             params.append(micros(now))
         if after is not None:
-            query += (
-                f" AND (start_time > {self._p} OR (start_time = {self._p} AND id > {self._p}))"
-            )
+            query += f" AND (start_time > {self._p} OR (start_time = {self._p} AND id > {self._p}))"
             params += [micros(after[0]), micros(after[0]), after[1]]
         query += f" ORDER BY start_time, id LIMIT {self._p}"
         params.append(limit)

@@ -204,8 +204,8 @@ class SourceNotAllowed(DomainError):
     def __init__(self, source: str, principal: str, allowed: frozenset[str]) -> None:
         listed = ", ".join(quoted(name, 40) for name in sorted(allowed)[:10])
         super().__init__(
-            f"{quoted(principal)} may not send alerts as source {quoted(source)}; its line in "
-            f"the tokens file allows only: {listed}",
+            f"{quoted(principal)} may not send alerts as source {quoted(source)}; it may send "
+            f"only as: {listed}",
             metadata={"source": source[:256], "principal": principal[:256]},
         )
 

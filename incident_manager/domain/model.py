@@ -446,9 +446,7 @@ class Incident:
             raise NotAcknowledgeable(self.id, self.state.name)
         self.acknowledged_by = actor
         self.acknowledge_time = now
-        self._record(
-            EventType.ACKNOWLEDGED, actor, f"{actor} acknowledged it", now, {"by": actor}
-        )
+        self._record(EventType.ACKNOWLEDGED, actor, f"{actor} acknowledged it", now, {"by": actor})
         if self.state is IncidentState.DETECTED:
             self._change_state(IncidentState.TRIAGED, actor, now)
 

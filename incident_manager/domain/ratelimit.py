@@ -39,7 +39,8 @@ class Throttled:
     """Why an alert was refused: which limit applied, and when to retry."""
 
     scope: str
-    """`source` (the alert's own source's limit) or `server` (all sources together)."""
+    """`source` (the alert's own source's limit), `server` (all sources together) or
+    `overload` (too many alerts wait to be stored; see OverloadShedder)."""
     retry_after: float
 
 

@@ -1,4 +1,9 @@
-"""Input rules, with messages a person can act on. Field paths are the API's."""
+"""Input rules, with messages a person can act on. Field paths are the API's.
+
+The rules hold whatever stores the data: a rule only one storage backend
+would enforce (PostgreSQL cannot hold a NUL character in text; SQLite can)
+belongs here, so every backend gives the same request the same answer.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from incident_manager.domain.errors import FieldViolation, ValidationError
 from incident_manager.domain.model import Alert
+from incident_manager.domain.query import IncidentFilter
 
 MAX_ID = 256
 MAX_NAME = 256
@@ -19,6 +25,9 @@ MAX_ASSIGNEES = 32
 MAX_ETAG = 64
 MAX_FILTER_VALUES = 100
 
+NUL = "\x00"
+NUL_FREE = "must not contain NUL (U+0000) characters"
+
 
 class Checker:
     """Collects every violation of a request, so the client can fix them all at once."""
@@ -30,6 +39,19 @@ class Checker:
     def fail(self, field: str, description: str) -> None:
         self.violations.append(FieldViolation(self.prefix + field, description))
 
+    def within(self, field: str) -> Checker:
+        """A checker for the fields inside `field`; what it finds is reported here too."""
+        nested = Checker(f"{self.prefix}{field}.")
+        nested.violations = self.violations
+        return nested
+
+    def text(self, field: str, value: str) -> bool:
+        """Whether `value` is text every backend can store: no NUL characters."""
+        if NUL in value:
+            self.fail(field, NUL_FREE)
+            return False
+        return True
+
     def required(self, field: str, value: str, max_length: int) -> None:
         if not value.strip():
             self.fail(field, "is required")
@@ -37,7 +59,7 @@ class Checker:
             self.at_most(field, value, max_length)
 
     def at_most(self, field: str, value: str, max_length: int) -> None:
-        if len(value) > max_length:
+        if self.text(field, value) and len(value) > max_length:
             self.fail(field, f"must be at most {max_length} characters (got {len(value)})")
 
     def string_list(
@@ -59,10 +81,14 @@ class Checker:
         for key, value in values.items():
             if not key.strip():
                 self.fail(field, "keys must not be empty")
+            elif NUL in key:
+                self.fail(field, f"keys {NUL_FREE}")
             elif len(key) > MAX_LABEL_KEY:
                 self.fail(
                     f"{field}[{key[:32]}...]", f"keys must be at most {MAX_LABEL_KEY} characters"
                 )
+            elif NUL in value:
+                self.fail(f"{field}[{key}]", f"values {NUL_FREE}")
             elif len(value) > MAX_LABEL_VALUE:
                 self.fail(f"{field}[{key}]", f"values must be at most {MAX_LABEL_VALUE} characters")
 
@@ -98,3 +124,11 @@ def validate_assignees(assignees: Sequence[str], checker: Checker, field: str) -
     checker.string_list(field, assignees, MAX_ASSIGNEES, MAX_NAME)
     if len(set(assignees)) != len(assignees):
         checker.fail(field, "must not contain the same assignee twice")
+
+
+def validate_filter(incident_filter: IncidentFilter, checker: Checker) -> None:
+    """A filter's text is matched against stored text, so it follows the same rule."""
+    if any(NUL in source for source in incident_filter.sources):
+        checker.fail("sources", NUL_FREE)
+    checker.text("assignee", incident_filter.assignee)
+    checker.text("incident_id", incident_filter.incident_id)

@@ -2,18 +2,26 @@
 
 Enum tables are built from the proto constants by name and checked to cover
 every value at import, so adding a value to one side and not the other fails
-loudly. Converting from proto validates: an UNSPECIFIED or unknown enum value
-where one is required is a ValidationError naming the field, never a default.
+loudly.
+
+Conversions only convert. The rules a request follows are the domain's, and
+the service runs them, once. What cannot be converted (an UNSPECIFIED or
+unknown enum value where one is required, a timestamp out of range) is a
+ValidationError naming the field, never a default; only then do the rules
+run here, on what did convert, so that one answer names every bad field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar
+from functools import partial
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -26,15 +34,11 @@ from generated.incident_manager.v1 import (
 )
 from incident_manager.domain.errors import FieldViolation, ValidationError, quoted
 from incident_manager.domain.integrations import (
-    AnomalyEvent,
+    KINDS,
     AnomalyMetric,
-    EdgeAgentEvent,
     EventKind,
-    GovernanceEvent,
     ModuleEvent,
-    SecurityEvent,
     ThreatCategory,
-    validate_module_event,
 )
 from incident_manager.domain.model import (
     AckStatus,
@@ -53,13 +57,7 @@ from incident_manager.domain.model import (
     TimelineEvent,
 )
 from incident_manager.domain.query import IncidentFilter
-from incident_manager.domain.validation import (
-    MAX_FILTER_VALUES,
-    MAX_NAME,
-    MAX_TITLE,
-    Checker,
-    validate_alert,
-)
+from incident_manager.domain.validation import MAX_FILTER_VALUES, Checker, validate_alert
 from incident_manager.service.commands import (
     ANONYMOUS,
     AddNote,
@@ -68,6 +66,7 @@ from incident_manager.service.commands import (
     ResolveIncident,
     UpdateIncident,
 )
+from incident_manager.service.handlers import check_create_incident
 
 E = TypeVar("E", bound=enum.IntEnum)
 T = TypeVar("T")
@@ -81,6 +80,9 @@ class EnumTable(Generic[E]):
     def __init__(self, domain: type[E], proto: Any, prefix: str) -> None:
         self.domain = domain
         self.prefix = prefix
+        self.proto_name: str = proto.DESCRIPTOR.full_name
+        self.stand_in: E = next(iter(domain))
+        """A member to hold the place of a value that did not convert."""
         self.to_proto: dict[E, int] = {m: proto.Value(prefix + m.name) for m in domain}
         self.from_proto: dict[int, E] = {v: m for m, v in self.to_proto.items()}
         uncovered = set(proto.values()) - set(self.from_proto) - {0}
@@ -432,29 +434,28 @@ def incident_event_from_proto(message: incident_service_pb2.IncidentEvent) -> In
 
 
 def create_incident_from_proto(
-    request: incident_service_pb2.CreateIncidentRequest,
+    request: incident_service_pb2.CreateIncidentRequest, *, actor: str | None = None
 ) -> CreateIncident:
+    """The command; `actor` is who acts (by default whoever the request names)."""
     incident = request.incident
     violations: list[FieldViolation] = []
     severity = _attempt(lambda: SEVERITY.parse(incident.severity, "incident.severity"), violations)
     type_ = _attempt(lambda: TYPE.parse(incident.type, "incident.type"), violations)
-    if violations or severity is None or type_ is None:
-        checker = Checker("incident.")
-        checker.required("title", incident.title, MAX_TITLE)
-        checker.required("source", incident.source, MAX_NAME)
-        raise ValidationError(violations + checker.violations)
-    return CreateIncident(
+    command = CreateIncident(
         title=incident.title,
         description=incident.description,
-        severity=severity,
-        type=type_,
+        severity=SEVERITY.stand_in if severity is None else severity,
+        type=TYPE.stand_in if type_ is None else type_,
         source=incident.source,
         affected_resources=tuple(incident.affected_resources),
         labels=dict(incident.labels),
         assignees=tuple(incident.assignees),
-        actor=request.actor or ANONYMOUS,
+        actor=_named(request.actor, actor) or ANONYMOUS,
         request_id=request.request_id,
     )
+    if violations:
+        raise ValidationError(violations + check_create_incident(command).violations)
+    return command
 
 
 UPDATABLE_FIELDS = (
@@ -470,8 +471,9 @@ UPDATABLE_FIELDS = (
 
 
 def update_incident_from_proto(
-    request: incident_service_pb2.UpdateIncidentRequest,
+    request: incident_service_pb2.UpdateIncidentRequest, *, actor: str | None = None
 ) -> UpdateIncident:
+    """The command; `actor` is who acts (by default whoever the request names)."""
     paths = _mask_paths(request.update_mask if request.HasField("update_mask") else None)
     incident = request.incident
     changes = IncidentChanges(
@@ -492,7 +494,7 @@ def update_incident_from_proto(
         incident_id=incident.id,
         changes=changes,
         etag=incident.etag,
-        actor=request.actor or ANONYMOUS,
+        actor=_named(request.actor, actor) or ANONYMOUS,
     )
 
 
@@ -524,25 +526,34 @@ def _mask_paths(mask: FieldMask | None) -> frozenset[str]:
 
 
 def resolve_incident_from_proto(
-    request: incident_service_pb2.ResolveIncidentRequest,
+    request: incident_service_pb2.ResolveIncidentRequest, *, resolved_by: str | None = None
 ) -> ResolveIncident:
+    """The command; `resolved_by` is who resolves (by default whoever the request names)."""
     return ResolveIncident(
         incident_id=request.id,
         method=RESOLUTION_METHOD.parse(request.method, "method"),
-        resolved_by=request.resolved_by,
+        resolved_by=_named(request.resolved_by, resolved_by),
         root_cause=request.root_cause,
         notes=request.notes,
         etag=request.etag,
     )
 
 
-def add_note_from_proto(request: incident_service_pb2.AddNoteRequest) -> AddNote:
+def add_note_from_proto(
+    request: incident_service_pb2.AddNoteRequest, *, author: str | None = None
+) -> AddNote:
+    """The command; `author` is who writes the note (by default whoever the request names)."""
     return AddNote(
         incident_id=request.incident_id,
-        author=request.author,
+        author=_named(request.author, author),
         content=request.content,
         request_id=request.request_id,
     )
+
+
+def _named(claimed: str, acting: str | None) -> str:
+    """Who acts: `acting` if the servicer says, else whom the request names."""
+    return claimed if acting is None else acting
 
 
 class _FilterFields(Protocol):
@@ -582,77 +593,103 @@ def wants_full_view(view: int) -> bool:
 
 # ---------------------------------------------------------------- module events
 
+_KIND_ENUMS: dict[str, EnumTable[Any]] = {
+    table.proto_name: table for table in (ANOMALY_METRIC, THREAT_CATEGORY)
+}
+"""The enums a kind of module event may hold, by their proto name."""
+
+
+_TIMESTAMP = Timestamp.DESCRIPTOR.full_name
+
+
+def kind_fields(
+    kinds: Mapping[str, type[EventKind]] = KINDS,
+) -> dict[str, tuple[type[EventKind], tuple[FieldDescriptor, ...]]]:
+    """Each kind of module event with its proto message's fields, checked to match.
+
+    Kinds are converted field by field by name, so a kind and its message must
+    have the same fields, of types this module can convert; a mismatch fails
+    loudly at import, like an enum table that misses a value.
+    """
+    oneof = integrations_pb2.ModuleEvent.DESCRIPTOR.oneofs_by_name["kind"]
+    by_name = {field.name: field for field in oneof.fields}
+    problems = []
+    if set(by_name) != set(kinds):
+        problems.append(f"ModuleEvent.kind holds {sorted(by_name)}, the domain {sorted(kinds)}")
+    converters = {}
+    for name in sorted(by_name.keys() & kinds.keys()):
+        kind, message = kinds[name], by_name[name].message_type
+        if message is None:
+            problems.append(f"ModuleEvent.{name} is not a message")
+            continue
+        fields = tuple(message.fields)
+        domain_names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+        if {f.name for f in fields} != domain_names:
+            problems.append(f"{message.name} and {kind.__name__} have different fields")
+        for field in fields:
+            if field.enum_type is not None and field.enum_type.full_name not in _KIND_ENUMS:
+                problems.append(f"{message.name}.{field.name}: no enum table")
+            if field.message_type is not None and field.message_type.full_name != _TIMESTAMP:
+                problems.append(f"{message.name}.{field.name}: only Timestamp messages convert")
+        converters[name] = (kind, fields)
+    if problems:
+        raise RuntimeError("module event kinds do not match the proto: " + "; ".join(problems))
+    return converters
+
+
+_KINDS = kind_fields()
+
+
+def _kind_from_proto(
+    message: integrations_pb2.ModuleEvent, prefix: str, violations: list[FieldViolation]
+) -> EventKind | None:
+    """The kind of event the message carries, converted field by field; None if it has none.
+
+    A field that does not convert is named in `violations` and holds a
+    stand-in, so the domain's rules can still judge the other fields.
+    """
+    name = message.WhichOneof("kind")
+    if name is None:
+        return None
+    kind, fields = _KINDS[name]
+    holder = getattr(message, name)
+    values: dict[str, Any] = {}
+    for field in fields:
+        path = f"{prefix}{name}.{field.name}"
+        value = getattr(holder, field.name)
+        if field.enum_type is not None:
+            table = _KIND_ENUMS[field.enum_type.full_name]
+            member = _attempt(partial(table.parse, value, path), violations)
+            values[field.name] = table.stand_in if member is None else member
+        elif field.message_type is not None:
+            values[field.name] = (
+                _attempt(partial(timestamp_from_proto, value, path), violations)
+                if holder.HasField(field.name)
+                else None
+            )
+        else:
+            values[field.name] = value
+    return kind(**values)
+
 
 def module_event_from_proto(
     message: integrations_pb2.ModuleEvent, prefix: str = "event."
 ) -> ModuleEvent:
-    """A module event, validated; every bad field is named in one ValidationError."""
+    """A module event; if a field does not convert, every bad field is named at once."""
     violations: list[FieldViolation] = []
     status = (
         AlertStatus.FIRING
         if message.status == alert_pb2.ALERT_STATUS_UNSPECIFIED
         else _attempt(lambda: ALERT_STATUS.parse(message.status, prefix + "status"), violations)
     )
+    kind = _kind_from_proto(message, prefix, violations)
 
-    def moment(name: str) -> datetime | None:
-        holder: Any = message
-        if "." in name:
-            holder = getattr(message, name.split(".")[0])
-        field = name.split(".")[-1]
-        if not holder.HasField(field):
+    def moment(name: Literal["time", "end_time"]) -> datetime | None:
+        if not message.HasField(name):
             return None
-        stamp = getattr(holder, field)
+        stamp = getattr(message, name)
         return _attempt(lambda: timestamp_from_proto(stamp, prefix + name), violations)
 
-    which = message.WhichOneof("kind")
-    kind: EventKind | None = None
-    if which == "anomaly":
-        anomaly = message.anomaly
-        metric = _attempt(
-            lambda: ANOMALY_METRIC.parse(anomaly.metric, prefix + "anomaly.metric"), violations
-        )
-        kind = AnomalyEvent(
-            model=anomaly.model,
-            metric=metric or AnomalyMetric.ERROR_RATE,
-            endpoint=anomaly.endpoint,
-            observed_value=anomaly.observed_value,
-            baseline_value=anomaly.baseline_value,
-            threshold=anomaly.threshold,
-            anomaly_score=anomaly.anomaly_score,
-        )
-    elif which == "security":
-        security = message.security
-        category = _attempt(
-            lambda: THREAT_CATEGORY.parse(security.category, prefix + "security.category"),
-            violations,
-        )
-        kind = SecurityEvent(
-            category=category or ThreatCategory.OTHER,
-            confidence=security.confidence,
-            blocked=security.blocked,
-            model=security.model,
-            application=security.application,
-            sample_ref=security.sample_ref,
-        )
-    elif which == "edge_agent":
-        agent = message.edge_agent
-        kind = EdgeAgentEvent(
-            agent_id=agent.agent_id,
-            offline_since=moment("edge_agent.offline_since"),
-            queue_depth=agent.queue_depth,
-            cpu_utilization=agent.cpu_utilization,
-            memory_utilization=agent.memory_utilization,
-            inference_failure_rate=agent.inference_failure_rate,
-        )
-    elif which == "governance":
-        governance = message.governance
-        kind = GovernanceEvent(
-            policy_id=governance.policy_id,
-            framework=governance.framework,
-            violation=governance.violation,
-            model=governance.model,
-            dataset=governance.dataset,
-        )
     event = ModuleEvent(
         id=message.id,
         source=message.source,
@@ -662,8 +699,8 @@ def module_event_from_proto(
         end_time=moment("end_time"),
         labels=dict(message.labels),
     )
-    checker = Checker(prefix)
-    validate_module_event(event, checker)
-    if violations or checker.violations:
+    if violations:
+        checker = Checker(prefix)
+        event.validate(checker)
         raise ValidationError(violations + checker.violations)
     return event

@@ -5,10 +5,8 @@ It wraps the method handlers grpc finds, for all four call types. A
 server-streaming handler may yield its responses or write them with
 `context.write` (the health service's Watch does); the wrapper handles both.
 
-Authentication, when on, takes a bearer token from the `authorization`
-metadata or, with mutual TLS, the client certificate's common name. The
-principal is kept in a context variable for the servicers, which make it the
-actor of the timeline events a call causes.
+Who the caller is and what it may call are decided in `auth.py`; this module
+only runs those checks before each call.
 
 Concurrency is limited per method, not per server: grpc's own
 `maximum_concurrent_rpcs` would count long-lived StreamIncidents subscribers
@@ -18,8 +16,6 @@ and health checks alike, and could starve the probes.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import enum
 import inspect
 import logging
 import time
@@ -30,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import Message
 
-from incident_manager.domain.access import ROLE_NAMES, Credentials, Principal, Role
+from incident_manager.domain.access import Principal
+from incident_manager.entrypoints.auth import Authenticator, Denied, MethodPolicy
 from incident_manager.entrypoints.metrics import MethodMetrics, Metrics
 
 log = logging.getLogger("incident_manager.rpc")
@@ -40,27 +37,6 @@ if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
-
-PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
-    "principal", default=None
-)
-"""The authenticated caller of the call being served; None when authentication is off."""
-
-
-class Access(enum.Enum):
-    OPEN = "open"
-    """Anyone, with or without credentials (health; reflection when configured so)."""
-    AUTHENTICATED = "authenticated"
-    """Any caller with valid credentials, whatever its roles."""
-    ROLE = "role"
-    """A caller holding the method's role."""
-
-
-@dataclass(frozen=True)
-class MethodPolicy:
-    access: Access
-    role: Role | None = None
-    limit: ConcurrencyLimit | None = None
 
 
 class ConcurrencyLimit:
@@ -85,97 +61,14 @@ class ConcurrencyLimit:
         self.in_use -= 1
 
 
-class Denied(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+@dataclass(frozen=True)
+class _Method:
+    """What the interceptor knows of one method: its name, who may call it, its limit."""
 
-
-class Authenticator:
-    """Decides who the caller is. Off (everyone anonymous) without tokens or mutual TLS."""
-
-    def __init__(self, credentials: Credentials | None, mutual_tls: bool) -> None:
-        self.credentials = credentials
-        self.mutual_tls = mutual_tls
-
-    @property
-    def enabled(self) -> bool:
-        return self.credentials is not None or self.mutual_tls
-
-    def identify(self, context: Context) -> Principal | None:
-        """The caller, None if it presented nothing; Denied for bad credentials."""
-        token = _bearer_token(context.invocation_metadata() or ())
-        if token is not None:
-            if self.credentials is None:
-                raise Denied(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "this server does not accept bearer tokens (no tokens file is configured); "
-                    "authenticate with a client certificate instead",
-                )
-            principal = self.credentials.by_token(token)
-            if principal is None:
-                raise Denied(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "the bearer token is not known to this server; check that its hash is in "
-                    "the tokens file (python -m incident_manager.tokens create makes both)",
-                )
-            return principal
-        if self.mutual_tls:
-            names = list(context.auth_context().get("x509_common_name") or ())
-            if names:
-                name = names[0].decode(errors="replace")
-                if not name:
-                    # grpc gives an empty name for a certificate without one.
-                    raise Denied(
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        "the client certificate has no subject common name (CN), which this "
-                        "server takes as the caller's principal; issue one with a CN",
-                    )
-                if self.credentials is None:
-                    # The certificate authority is the whole trust decision.
-                    return Principal(name, frozenset({Role.ADMIN}))
-                return self.credentials.by_subject(name) or Principal(name, frozenset())
-        return None
-
-    def authorize(self, method: str, policy: MethodPolicy, principal: Principal | None) -> None:
-        if policy.access is Access.OPEN or not self.enabled:
-            return
-        if principal is None:
-            raise Denied(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"{method} needs credentials: send the metadata "
-                "'authorization: Bearer <token>'"
-                + (" or a client certificate" if self.mutual_tls else ""),
-            )
-        if policy.access is Access.ROLE and policy.role and not principal.has(policy.role):
-            held = ", ".join(sorted(role.value for role in principal.roles)) or "no roles"
-            raise Denied(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{principal.name} ({held}) may not call {method}: it needs the role "
-                f"'{policy.role.value}' or 'admin' (roles: {ROLE_NAMES})",
-            )
-
-
-def _bearer_token(metadata: Any) -> str | None:
-    values = [value for key, value in metadata if key == "authorization"]
-    if not values:
-        return None
-    if len(values) > 1:
-        # A proxy in front may have checked another entry than the one we would use.
-        raise Denied(
-            grpc.StatusCode.UNAUTHENTICATED,
-            f"the call has {len(values)} authorization metadata entries; send only one",
-        )
-    value = values[0]
-    text = value if isinstance(value, str) else value.decode(errors="replace")
-    scheme, _, token = text.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Denied(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "the authorization metadata must be 'Bearer <token>'",
-        )
-    return token.strip()
+    name: str
+    policy: MethodPolicy
+    limit: ConcurrencyLimit | None
+    metrics: MethodMetrics | None
 
 
 class _Call:
@@ -208,14 +101,18 @@ _SERVER_SIDE = {
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Admits each call (authentication, role, concurrency limit), then records it."""
+
     def __init__(
         self,
         policies: Callable[[str], MethodPolicy],
+        limits: Callable[[str], ConcurrencyLimit | None],
         authenticator: Authenticator,
         metrics: Metrics | None,
         rpc_log: str = "all",
     ) -> None:
         self.policies = policies
+        self.limits = limits
         self.authenticator = authenticator
         self.metrics = metrics
         self.rpc_log = rpc_log
@@ -240,7 +137,6 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     # -- wrapping, per call type --------------------------------------------
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
-        policy = self.policies(method)
         service, _, name = method.strip("/").rpartition("/")
         kind = {
             (False, False): "unary",
@@ -248,7 +144,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             (False, True): "server_stream",
             (True, True): "bidi_stream",
         }[(handler.request_streaming, handler.response_streaming)]
-        metrics = self.metrics.for_method(kind, service, name) if self.metrics else None
+        spec = _Method(
+            method,
+            self.policies(method),
+            self.limits(method),
+            self.metrics.for_method(kind, service, name) if self.metrics else None,
+        )
         # grpc's stubs type behaviours as synchronous; on a grpc.aio server they are async.
         behaviors: Any = handler
         codecs: Mapping[str, Any] = {
@@ -257,34 +158,32 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         }
         if kind == "unary":
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, policy, metrics, behaviors.unary_unary), **codecs
+                self._unary(spec, behaviors.unary_unary), **codecs
             )
         if kind == "server_stream":
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(method, policy, metrics, behaviors.unary_stream, False), **codecs
+                self._streaming(spec, behaviors.unary_stream, False), **codecs
             )
         if kind == "client_stream":
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, policy, metrics, behaviors.stream_unary, True), **codecs
+                self._unary(spec, behaviors.stream_unary, True), **codecs
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(method, policy, metrics, behaviors.stream_stream, True), **codecs
+            self._streaming(spec, behaviors.stream_stream, True), **codecs
         )
 
     def _unary(
         self,
-        method: str,
-        policy: MethodPolicy,
-        metrics: MethodMetrics | None,
+        spec: _Method,
         behavior: Callable[[Any, Context], Awaitable[Any]],
         streaming_requests: bool = False,
     ) -> Callable[[Any, Context], Awaitable[Any]]:
+        metrics = spec.metrics
+
         async def wrapper(request: Any, context: Context) -> Any:
             call = self._start(metrics, context)
             try:
-                request = await self._admit(
-                    method, policy, call, context, request, streaming_requests
-                )
+                request = await self._admit(spec, call, context, request, streaming_requests)
                 call.response = await behavior(request, context)
                 if metrics is not None:
                     metrics.sent.inc()
@@ -293,24 +192,22 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 call.error = error
                 raise
             finally:
-                self._finish(method, call, context)
+                self._finish(spec.name, call, context)
 
         return wrapper
 
     def _streaming(
         self,
-        method: str,
-        policy: MethodPolicy,
-        metrics: MethodMetrics | None,
+        spec: _Method,
         behavior: Callable[[Any, Context], Any],
         streaming_requests: bool,
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
+        metrics = spec.metrics
+
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
             call = self._start(metrics, context)
             try:
-                request = await self._admit(
-                    method, policy, call, context, request, streaming_requests
-                )
+                request = await self._admit(spec, call, context, request, streaming_requests)
                 given: Any = context
                 if metrics is not None and not inspect.isasyncgenfunction(behavior):
                     # Its messages go out through context.write, not through us.
@@ -327,7 +224,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 call.error = error
                 raise
             finally:
-                self._finish(method, call, context)
+                self._finish(spec.name, call, context)
 
         return wrapper
 
@@ -339,22 +236,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return _Call(metrics, context.peer() if self.rpc_log != "off" else "")
 
     async def _admit(
-        self,
-        method: str,
-        policy: MethodPolicy,
-        call: _Call,
-        context: Context,
-        request: Any,
-        streaming_requests: bool,
+        self, spec: _Method, call: _Call, context: Context, request: Any, streaming_requests: bool
     ) -> Any:
         """Authenticate, authorize and take a slot, or abort; returns the request to serve."""
         try:
-            # Open methods ignore credentials: a stale token must not fail a probe.
-            if self.authenticator.enabled and policy.access is not Access.OPEN:
-                call.principal = self.authenticator.identify(context)
-                self.authenticator.authorize(method, policy, call.principal)
-                PRINCIPAL.set(call.principal)
-            limit = policy.limit
+            call.principal = self.authenticator.admit(spec.name, spec.policy, context)
+            limit = spec.limit
             if limit is not None:
                 if not limit.try_acquire():
                     raise Denied(
@@ -364,6 +251,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     )
                 call.acquired = limit
         except Denied as denied:
+            call.principal = call.principal or denied.principal
             await context.abort(denied.code, denied.message)
         if streaming_requests:
             return _counted(request, call.metrics)

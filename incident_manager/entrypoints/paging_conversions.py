@@ -6,8 +6,8 @@ from datetime import datetime
 
 from generated.incident_manager.v1 import paging_service_pb2 as paging_pb2
 from incident_manager.domain.paging.ledger import (
-    NotificationState,
     Notification,
+    NotificationState,
     Override,
     Silence,
     SilenceMatchers,
@@ -71,9 +71,7 @@ def notification_to_proto(n: Notification) -> paging_pb2.Notification:
 def silence_matchers_from_proto(message: paging_pb2.SilenceMatchers) -> SilenceMatchers:
     return SilenceMatchers(
         sources=frozenset(message.sources),
-        types=frozenset(
-            int(t) for t in TYPE.parse_many(message.types, "silence.matchers.types")
-        ),
+        types=frozenset(int(t) for t in TYPE.parse_many(message.types, "silence.matchers.types")),
         severities=frozenset(
             int(s) for s in SEVERITY.parse_many(message.severities, "silence.matchers.severities")
         ),

@@ -1,5 +1,7 @@
 """Builds the gRPC server: our services, standard health, reflection, the call
-interceptor (authentication, limits, metrics, logs), TLS, and /metrics."""
+interceptor (authentication, limits, metrics, logs), TLS, and /metrics.
+
+Who may call what is decided in `auth.py`, not here."""
 
 from __future__ import annotations
 
@@ -23,17 +25,16 @@ from generated.incident_manager.v1 import (
     integrations_pb2,
     integrations_pb2_grpc,
 )
-from incident_manager.config import Settings, env_name
-from incident_manager.domain.access import Credentials, CredentialsFileError, Role
+from incident_manager.config import Settings, TokensFileError, env_name, read_tokens_file
 from incident_manager.domain.model import IncidentState, Severity
-from incident_manager.domain.query import IncidentFilter, Ordering
-from incident_manager.entrypoints.interceptors import (
-    Access,
+from incident_manager.entrypoints.auth import (
+    INCIDENT_SERVICE,
+    INGESTION_SERVICE,
+    INTEGRATION_SERVICE,
     Authenticator,
-    CallInterceptor,
-    ConcurrencyLimit,
-    MethodPolicy,
+    method_policies,
 )
+from incident_manager.entrypoints.interceptors import CallInterceptor, ConcurrencyLimit
 from incident_manager.entrypoints.metrics import Metrics
 from incident_manager.entrypoints.reflection import DocumentedReflectionServicer
 from incident_manager.entrypoints.servicers import (
@@ -41,15 +42,10 @@ from incident_manager.entrypoints.servicers import (
     IncidentServicer,
     IntegrationServicer,
 )
-from incident_manager.service.manager import IncidentManager, ListRequest
+from incident_manager.service.manager import IncidentManager
 
 log = logging.getLogger(__name__)
 
-INCIDENT_SERVICE = incident_service_pb2.DESCRIPTOR.services_by_name["IncidentService"].full_name
-INGESTION_SERVICE = alert_ingestion_service_pb2.DESCRIPTOR.services_by_name[
-    "AlertIngestionService"
-].full_name
-INTEGRATION_SERVICE = integrations_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name
 SERVICE_NAMES = (INCIDENT_SERVICE, INGESTION_SERVICE, INTEGRATION_SERVICE)
 LIVENESS = "liveness"
 """A health service name that is SERVING while the process runs, even while the
@@ -57,24 +53,6 @@ database is unavailable: for liveness probes, which should not restart a server
 that is only waiting for its database."""
 
 
-READER_METHODS = frozenset({"GetIncident", "ListIncidents", "StreamIncidents"})
-"""IncidentService methods a reader may call; the others change incidents."""
-ROLE_OF: dict[str, Role] = {
-    **{f"{INCIDENT_SERVICE}/{name}": Role.READER for name in READER_METHODS},
-    **{
-        f"{INCIDENT_SERVICE}/{name}": Role.RESPONDER
-        for name in ("CreateIncident", "UpdateIncident", "ResolveIncident", "AddNote")
-    },
-    **{
-        f"{INGESTION_SERVICE}/{name}": Role.INGEST
-        for name in ("SubmitAlert", "BatchSubmitAlerts", "StreamAlerts", "HealthCheck")
-    },
-    **{
-        f"{INTEGRATION_SERVICE}/{name}": Role.INGEST
-        for name in ("SubmitModuleEvent", "BatchSubmitModuleEvents")
-    },
-}
-"""The role each RPC needs, by name; an RPC not listed needs admin (fail closed)."""
 HEALTH_POLL_SECONDS = 1.0
 """How often storage availability is checked to drive the health service."""
 GAUGE_REFRESH_SECONDS = 15.0
@@ -90,13 +68,12 @@ class ListenError(StartupError):
     """The server could not listen on the configured address."""
 
 
-def method_policies(settings: Settings) -> Callable[[str], MethodPolicy]:
-    """Who may call each method, and how many calls of it may run at once."""
-    table: dict[str, MethodPolicy] = {}
+def concurrency_limits(settings: Settings) -> Callable[[str], ConcurrencyLimit | None]:
+    """How many calls of each of our methods may run at once; None for the others."""
+    table: dict[str, ConcurrencyLimit] = {}
     for file in (incident_service_pb2, alert_ingestion_service_pb2, integrations_pb2):
         for service in file.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
-                name = f"/{service.full_name}/{method.name}"
                 if method.name == "StreamIncidents":
                     limit = ConcurrencyLimit(
                         "StreamIncidents subscribers", settings.max_subscribers, "--max-subscribers"
@@ -111,25 +88,8 @@ def method_policies(settings: Settings) -> Callable[[str], MethodPolicy]:
                         settings.max_concurrent_calls,
                         "--max-concurrent-calls",
                     )
-                role = ROLE_OF.get(f"{service.full_name}/{method.name}", Role.ADMIN)
-                table[name] = MethodPolicy(Access.ROLE, role, limit)
-    open_to_all = MethodPolicy(Access.OPEN)
-    reflection_policy = (
-        open_to_all if settings.reflection == "open" else MethodPolicy(Access.AUTHENTICATED)
-    )
-    admin_only = MethodPolicy(Access.ROLE, Role.ADMIN)
-
-    def policy(method: str) -> MethodPolicy:
-        found = table.get(method)
-        if found is not None:
-            return found
-        if method.startswith(f"/{health.SERVICE_NAME}/"):
-            return open_to_all
-        if method.startswith("/grpc.reflection."):
-            return reflection_policy
-        return admin_only  # a method nobody listed: fail closed
-
-    return policy
+                table[f"/{service.full_name}/{method.name}"] = limit
+    return table.get
 
 
 def _read(path: str, what: str) -> bytes:
@@ -173,26 +133,33 @@ def _is_loopback(listen: str) -> bool:
 
 
 class IncidentServer:
-    """A running gRPC server around one IncidentManager."""
+    """A running gRPC server around one IncidentManager.
 
-    def __init__(self, manager: IncidentManager, settings: Settings) -> None:
+    `metrics` should be the manager's observer (bootstrap wires them so), or
+    the alert and storage-write metrics stay at zero.
+    """
+
+    def __init__(self, manager: IncidentManager, settings: Settings, metrics: Metrics) -> None:
         self.manager = manager
         self.settings = settings
         self.listen = settings.listen
         try:
-            credentials = Credentials.load(settings.tokens_file) if settings.tokens_file else None
-        except CredentialsFileError as error:
+            credentials = read_tokens_file(settings.tokens_file) if settings.tokens_file else None
+        except TokensFileError as error:
             raise StartupError(str(error)) from error
         self.authenticator = Authenticator(credentials, mutual_tls=bool(settings.tls_client_ca))
-        self.metrics = Metrics()
+        self.metrics = metrics
         self.metrics.follow_streams(lambda: manager.hub.subscriber_count, lambda: manager.catch_ups)
-        manager.observer = self.metrics
         self.metrics_port = 0
         keepalive_ms = int(settings.keepalive_time.total_seconds() * 1000)
         self.server = grpc.aio.server(
             interceptors=[
                 CallInterceptor(
-                    method_policies(settings), self.authenticator, self.metrics, settings.rpc_log
+                    method_policies(settings),
+                    concurrency_limits(settings),
+                    self.authenticator,
+                    self.metrics,
+                    settings.rpc_log,
                 )
             ],
             options=[
@@ -347,7 +314,7 @@ class IncidentServer:
     async def _watch_storage(self) -> None:
         """Health follows the database: NOT_SERVING while it cannot be used."""
         while self._serving:
-            available = self.manager.storage.available
+            available = self.manager.storage_available
             if available != self._storage_ok and self._serving:
                 self._storage_ok = available
                 self.metrics.storage_available.set(1 if available else 0)
@@ -366,18 +333,11 @@ class IncidentServer:
 
     async def refresh_gauges(self) -> None:
         """Recount open incidents by severity and state (also done every 15 s)."""
+        counts = await self.manager.count_open_incidents()
         for severity in Severity:
             for state in ACTIVE_STATES:
-                result = await self.manager.list_incidents(
-                    ListRequest(
-                        filter=IncidentFilter(
-                            severities=frozenset({severity}), states=frozenset({state})
-                        ),
-                        ordering=Ordering(),
-                        page_size=1,
-                    )
-                )
-                self.metrics.open_incidents.labels(severity.name, state.name).set(result.total_size)
+                count = counts.get((severity, state), 0)
+                self.metrics.open_incidents.labels(severity.name, state.name).set(count)
 
     async def stop(self, grace: float, drain_delay: float = 0) -> None:
         """Turn health NOT_SERVING, end event streams, let calls finish, close storage.
@@ -400,7 +360,7 @@ class IncidentServer:
         if self.health_server is not None:
             await self.health_server.stop(0)
         self.metrics.stop()
-        await self.manager.storage.close()
+        await self.manager.close()
         log.info("stopped")
 
     async def wait(self) -> None:

@@ -32,7 +32,6 @@ from generated.incident_manager.v1 import (
 )
 from incident_manager import __version__
 from incident_manager.domain.errors import (
-    ActorMismatch,
     RateLimited,
     SourceNotAllowed,
     ValidationError,
@@ -40,9 +39,9 @@ from incident_manager.domain.errors import (
 from incident_manager.domain.integrations import ModuleEvent
 from incident_manager.domain.model import AckStatus, Alert, AlertAck
 from incident_manager.entrypoints import conversions as conv
-from incident_manager.entrypoints.interceptors import PRINCIPAL
+from incident_manager.entrypoints.auth import acting_as, caller
 from incident_manager.entrypoints.status import streaming, unary
-from incident_manager.service.manager import IncidentManager, ListRequest, Submitter
+from incident_manager.service.manager import IncidentManager, ListRequest
 from incident_manager.service.pagination import parse_order_by
 
 log = logging.getLogger(__name__)
@@ -53,25 +52,6 @@ STREAM_WINDOW = 256
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _caller() -> Submitter | None:
-    """The authenticated caller as a sender of alerts; None when authentication is off."""
-    principal = PRINCIPAL.get()
-    if principal is None:
-        return None
-    return Submitter(principal.name, principal.sources)
-
-
-def act_as_caller(request: Any, field: str) -> None:
-    """With authentication on, the caller is who acts: fill `field` in, refuse another name."""
-    principal = PRINCIPAL.get()
-    if principal is None:
-        return
-    claimed = getattr(request, field)
-    if claimed and claimed != principal.name:
-        raise ActorMismatch(field, claimed, principal.name)
-    setattr(request, field, principal.name)
-
-
 class IncidentServicer(service_grpc.IncidentServiceServicer):
     def __init__(self, manager: IncidentManager) -> None:
         self.manager = manager
@@ -80,8 +60,7 @@ class IncidentServicer(service_grpc.IncidentServiceServicer):
     async def CreateIncident(
         self, request: service_pb2.CreateIncidentRequest, context: Context
     ) -> service_pb2.CreateIncidentResponse:
-        act_as_caller(request, "actor")
-        command = conv.create_incident_from_proto(request)
+        command = conv.create_incident_from_proto(request, actor=acting_as("actor", request.actor))
         incident = await self.manager.create_incident(command)
         return service_pb2.CreateIncidentResponse(incident=conv.incident_to_proto(incident))
 
@@ -96,8 +75,7 @@ class IncidentServicer(service_grpc.IncidentServiceServicer):
     async def UpdateIncident(
         self, request: service_pb2.UpdateIncidentRequest, context: Context
     ) -> service_pb2.UpdateIncidentResponse:
-        act_as_caller(request, "actor")
-        command = conv.update_incident_from_proto(request)
+        command = conv.update_incident_from_proto(request, actor=acting_as("actor", request.actor))
         incident = await self.manager.update_incident(command)
         return service_pb2.UpdateIncidentResponse(incident=conv.incident_to_proto(incident))
 
@@ -105,8 +83,9 @@ class IncidentServicer(service_grpc.IncidentServiceServicer):
     async def ResolveIncident(
         self, request: service_pb2.ResolveIncidentRequest, context: Context
     ) -> service_pb2.ResolveIncidentResponse:
-        act_as_caller(request, "resolved_by")
-        command = conv.resolve_incident_from_proto(request)
+        command = conv.resolve_incident_from_proto(
+            request, resolved_by=acting_as("resolved_by", request.resolved_by)
+        )
         incident = await self.manager.resolve_incident(command)
         return service_pb2.ResolveIncidentResponse(incident=conv.incident_to_proto(incident))
 
@@ -114,8 +93,8 @@ class IncidentServicer(service_grpc.IncidentServiceServicer):
     async def AddNote(
         self, request: service_pb2.AddNoteRequest, context: Context
     ) -> service_pb2.AddNoteResponse:
-        act_as_caller(request, "author")
-        note, incident = await self.manager.add_note(conv.add_note_from_proto(request))
+        command = conv.add_note_from_proto(request, author=acting_as("author", request.author))
+        note, incident = await self.manager.add_note(command)
         return service_pb2.AddNoteResponse(
             note=conv.note_to_proto(note), incident=conv.incident_to_proto(incident)
         )
@@ -158,7 +137,7 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
     async def SubmitAlert(
         self, request: ingestion_pb2.SubmitAlertRequest, context: Context
     ) -> ingestion_pb2.SubmitAlertResponse:
-        ack = await self.manager.submit_alert(conv.alert_from_proto(request.alert), _caller())
+        ack = await self.manager.submit_alert(conv.alert_from_proto(request.alert), caller())
         return ingestion_pb2.SubmitAlertResponse(ack=conv.ack_to_proto(ack))
 
     @unary
@@ -171,7 +150,7 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
                 items.append(conv.alert_from_proto(message, prefix=f"alerts[{index}]."))
             except ValidationError as error:
                 items.append(AlertAck(message.id, AckStatus.REJECTED, message=error.message))
-        acks = await self.manager.submit_alerts(items, _caller())
+        acks = await self.manager.submit_alerts(items, caller())
         return ingestion_pb2.BatchSubmitAlertsResponse(acks=[conv.ack_to_proto(a) for a in acks])
 
     @streaming
@@ -218,7 +197,7 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
     async def _ack(self, message: alert_pb2.Alert) -> AlertAck:
         """The ack of one streamed alert; a bad or limited alert does not end the stream."""
         try:
-            return await self.manager.submit_alert(conv.alert_from_proto(message), _caller())
+            return await self.manager.submit_alert(conv.alert_from_proto(message), caller())
         except ValidationError as error:
             return AlertAck(message.id, AckStatus.REJECTED, message=error.message)
         except RateLimited as error:
@@ -253,7 +232,7 @@ class IntegrationServicer(integrations_grpc.IntegrationServiceServicer):
         self, request: integrations_pb2.SubmitModuleEventRequest, context: Context
     ) -> integrations_pb2.SubmitModuleEventResponse:
         ack = await self.manager.submit_module_event(
-            conv.module_event_from_proto(request.event), _caller()
+            conv.module_event_from_proto(request.event), caller()
         )
         return integrations_pb2.SubmitModuleEventResponse(ack=conv.ack_to_proto(ack))
 
@@ -267,7 +246,7 @@ class IntegrationServicer(integrations_grpc.IntegrationServiceServicer):
                 items.append(conv.module_event_from_proto(message, prefix=f"events[{index}]."))
             except ValidationError as error:
                 items.append(AlertAck(message.id, AckStatus.REJECTED, message=error.message))
-        acks = await self.manager.submit_module_events(items, _caller())
+        acks = await self.manager.submit_module_events(items, caller())
         return integrations_pb2.BatchSubmitModuleEventsResponse(
             acks=[conv.ack_to_proto(a) for a in acks]
         )

@@ -36,6 +36,7 @@ from incident_manager.domain.errors import (
     StorageUnavailable,
     ValidationError,
 )
+from incident_manager.entrypoints.auth import explained
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def to_status(error: DomainError) -> grpc.Status:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromTimedelta(timedelta(seconds=error.retry_after))
         extra.append(_packed(retry))
-    message = _cut(error.message, MAX_MESSAGE_BYTES)
+    message = _cut(explained(error), MAX_MESSAGE_BYTES)
     violations = (
         [
             error_details_pb2.BadRequest.FieldViolation(

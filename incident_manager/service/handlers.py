@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from incident_manager.adapters.repository import UnitOfWork
 from incident_manager.domain.autoresolve import AutoResolvePolicies
 from incident_manager.domain.dedup import alert_fingerprint, fingerprint_of
 from incident_manager.domain.errors import (
     EtagMismatch,
-    FieldViolation,
     IncidentNotFound,
     RateLimited,
     ValidationError,
@@ -44,6 +42,7 @@ from incident_manager.domain.validation import (
     Checker,
     validate_alert,
     validate_assignees,
+    validate_filter,
 )
 from incident_manager.service.commands import (
     AddNote,
@@ -51,6 +50,7 @@ from incident_manager.service.commands import (
     ResolveIncident,
     UpdateIncident,
 )
+from incident_manager.service.ports import UnitOfWork
 
 DEFAULT_POLICIES = AutoResolvePolicies()
 
@@ -269,7 +269,8 @@ def _clear(
     )
 
 
-def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> Incident:
+def check_create_incident(command: CreateIncident) -> Checker:
+    """The rules a new incident follows; the checker holds every one the command breaks."""
     checker = Checker("incident.")
     checker.required("title", command.title, MAX_TITLE)
     checker.required("source", command.source, MAX_NAME)
@@ -279,7 +280,11 @@ def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> 
     validate_assignees(command.assignees, checker, "assignees")
     _check_actor(checker, command.actor)
     _check_request_id(checker, command.request_id)
-    checker.raise_if_any()
+    return checker
+
+
+def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> Incident:
+    check_create_incident(command).raise_if_any()
     incident = Incident.open(
         title=command.title,
         description=command.description,
@@ -298,18 +303,18 @@ def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> 
     with uow:
         earlier = _earlier_request(uow, command.request_id, "CreateIncident")
         if earlier is not None:
-            return _reload(uow, earlier.incident_id)
+            return _load_with_history(uow, earlier.incident_id)
         uow.incidents.add(incident)
         if command.request_id:
             uow.requests.add(command.request_id, RequestRecord("CreateIncident", incident.id))
-        stored = _reload(uow, incident.id)
+        stored = _load_with_history(uow, incident.id)
         uow.commit()
     return stored
 
 
 def get_incident(uow: UnitOfWork, incident_id: str) -> Incident:
     _check_id("id", incident_id)
-    return _reload(uow, incident_id)
+    return _load_with_history(uow, incident_id)
 
 
 def update_incident(uow: UnitOfWork, command: UpdateIncident, now: datetime) -> Incident:
@@ -348,7 +353,7 @@ def update_incident(uow: UnitOfWork, command: UpdateIncident, now: datetime) -> 
         )
         if incident.pending_events:
             uow.incidents.save(incident)
-        stored = _reload(uow, incident.id)
+        stored = _load_with_history(uow, incident.id)
         uow.commit()
     return stored
 
@@ -372,7 +377,7 @@ def resolve_incident(uow: UnitOfWork, command: ResolveIncident, now: datetime) -
             now=now,
         )
         uow.incidents.save(incident)
-        stored = _reload(uow, incident.id)
+        stored = _load_with_history(uow, incident.id)
         uow.commit()
     return stored
 
@@ -390,7 +395,7 @@ def add_note(uow: UnitOfWork, command: AddNote, now: datetime) -> tuple[Note, In
             noted = uow.incidents.get_note(earlier.note_id)
             if noted is None:
                 raise IncidentNotFound(earlier.incident_id)
-            return noted, _reload(uow, earlier.incident_id)
+            return noted, _load_with_history(uow, earlier.incident_id)
         incident = _load(uow, command.incident_id)
         note = incident.add_note(author=command.author, content=command.content, now=now)
         uow.incidents.save(incident)
@@ -398,12 +403,15 @@ def add_note(uow: UnitOfWork, command: AddNote, now: datetime) -> tuple[Note, In
             uow.requests.add(
                 command.request_id, RequestRecord("AddNote", incident.id, note_id=note.id)
             )
-        stored = _reload(uow, incident.id)
+        stored = _load_with_history(uow, incident.id)
         uow.commit()
     return note, stored
 
 
 def list_incidents(uow: UnitOfWork, query: IncidentQuery) -> IncidentPage:
+    checker = Checker()
+    validate_filter(query.filter, checker)
+    checker.raise_if_any()
     return uow.incidents.list(query)
 
 
@@ -415,15 +423,17 @@ def _check_id(field: str, incident_id: str) -> None:
 
 def _check_actor(checker: Checker, actor: str) -> None:
     # `actor` sits beside the incident in the request, not inside it.
-    if len(actor) > MAX_NAME:
-        checker.violations.append(FieldViolation("actor", f"must be at most {MAX_NAME} characters"))
+    beside = Checker()
+    if beside.text("actor", actor) and len(actor) > MAX_NAME:
+        beside.fail("actor", f"must be at most {MAX_NAME} characters")
+    checker.violations.extend(beside.violations)
 
 
 MAX_REQUEST_ID = 128
 
 
 def _check_request_id(checker: Checker, request_id: str) -> None:
-    if len(request_id) > MAX_REQUEST_ID:
+    if checker.text("request_id", request_id) and len(request_id) > MAX_REQUEST_ID:
         checker.fail("request_id", f"must be at most {MAX_REQUEST_ID} characters")
 
 
@@ -452,7 +462,8 @@ def _load(uow: UnitOfWork, incident_id: str) -> Incident:
     return incident
 
 
-def _reload(uow: UnitOfWork, incident_id: str) -> Incident:
+def _load_with_history(uow: UnitOfWork, incident_id: str) -> Incident:
+    """The incident with its recent timeline and notes, as clients are answered with it."""
     incident = uow.incidents.get(incident_id, with_history=True)
     if incident is None:
         raise IncidentNotFound(incident_id)

@@ -14,7 +14,7 @@ from datetime import timedelta
 from functools import partial
 from typing import Protocol, TypeVar
 
-from incident_manager.adapters.repository import Storage, UnitOfWork
+from incident_manager.domain.access import Principal
 from incident_manager.domain.autoresolve import AutoResolvePolicies
 from incident_manager.domain.dedup import DEFAULT_WINDOW
 from incident_manager.domain.errors import (
@@ -24,7 +24,7 @@ from incident_manager.domain.errors import (
     SourceNotAllowed,
     ValidationError,
 )
-from incident_manager.domain.integrations import ModuleEvent, to_alert
+from incident_manager.domain.integrations import ModuleEvent
 from incident_manager.domain.model import (
     AckStatus,
     Alert,
@@ -32,7 +32,9 @@ from incident_manager.domain.model import (
     Clock,
     Incident,
     IncidentEvent,
+    IncidentState,
     Note,
+    Severity,
 )
 from incident_manager.domain.model import utc_now as _utc_now
 from incident_manager.domain.query import (
@@ -42,6 +44,7 @@ from incident_manager.domain.query import (
     Ordering,
 )
 from incident_manager.domain.ratelimit import AlertRateLimiter, OverloadShedder, RateLimit
+from incident_manager.domain.validation import Checker
 from incident_manager.service import handlers
 from incident_manager.service.commands import (
     AddNote,
@@ -54,7 +57,8 @@ from incident_manager.service.pagination import (
     encode_page_token,
     page_size_or_default,
 )
-from incident_manager.service.streaming import EventHub
+from incident_manager.service.ports import Storage, UnitOfWork
+from incident_manager.service.streaming import EventHub, Subscription
 
 MAX_BATCH = 1000
 """Alerts in one BatchSubmitAlerts call at most."""
@@ -81,16 +85,6 @@ class _NoObserver:
 
     def storage_written(self, seconds: float) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class Submitter:
-    """The authenticated caller sending alerts, when the server authenticates callers."""
-
-    name: str
-    """Named as the actor of the events its alerts cause."""
-    sources: frozenset[str] | None = None
-    """The alert sources it may send as; None allows any."""
 
 
 @dataclass(frozen=True)
@@ -138,14 +132,14 @@ class IncidentManager:
         self.started = time.monotonic()
         storage.add_listener(self.hub.publish)
 
-    async def submit_alert(self, alert: Alert, submitter: Submitter | None = None) -> AlertAck:
+    async def submit_alert(self, alert: Alert, sender: Principal | None = None) -> AlertAck:
         """Store an alert; RateLimited if it is new and over a rate limit, or shed.
 
-        With a `submitter` (the authenticated caller), SourceNotAllowed if it
+        With a `sender` (the authenticated caller), SourceNotAllowed if it
         may not send as the alert's source; it is named in the events caused.
         """
-        if submitter is not None:
-            alert = _as_submitted_by(alert, submitter)
+        if sender is not None:
+            alert = _as_sent_by(alert, sender)
         try:
             shed = self._overloaded(alert)
             if shed is not None:
@@ -173,7 +167,7 @@ class IncidentManager:
         return ack
 
     async def submit_alerts(
-        self, alerts: Sequence[Alert | AlertAck], submitter: Submitter | None = None
+        self, alerts: Sequence[Alert | AlertAck], sender: Principal | None = None
     ) -> list[AlertAck]:
         """Store a batch in one transaction: one ack per entry, in order.
 
@@ -186,7 +180,7 @@ class IncidentManager:
             raise ValidationError.single(
                 "alerts", f"must hold at most {MAX_BATCH} alerts (got {len(alerts)}); split it"
             )
-        admitted = [self._admit(item, submitter) for item in alerts]
+        admitted = [self._admit(item, sender) for item in alerts]
         count = len(admitted)
         self.pending_alerts += count
         try:
@@ -214,13 +208,13 @@ class IncidentManager:
             return None
         return RateLimited(alert.source, throttled.retry_after, throttled.scope)
 
-    def _admit(self, item: Alert | AlertAck, submitter: Submitter | None) -> Alert | AlertAck:
+    def _admit(self, item: Alert | AlertAck, sender: Principal | None) -> Alert | AlertAck:
         """A batch entry as it goes to storage, or the ack refusing it before storage."""
         if isinstance(item, AlertAck):
             return item
-        if submitter is not None:
+        if sender is not None:
             try:
-                item = _as_submitted_by(item, submitter)
+                item = _as_sent_by(item, sender)
             except SourceNotAllowed as refused:
                 return AlertAck(item.id, AckStatus.REJECTED, message=refused.message)
         shed = self._overloaded(item)
@@ -229,18 +223,27 @@ class IncidentManager:
         return item
 
     async def submit_module_event(
-        self, event: ModuleEvent, submitter: Submitter | None = None
+        self, event: ModuleEvent, sender: Principal | None = None
     ) -> AlertAck:
-        """Store a monitoring module's event as the alert its mapping rules make of it."""
-        return await self.submit_alert(to_alert(event), submitter)
+        """Store a monitoring module's event as the alert its mapping rules make of it.
+
+        ValidationError, naming every bad field, if the event breaks a rule.
+        """
+        checker = Checker("event.")
+        event.validate(checker)
+        checker.raise_if_any()
+        return await self.submit_alert(event.to_alert(), sender)
 
     async def submit_module_events(
-        self, events: Sequence[ModuleEvent | AlertAck], submitter: Submitter | None = None
+        self, events: Sequence[ModuleEvent | AlertAck], sender: Principal | None = None
     ) -> list[AlertAck]:
-        """Like submit_alerts, for module events; acks (refused while decoding) pass through."""
+        """Like submit_alerts, for module events; an invalid event gets a REJECTED ack.
+
+        Acks (events refused while decoding) pass through.
+        """
         return await self.submit_alerts(
-            [item if isinstance(item, AlertAck) else to_alert(item) for item in events],
-            submitter,
+            [_alert_of(item, f"events[{index}].") for index, item in enumerate(events)],
+            sender,
         )
 
     async def create_incident(self, command: CreateIncident) -> Incident:
@@ -287,6 +290,10 @@ class IncidentManager:
             next_token = encode_page_token(cursor, request.filter, request.ordering)
         return ListResult(page.incidents, next_token, page.total_size)
 
+    async def count_open_incidents(self) -> dict[tuple[Severity, IncidentState], int]:
+        """Open incidents by severity and state, in one read (pairs with none are left out)."""
+        return await self.storage.read(_count_active)
+
     async def follow_events(
         self, event_filter: IncidentFilter, after_sequence: int | None
     ) -> AsyncIterator[IncidentEvent]:
@@ -302,6 +309,10 @@ class IncidentManager:
         page at a time, and then follows live events again. Its buffer stays
         bounded whatever it does, so a stalled reader costs the server no
         more memory than a slow one.
+
+        So a stream goes: replay (only with `after_sequence`), then live;
+        from live, each fall behind means a catch-up from storage and back to
+        live. Closing the hub ends it with ShuttingDown in either step.
         """
         if after_sequence is not None and not 0 <= after_sequence < 2**63:
             raise ValidationError.single("after_sequence", "must be between 0 and 2^63-1")
@@ -309,48 +320,33 @@ class IncidentManager:
             await self.get_incident(event_filter.incident_id)  # NOT_FOUND if it does not exist
         subscription = self.hub.subscribe(event_filter)
         try:
-            # Without after_sequence the stream starts at the last committed
-            # event; read after subscribing, so nothing later is missed.
-            cursor = await self.storage.read(_last_sequence)
-            replaying = after_sequence is not None
+            stream = _EventStream(
+                self.storage, subscription, await self._starting_point(after_sequence)
+            )
             if after_sequence is not None:
-                if after_sequence > cursor:
-                    raise SequenceOutOfRange(after_sequence, cursor)
-                cursor = after_sequence
+                async for event in stream.from_storage():
+                    yield event
             while True:
-                if replaying:
-                    page = await self.storage.read(
-                        partial(_events_after, sequence=cursor, limit=REPLAY_PAGE)
-                    )
-                    if subscription.closed:
-                        raise ShuttingDown(cursor)
-                    for event in page:
-                        cursor = event.sequence
-                        if event_filter.matches_event(event):
-                            yield event
-                    if len(page) < REPLAY_PAGE:
-                        if subscription.overflowed:
-                            # Live events overflowed meanwhile: they are all in
-                            # storage, so keep reading from there.
-                            subscription.forget_overflow()
-                        else:
-                            replaying = False
-                    continue
-                live = await subscription.next()
-                if live is None:
-                    if subscription.closed:
-                        raise ShuttingDown(cursor)
-                    # It fell more than its buffer behind: catch up from storage.
-                    subscription.forget_overflow()
-                    self.catch_ups += 1
-                    replaying = True
-                    continue
-                if live.sequence <= cursor:
-                    continue
-                cursor = live.sequence
-                yield live
+                async for event in stream.live():
+                    yield event
+                # live() ended: the subscriber fell more than its buffer behind.
+                self.catch_ups += 1
+                async for event in stream.from_storage():
+                    yield event
         finally:
             self.hub.unsubscribe(subscription)
+
+    async def _starting_point(self, after_sequence: int | None) -> int:
+        """The sequence a stream starts after: `after_sequence`, else the last committed event.
+
+        Read after subscribing, so nothing committed later is missed.
+        """
+        last = await self.storage.read(_last_sequence)
+        if after_sequence is None:
+            return last
+        if after_sequence > last:
+            raise SequenceOutOfRange(after_sequence, last)
+        return after_sequence
 
     async def _write(self, work: Callable[[UnitOfWork], T]) -> T:
         started = time.perf_counter()
@@ -359,18 +355,94 @@ class IncidentManager:
         finally:
             self.observer.storage_written(time.perf_counter() - started)
 
+    @property
+    def storage_available(self) -> bool:
+        """Whether the database can be used now; health reports NOT_SERVING while it cannot."""
+        return self.storage.available
+
     def close_streams(self) -> None:
+        """End every StreamIncidents stream, each with the point to resume from."""
         self.hub.close()
+
+    async def close(self) -> None:
+        """End the streams, let running work finish and release the database."""
+        self.hub.close()
+        await self.storage.close()
 
     def uptime(self) -> float:
         return time.monotonic() - self.started
 
 
-def _as_submitted_by(alert: Alert, submitter: Submitter) -> Alert:
-    """The alert as its authenticated submitter sends it; SourceNotAllowed if it may not."""
-    if submitter.sources is not None and alert.source not in submitter.sources:
-        raise SourceNotAllowed(alert.source, submitter.name, submitter.sources)
-    return replace(alert, submitted_by=submitter.name)
+def _as_sent_by(alert: Alert, sender: Principal) -> Alert:
+    """The alert as its authenticated sender sends it; SourceNotAllowed if it may not."""
+    if not sender.may_send_as(alert.source):
+        raise SourceNotAllowed(alert.source, sender.name, sender.sources or frozenset())
+    return replace(alert, submitted_by=sender.name)
+
+
+class _EventStream:
+    """Where one StreamIncidents subscriber is, and its two ways forward.
+
+    `cursor` is the sequence of the last event it was given (or skipped as
+    not matching); both steps move it on, so switching between them neither
+    repeats nor skips an event. The steps hold nothing to release, so a step
+    abandoned when the client goes away needs no closing; the subscription is
+    follow_events' to end.
+    """
+
+    def __init__(self, storage: Storage, subscription: Subscription, cursor: int) -> None:
+        self.storage = storage
+        self.subscription = subscription
+        self.cursor = cursor
+
+    async def from_storage(self) -> AsyncIterator[IncidentEvent]:
+        """Matching stored events after the cursor, a page at a time, until it is level.
+
+        Level means storage holds nothing newer and no live event was lost
+        meanwhile; if some were (the buffer overflowed again), storage has
+        them too, so it reads on.
+        """
+        while True:
+            page = await self.storage.read(
+                partial(_events_after, sequence=self.cursor, limit=REPLAY_PAGE)
+            )
+            if self.subscription.closed:
+                raise ShuttingDown(self.cursor)
+            for event in page:
+                self.cursor = event.sequence
+                if self.subscription.filter.matches_event(event):
+                    yield event
+            if len(page) == REPLAY_PAGE:
+                continue
+            if not self.subscription.overflowed:
+                return
+            self.subscription.forget_overflow()
+
+    async def live(self) -> AsyncIterator[IncidentEvent]:
+        """Live events after the cursor, until the subscriber falls more than its buffer behind.
+
+        Then the buffer is dropped (storage has every event in it) and this
+        returns; ShuttingDown instead if the hub was closed.
+        """
+        while (event := await self.subscription.next()) is not None:
+            if event.sequence > self.cursor:
+                self.cursor = event.sequence
+                yield event
+        if self.subscription.closed:
+            raise ShuttingDown(self.cursor)
+        self.subscription.forget_overflow()
+
+
+def _alert_of(item: ModuleEvent | AlertAck, prefix: str) -> Alert | AlertAck:
+    """The alert a batch's event stands for, or the ack refusing it."""
+    if isinstance(item, AlertAck):
+        return item
+    checker = Checker(prefix)
+    item.validate(checker)
+    if checker.violations:
+        message = ValidationError(checker.violations).message
+        return AlertAck(item.id, AckStatus.REJECTED, message=message)
+    return item.to_alert()
 
 
 def _events_after(uow: UnitOfWork, sequence: int, limit: int) -> list[IncidentEvent]:
@@ -379,3 +451,7 @@ def _events_after(uow: UnitOfWork, sequence: int, limit: int) -> list[IncidentEv
 
 def _last_sequence(uow: UnitOfWork) -> int:
     return uow.events.last_sequence()
+
+
+def _count_active(uow: UnitOfWork) -> dict[tuple[Severity, IncidentState], int]:
+    return uow.incidents.count_active()

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from incident_manager.adapters.repository import Storage, UnitOfWork
 from incident_manager.domain.errors import (
     IncidentNotFound,
     PagingNotConfigured,
@@ -38,6 +37,7 @@ from incident_manager.domain.paging.ledger import (
 from incident_manager.domain.query import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from incident_manager.domain.validation import MAX_ID, MAX_NAME, Checker
 from incident_manager.service.paging import PagingRules, Recipient
+from incident_manager.service.ports import Storage, UnitOfWork
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -253,7 +253,9 @@ class Pager:
             checker.fail("end_time", "must be after start_time")
         book = self._book()
         if schedule_id.strip() and not book.has_schedule(schedule_id):
-            checker.fail("schedule_id", f"no schedule {quoted(schedule_id)} in the paging configuration")
+            checker.fail(
+                "schedule_id", f"no schedule {quoted(schedule_id)} in the paging configuration"
+            )
         if user_id.strip() and not book.has_user(user_id):
             checker.fail("user_id", f"no user {quoted(user_id)} in the paging configuration")
         checker.raise_if_any()

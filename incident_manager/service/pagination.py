@@ -22,6 +22,7 @@ from incident_manager.domain.query import (
     Ordering,
     SortKey,
 )
+from incident_manager.domain.validation import NUL
 
 _TOKEN_VERSION = 1
 
@@ -104,6 +105,7 @@ def decode_page_token(token: str, query_filter: IncidentFilter, ordering: Orderi
         and len(cursor) == (3 if ordering.key is SortKey.SEVERITY else 2)
         and all(type(part) is int and -_INT64 <= part < _INT64 for part in cursor[:-1])
         and isinstance(cursor[-1], str)
+        and NUL not in cursor[-1]  # no incident id holds one
     )
     if not valid:
         raise ValidationError.single(

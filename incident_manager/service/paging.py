@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from incident_manager.domain.model import Incident, IncidentState, Severity
+from incident_manager.domain.model import EventType, Incident, IncidentState, Severity
 from incident_manager.domain.paging.ledger import (
     Escalation,
     EscalationStatus,
@@ -21,13 +21,12 @@ from incident_manager.domain.paging.ledger import (
     Override,
     PlannedTarget,
     PolicySnapshot,
-    TargetKind,
     Silence,
+    TargetKind,
     holding,
     new_notification_id,
 )
-from incident_manager.domain.model import EventType
-from incident_manager.service.paging_ports import PagingRepository
+from incident_manager.service.ports import PagingRepository
 
 LATE = timedelta(seconds=2)
 """A step that runs this much after its due time says how late it was."""
@@ -116,7 +115,12 @@ def follow_incident(
         if match is None:
             return
         escalation = Escalation.start(
-            incident.id, match.policy, match.route, now, "new incident" if before is None
+            incident.id,
+            match.policy,
+            match.route,
+            now,
+            "new incident"
+            if before is None
             else f"severity {incident.severity.name} now matches route {match.route}",
         )
         if before is not None:
@@ -263,7 +267,9 @@ def _holding(paging: PagingRepository, incident: Incident, now: datetime) -> lis
 
 
 def _hold(incident: Incident, escalation: Escalation, silence: Silence, now: datetime) -> None:
-    already = escalation.status is EscalationStatus.SILENCED and escalation.silenced_by == silence.id
+    already = (
+        escalation.status is EscalationStatus.SILENCED and escalation.silenced_by == silence.id
+    )
     escalation.hold(silence.id, silence.end)
     if not already:
         incident.record_paging(
@@ -364,8 +370,12 @@ def page_content(
             continue
         if target.kind is TargetKind.SCHEDULE:
             targets.append(
-                {"kind": "user", "id": recipient.user_id, "name": recipient.user_name or None,
-                 "via": target.id}
+                {
+                    "kind": "user",
+                    "id": recipient.user_id,
+                    "name": recipient.user_name or None,
+                    "via": target.id,
+                }
             )
         elif target.kind is TargetKind.USER:
             targets.append(

@@ -23,7 +23,7 @@ from incident_manager.domain.errors import StorageUnavailable
 from incident_manager.domain.paging.ledger import Notification
 from incident_manager.service import paging
 from incident_manager.service.paging import DeliveryOutcome, PagingRules, RetrySchedule
-from incident_manager.adapters.repository import Storage, UnitOfWork
+from incident_manager.service.ports import Storage, UnitOfWork
 
 log = logging.getLogger("incident_manager.paging")
 T = TypeVar("T")
@@ -127,7 +127,9 @@ class PagingWorker:
         rules = self.rules()
         now = self.clock()
         report = await self.storage.write(
-            _kept(lambda uow: paging.run_due_steps(uow.paging, uow.incidents, rules, now, self.batch))
+            _kept(
+                lambda uow: paging.run_due_steps(uow.paging, uow.incidents, rules, now, self.batch)
+            )
         )
         room = self.concurrency - len(self._sending)
         claimed: list[Notification] = []

@@ -4,9 +4,10 @@ Each subscriber has its own bounded buffer, filled on the event loop as
 commits land. Publishing never waits for a subscriber: when new events come
 while a subscriber still has a full buffer of unread ones, it is marked as
 overflowed and gets nothing more, so one slow reader can neither grow the
-server's memory nor delay anyone else. The stream then ends with a status
-that tells the client where to resume; the events it missed are in storage
-and a resume replays them.
+server's memory nor delay anyone else. The stream does not end: once the
+subscriber has read what it holds, it catches up from storage, where every
+event it missed is, and then follows live events again
+(`IncidentManager.follow_events`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ class Subscription:
     The limit is checked once per published write, not per event: a
     subscriber with fewer than `capacity` unread events takes all the events
     of the write. A 1,000-alert batch lands as 1,000 events at once, before
-    any subscriber can read one; counting them one by one would end every
-    subscriber, even those that keep up. So at most `capacity - 1` events
-    plus those of one write are buffered.
+    any subscriber can read one; counting them one by one would send every
+    subscriber, even those that keep up, back to storage to catch up. So at
+    most `capacity - 1` events plus those of one write are buffered.
     """
 
     def __init__(self, event_filter: IncidentFilter, capacity: int) -> None:

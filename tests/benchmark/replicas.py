@@ -23,7 +23,7 @@ from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
 from generated.incident_manager.v1 import incident_service_pb2_grpc as service_grpc
 from incident_manager.adapters.postgres import PostgresStorage
-from incident_manager.adapters.rows import INCIDENT_COLUMNS
+from incident_manager.adapters.sql.rows import INCIDENT_COLUMNS, column_list
 from tests.benchmark.run import (
     Process,
     Row,
@@ -71,7 +71,7 @@ async def populate(url: str, count: int) -> None:
     base = 1_700_000_000_000_000
     with psycopg.connect(url) as conn:
         with conn.cursor() as cursor:
-            copy_sql = f"COPY incidents ({INCIDENT_COLUMNS}) FROM STDIN"
+            copy_sql = f"COPY incidents ({column_list(INCIDENT_COLUMNS)}) FROM STDIN"
             with cursor.copy(copy_sql.encode()) as copy:
                 for i in range(count):
                     copy.write_row(

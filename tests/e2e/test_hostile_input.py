@@ -107,6 +107,39 @@ async def test_huge_values_are_refused_as_invalid_not_lost_in_oversized_headers(
     assert len(refused.value.details() or "") <= 1000
 
 
+@pytest.mark.parametrize(
+    ("make_call", "field"),
+    [
+        (
+            lambda s: s.ingestion.SubmitAlert(
+                ingestion_pb2.SubmitAlertRequest(alert=alert(title="p99\x00latency"))
+            ),
+            "alert.title",
+        ),
+        (
+            lambda s: s.incidents.CreateIncident(
+                pb2.CreateIncidentRequest(incident=new_incident(labels={"team": "ml\x00"}))
+            ),
+            "incident.labels[team]",
+        ),
+        (
+            lambda s: s.incidents.ListIncidents(pb2.ListIncidentsRequest(sources=["shield\x00"])),
+            "sources",
+        ),
+    ],
+    ids=["alert", "incident", "filter"],
+)
+async def test_a_nul_character_is_refused_as_invalid_though_sqlite_could_store_it(
+    server: Running, make_call: object, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await make_call(server)  # type: ignore[operator]
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NUL (U+0000)" in field_violations(refused.value)[field]
+    listed = await server.incidents.ListIncidents(pb2.ListIncidentsRequest())
+    assert listed.total_size == 0
+
+
 async def test_a_stale_etag_of_huge_size_is_invalid(server: Running) -> None:
     created = (
         await server.incidents.CreateIncident(pb2.CreateIncidentRequest(incident=new_incident()))

@@ -99,3 +99,18 @@ async def test_an_invalid_event_names_its_fields(server: Running) -> None:
         await stub.SubmitModuleEvent(pb2.SubmitModuleEventRequest(event=bad))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert {"event.id", "event.anomaly.metric"} <= set(field_violations(refused.value))
+
+
+async def test_a_nul_character_in_a_module_event_is_refused_naming_the_field(
+    server: Running,
+) -> None:
+    stub = pb2_grpc.IntegrationServiceStub(server.channel)
+    bad = pb2.ModuleEvent(
+        id="n-1",
+        source="gov",
+        governance=pb2.GovernanceEvent(policy_id="p-1", violation="kept\x00forever"),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.SubmitModuleEvent(pb2.SubmitModuleEventRequest(event=bad))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NUL (U+0000)" in field_violations(refused.value)["event.governance.violation"]

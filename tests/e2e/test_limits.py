@@ -19,10 +19,10 @@ from generated.incident_manager.v1 import alert_ingestion_service_pb2_grpc as in
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
 from generated.incident_manager.v1 import incident_service_pb2_grpc as pb2_grpc
-from incident_manager.adapters.repository import EventListener, Storage, UnitOfWork
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.domain.ratelimit import RateLimit
 from incident_manager.entrypoints.metrics import collect
+from incident_manager.service.ports import EventListener, Storage, UnitOfWork
 from tests.conftest import FakeClock, Running, StartServer
 from tests.helpers import alert, error_reason, status_details
 

@@ -41,8 +41,10 @@ from generated.incident_manager.v1 import (
 from incident_manager.adapters.memory import MemoryStorage
 from incident_manager.config import Settings
 from incident_manager.domain.access import Role, hash_token
-from incident_manager.entrypoints import server as server_module
-from incident_manager.entrypoints.server import IncidentServer, StartupError, method_policies
+from incident_manager.entrypoints import auth as auth_module
+from incident_manager.entrypoints.auth import method_policies
+from incident_manager.entrypoints.metrics import Metrics
+from incident_manager.entrypoints.server import IncidentServer, StartupError
 from incident_manager.service.manager import IncidentManager
 from tests.conftest import StartServer
 from tests.helpers import alert, error_reason, new_incident
@@ -173,7 +175,7 @@ def test_an_rpc_added_to_a_known_service_later_needs_admin_until_given_a_role(
             for name, service in module.DESCRIPTOR.services_by_name.items()
         }
         monkeypatch.setattr(
-            server_module,
+            auth_module,
             module.__name__.rpartition(".")[2],
             SimpleNamespace(DESCRIPTOR=SimpleNamespace(services_by_name=services)),
         )
@@ -400,7 +402,7 @@ async def test_a_bad_tokens_file_stops_the_server_with_the_line_to_fix(
     path = tmp_path / "tokens"
     path.write_text(content)
     with pytest.raises(StartupError, match=complaint) as refused:
-        IncidentServer(_unused_manager(tmp_path), Settings(tokens_file=str(path)))
+        IncidentServer(_unused_manager(tmp_path), Settings(tokens_file=str(path)), Metrics())
     assert f"{path}:" in str(refused.value)
     assert "imt_" not in str(refused.value), "a tokens-file error quoted a token"
 
@@ -411,7 +413,7 @@ async def test_a_tokens_file_that_is_not_text_is_refused_without_a_traceback(
     path = tmp_path / "tokens"
     path.write_bytes(b"\x30\x82\x01\x0a\xff\xfe a DER key, not a tokens file")
     with pytest.raises(StartupError, match="not UTF-8 text") as refused:
-        IncidentServer(_unused_manager(tmp_path), Settings(tokens_file=str(path)))
+        IncidentServer(_unused_manager(tmp_path), Settings(tokens_file=str(path)), Metrics())
     assert f"{path}:" in str(refused.value)
     checked = await asyncio.to_thread(
         subprocess.run,
@@ -634,6 +636,7 @@ async def test_unusable_tls_files_stop_the_server_naming_the_file_not_the_port(
     server = IncidentServer(
         IncidentManager(MemoryStorage()),
         Settings(listen="127.0.0.1:0", metrics_listen="off", **files),
+        Metrics(),
     )
     with pytest.raises(StartupError) as refused:
         await server.start()
@@ -677,6 +680,7 @@ async def test_a_busy_health_port_stops_the_server_naming_the_health_setting(
         server = IncidentServer(
             _unused_manager(tmp_path),
             Settings(listen="127.0.0.1:0", metrics_listen="off", health_listen=f"127.0.0.1:{port}"),
+            Metrics(),
         )
         with pytest.raises(StartupError) as refused:
             await server.start()

@@ -11,11 +11,11 @@ import psycopg
 import pytest
 
 from incident_manager.adapters.postgres import MAX_ATTEMPTS, MIGRATIONS, PostgresStorage
-from incident_manager.adapters.repository import UnitOfWork
 from incident_manager.bootstrap import open_storage
 from incident_manager.domain.errors import StorageUnavailable, ValidationError
 from incident_manager.domain.model import Alert, IncidentType, RequestRecord, Severity, utc_now
 from incident_manager.service.handlers import submit_alert
+from incident_manager.service.ports import UnitOfWork
 from tests.integration.postgres import fresh_database
 
 

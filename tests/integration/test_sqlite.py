@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from incident_manager.adapters.cache import WriterCache
-from incident_manager.adapters.sqlite import MIGRATIONS, SqliteStorage
+from incident_manager.adapters.sqlite import MIGRATIONS, SqliteStorage, WriterCache
 from incident_manager.domain.errors import StorageUnavailable
 from incident_manager.domain.model import Alert, IncidentType, ResolutionMethod, Severity
 from incident_manager.service.commands import (

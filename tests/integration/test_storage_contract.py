@@ -13,7 +13,6 @@ import pytest
 
 from incident_manager.adapters.memory import MemoryStorage
 from incident_manager.adapters.postgres import PostgresStorage
-from incident_manager.adapters.repository import Storage, UnitOfWork
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.domain.errors import ConcurrentModification
 from incident_manager.domain.model import (
@@ -37,6 +36,7 @@ from incident_manager.domain.query import (
     Ordering,
     SortKey,
 )
+from incident_manager.service.ports import Storage, UnitOfWork
 from tests.integration.postgres import fresh_database
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
@@ -257,6 +257,42 @@ async def test_filters_combine_kinds_with_and_and_values_with_or(storage: Storag
     assert await titles(IncidentFilter(states=frozenset({IncidentState.TRIAGED}))) == {"d"}
     assert await titles(IncidentFilter(types=frozenset({IncidentType.SECURITY}))) == {"b"}
     assert await titles(IncidentFilter(incident_id=items[2].id)) == {"c"}
+
+
+async def test_active_incidents_are_counted_by_severity_and_state(storage: Storage) -> None:
+    assert await read(storage, lambda uow: uow.incidents.count_active()) == {}
+    items = [
+        incident("a", severity=Severity.P0),
+        incident("b", severity=Severity.P0),
+        incident("c", severity=Severity.P0),
+        incident("d", severity=Severity.P2),
+        incident("e", severity=Severity.P1),
+        incident("f", severity=Severity.P1),
+    ]
+    items[2].update(actor="x", now=T0, state=IncidentState.TRIAGED)
+    items[3].update(actor="x", now=T0, state=IncidentState.INVESTIGATING)
+    for finished in items[4:]:
+        finished.resolve(
+            method=ResolutionMethod.MANUAL, root_cause="", notes="", resolved_by="x", now=T0
+        )
+    items[5].update(actor="x", now=T0, state=IncidentState.CLOSED)
+    await store(storage, *items)
+    stored = await read(storage, lambda uow: uow.incidents.get(items[1].id))
+    stored.update(actor="x", now=T0, state=IncidentState.REMEDIATING)
+
+    def save(uow: UnitOfWork) -> None:
+        with uow:
+            uow.incidents.save(stored)
+            uow.commit()
+
+    await storage.write(save)
+
+    assert await read(storage, lambda uow: uow.incidents.count_active()) == {
+        (Severity.P0, IncidentState.DETECTED): 1,
+        (Severity.P0, IncidentState.REMEDIATING): 1,
+        (Severity.P0, IncidentState.TRIAGED): 1,
+        (Severity.P2, IncidentState.INVESTIGATING): 1,
+    }
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,8 @@
 """Imports point inward: the domain and the service layer know nothing of gRPC, protobuf or SQL.
 
+The service layer owns the storage ports (incident_manager.service.ports);
+the adapters implement them, and only incident_manager.bootstrap chooses one.
+
 Read from the syntax tree of every module under incident_manager/, so imports
 inside functions and `if TYPE_CHECKING:` blocks count too, and relative
 imports are resolved to the modules they name.
@@ -155,6 +158,51 @@ def test_the_service_layer_imports_no_transport_or_storage() -> None:
     assert not wrong, "the service layer must not depend on these:\n" + "\n".join(wrong)
 
 
+def outside(layer: str, allowed: tuple[str, ...]) -> list[str]:
+    """Imports of our own modules, from within `layer`, that fall outside `allowed`."""
+    return report(
+        [
+            found
+            for found in IMPORTS
+            if is_within(found.importer, layer)
+            and is_within(found.target, "incident_manager")
+            and not any(is_within(found.target, prefix) for prefix in allowed)
+        ]
+    )
+
+
+def test_the_service_layer_imports_only_the_domain_and_its_own_modules() -> None:
+    wrong = outside(
+        "incident_manager.service", ("incident_manager.domain", "incident_manager.service")
+    )
+    assert not wrong, "the service layer may import only the domain and itself:\n" + "\n".join(
+        wrong
+    )
+
+
+def test_the_adapters_import_only_the_ports_the_domain_and_each_other() -> None:
+    wrong = outside(
+        "incident_manager.adapters",
+        ("incident_manager.domain", "incident_manager.service.ports", "incident_manager.adapters"),
+    )
+    assert not wrong, "adapters implement the ports and need nothing else of ours:\n" + "\n".join(
+        wrong
+    )
+
+
+def test_only_the_bootstrap_imports_the_adapters() -> None:
+    wrong = report(
+        [
+            found
+            for found in IMPORTS
+            if is_within(found.target, "incident_manager.adapters")
+            and not is_within(found.importer, "incident_manager.adapters")
+            and found.importer != "incident_manager.bootstrap"
+        ]
+    )
+    assert not wrong, "choose a storage in incident_manager.bootstrap only:\n" + "\n".join(wrong)
+
+
 def test_only_the_entrypoints_import_the_generated_stubs() -> None:
     wrong = report(
         [
@@ -173,7 +221,11 @@ def test_the_checks_see_the_imports_that_are_allowed() -> None:
     assert {"incident_manager.domain.model", "incident_manager.service.handlers"} <= modules
     targets = {(f.importer, f.target) for f in IMPORTS}
     assert ("incident_manager.entrypoints.conversions", "generated.incident_manager.v1") in targets
-    assert ("incident_manager.adapters.sqlite", "sqlite3") in targets
+    assert ("incident_manager.adapters.sqlite.writer", "sqlite3") in targets
+    assert (
+        "incident_manager.adapters.sql.repositories",
+        "incident_manager.service.ports",
+    ) in targets
 
 
 @pytest.mark.parametrize(

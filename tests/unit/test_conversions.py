@@ -20,8 +20,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generated.incident_manager.v1 import alert_pb2, incident_pb2, incident_service_pb2
+from generated.incident_manager.v1 import (
+    alert_pb2,
+    incident_pb2,
+    incident_service_pb2,
+    integrations_pb2,
+)
 from incident_manager.domain.errors import ValidationError
+from incident_manager.domain.integrations import (
+    KINDS,
+    AnomalyEvent,
+    AnomalyMetric,
+    EdgeAgentEvent,
+    EventKind,
+    GovernanceEvent,
+    SecurityEvent,
+    ThreatCategory,
+)
 from incident_manager.domain.model import (
     AckStatus,
     Alert,
@@ -651,3 +666,135 @@ def test_a_message_with_a_timestamp_out_of_range_is_refused_naming_the_field(
     with pytest.raises(ValidationError) as refused:
         conv.incident_from_proto(incident)
     assert field_names(refused.value) == ["incident.update_time"]
+
+
+# ---------------------------------------------------------------- module events
+
+SINCE = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+KIND_MESSAGES = [
+    (
+        integrations_pb2.ModuleEvent(
+            anomaly=integrations_pb2.AnomalyEvent(
+                model="gpt-4o",
+                endpoint="/chat",
+                metric=integrations_pb2.ANOMALY_METRIC_COST,
+                observed_value=3.5,
+                baseline_value=1.0,
+                threshold=2.0,
+                anomaly_score=0.8,
+            )
+        ),
+        AnomalyEvent("gpt-4o", AnomalyMetric.COST, "/chat", 3.5, 1.0, 2.0, 0.8),
+    ),
+    (
+        integrations_pb2.ModuleEvent(
+            security=integrations_pb2.SecurityEvent(
+                category=integrations_pb2.THREAT_CATEGORY_JAILBREAK,
+                confidence=0.7,
+                blocked=True,
+                model="gpt-4o",
+                application="crm",
+                sample_ref="trace/1",
+            )
+        ),
+        SecurityEvent(ThreatCategory.JAILBREAK, 0.7, True, "gpt-4o", "crm", "trace/1"),
+    ),
+    (
+        integrations_pb2.ModuleEvent(
+            edge_agent=integrations_pb2.EdgeAgentEvent(
+                agent_id="edge-17",
+                offline_since=conv.timestamp_to_proto(SINCE),
+                queue_depth=12,
+                cpu_utilization=0.5,
+                memory_utilization=0.25,
+                inference_failure_rate=0.125,
+            )
+        ),
+        EdgeAgentEvent("edge-17", SINCE, 12, 0.5, 0.25, 0.125),
+    ),
+    (
+        integrations_pb2.ModuleEvent(
+            governance=integrations_pb2.GovernanceEvent(
+                policy_id="p-1",
+                framework="GDPR",
+                violation="kept 40 days",
+                model="gpt-4o",
+                dataset="logs",
+            )
+        ),
+        GovernanceEvent("p-1", "GDPR", "kept 40 days", "gpt-4o", "logs"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"), KIND_MESSAGES, ids=[type(kind).name for _, kind in KIND_MESSAGES]
+)
+def test_every_kind_of_module_event_converts_from_its_message_field_by_field(
+    message: integrations_pb2.ModuleEvent, kind: EventKind
+) -> None:
+    message.id, message.source = "e-1", "mod"
+    event = conv.module_event_from_proto(over_the_wire(message))
+    assert event.kind == kind
+    assert (event.id, event.source) == ("e-1", "mod")
+
+
+def test_the_conversion_examples_cover_every_kind_of_module_event() -> None:
+    assert {type(kind) for _, kind in KIND_MESSAGES} == set(KINDS.values())
+
+
+def test_a_kind_of_module_event_that_disagrees_with_the_proto_fails_loudly() -> None:
+    with pytest.raises(RuntimeError, match="AnomalyEvent and SecurityEvent have different fields"):
+        conv.kind_fields({**KINDS, "anomaly": SecurityEvent})
+    with pytest.raises(RuntimeError, match=r"ModuleEvent\.kind holds"):
+        conv.kind_fields({name: kind for name, kind in KINDS.items() if name != "governance"})
+
+
+def test_a_module_event_field_that_does_not_convert_is_named_with_the_other_bad_fields() -> None:
+    message = integrations_pb2.ModuleEvent(
+        source="edge",
+        edge_agent=integrations_pb2.EdgeAgentEvent(
+            agent_id="", offline_since=Timestamp(seconds=2**62)
+        ),
+        status=999,  # type: ignore[arg-type]
+    )
+    with pytest.raises(ValidationError) as refused:
+        conv.module_event_from_proto(message, prefix="events[3].")
+    assert field_names(refused.value) == [
+        "events[3].status",
+        "events[3].edge_agent.offline_since",
+        "events[3].id",
+        "events[3].edge_agent.agent_id",
+    ]
+
+
+def test_a_module_event_that_converts_is_left_for_the_service_to_judge() -> None:
+    event = conv.module_event_from_proto(integrations_pb2.ModuleEvent(source=" "))
+    assert (event.id, event.source, event.kind) == ("", " ", None)
+
+
+def test_a_new_incident_that_converts_is_left_for_the_service_to_judge() -> None:
+    request = incident_service_pb2.CreateIncidentRequest(incident=_incident_message())
+    request.incident.title = ""
+    assert conv.create_incident_from_proto(request).title == ""
+
+
+def test_a_new_incident_with_a_bad_enum_also_names_every_field_the_rules_refuse() -> None:
+    request = incident_service_pb2.CreateIncidentRequest(
+        incident=incident_pb2.Incident(
+            title="t",
+            source="s",
+            description="x" * 10_000,
+            assignees=["ana", "ana"],
+            type=incident_pb2.INCIDENT_TYPE_DATA,
+        ),
+        actor="a\x00",
+    )
+    with pytest.raises(ValidationError) as refused:
+        conv.create_incident_from_proto(request)
+    assert field_names(refused.value) == [
+        "incident.severity",
+        "incident.description",
+        "incident.assignees",
+        "actor",
+    ]

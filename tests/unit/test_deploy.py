@@ -248,7 +248,7 @@ def test_the_mounted_files_are_where_the_settings_point() -> None:
 def test_the_example_tokens_file_is_in_the_format_the_server_reads() -> None:
     access = pytest.importorskip("incident_manager.domain.access")
     tokens = example_secrets()["incident-manager"]["tokens"]
-    credentials = access.Credentials.parse(tokens.splitlines(), EXAMPLE_SECRETS.name)
+    credentials = access.Credentials.parse(tokens)
     assert credentials.tokens
 
 

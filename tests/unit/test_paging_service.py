@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from incident_manager.adapters.memory import MemoryStorage
-from incident_manager.adapters.repository import UnitOfWork
 from incident_manager.domain.model import EventType, Incident, IncidentState, IncidentType, Severity
 from incident_manager.domain.paging.ledger import (
     EscalationStatus,
@@ -21,6 +20,7 @@ from incident_manager.domain.paging.ledger import (
 )
 from incident_manager.service import paging
 from incident_manager.service.paging import Before, DeliveryOutcome, Recipient, RouteMatch
+from incident_manager.service.ports import UnitOfWork
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CRITICAL = PolicySnapshot(
@@ -28,7 +28,10 @@ CRITICAL = PolicySnapshot(
     levels=(
         PlannedLevel(
             timedelta(0),
-            (PlannedTarget(TargetKind.SCHEDULE, "primary"), PlannedTarget(TargetKind.CHANNEL, "ops-hook")),
+            (
+                PlannedTarget(TargetKind.SCHEDULE, "primary"),
+                PlannedTarget(TargetKind.CHANNEL, "ops-hook"),
+            ),
         ),
         PlannedLevel(timedelta(minutes=10), (PlannedTarget(TargetKind.USER, "bob"),)),
     ),
@@ -37,7 +40,8 @@ CRITICAL = PolicySnapshot(
     ack_timeout=timedelta(minutes=30),
 )
 DEFAULT = PolicySnapshot(
-    id="default", levels=(PlannedLevel(timedelta(0), (PlannedTarget(TargetKind.CHANNEL, "ops-hook"),)),)
+    id="default",
+    levels=(PlannedLevel(timedelta(0), (PlannedTarget(TargetKind.CHANNEL, "ops-hook"),)),),
 )
 
 
@@ -56,7 +60,11 @@ class Rules:
     ) -> list[Recipient]:
         if target.kind is TargetKind.CHANNEL:
             return [Recipient("", target.id, "webhook", target.id)]
-        user = overrides[0].user_id if overrides else ("alice" if target.kind is TargetKind.SCHEDULE else target.id)
+        user = (
+            overrides[0].user_id
+            if overrides
+            else ("alice" if target.kind is TargetKind.SCHEDULE else target.id)
+        )
         return [Recipient(user, "mail", "email", f"{user}@example.com")]
 
     def schedule_ids(self) -> frozenset[str]:
@@ -128,7 +136,11 @@ async def _change(storage: MemoryStorage, incident_id: str, now: datetime, chang
                 from incident_manager.domain.model import ResolutionMethod
 
                 incident.resolve(
-                    method=ResolutionMethod.MANUAL, root_cause="", notes="", resolved_by="carol", now=now
+                    method=ResolutionMethod.MANUAL,
+                    root_cause="",
+                    notes="",
+                    resolved_by="carol",
+                    now=now,
                 )
             elif change == "P0":
                 incident.update(actor="carol", now=now, severity=Severity.P0)
@@ -169,7 +181,12 @@ async def test_repeat_runs_the_levels_again_then_paging_stops() -> None:
         await _steps(storage, T0 + timedelta(minutes=minutes))
     rows = await _ledger(storage, incident_id)
     assert [(level, round) for level, round, _, _ in rows] == [
-        (1, 1), (1, 1), (2, 1), (1, 2), (1, 2), (2, 2)
+        (1, 1),
+        (1, 1),
+        (2, 1),
+        (1, 2),
+        (1, 2),
+        (2, 2),
     ]
     escalation = await storage.read(lambda uow: uow.paging.escalation(incident_id))
     assert escalation is not None and escalation.status is EscalationStatus.EXHAUSTED
@@ -229,7 +246,9 @@ async def test_resolving_stops_everything() -> None:
     assert await storage.read(lambda uow: uow.paging.next_due()) is None
 
 
-async def test_a_severity_rise_moves_the_incident_to_the_critical_policy_from_its_first_level() -> None:
+async def test_a_severity_rise_moves_the_incident_to_the_critical_policy_from_its_first_level() -> (
+    None
+):
     storage = MemoryStorage()
     incident_id = await _open(storage, Severity.P3)
     await _steps(storage, T0)
@@ -297,8 +316,14 @@ async def test_a_delivery_outcome_from_a_worker_whose_lease_ran_out_is_ignored()
         def work(uow: UnitOfWork) -> bool:
             with uow:
                 done = paging.record_delivery(
-                    uow.paging, uow.incidents, first.id, worker, attempt,
-                    DeliveryOutcome(sent=True, retry=False), NeverRetry(), T0 + timedelta(seconds=62),
+                    uow.paging,
+                    uow.incidents,
+                    first.id,
+                    worker,
+                    attempt,
+                    DeliveryOutcome(sent=True, retry=False),
+                    NeverRetry(),
+                    T0 + timedelta(seconds=62),
                 )
                 uow.commit()
             return done

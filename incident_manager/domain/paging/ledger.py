@@ -293,9 +293,7 @@ class SilenceMatchers:
     def empty(self) -> bool:
         return not (self.sources or self.types or self.severities or self.labels)
 
-    def matches(
-        self, source: str, type: int, severity: int, labels: Mapping[str, str]
-    ) -> bool:
+    def matches(self, source: str, type: int, severity: int, labels: Mapping[str, str]) -> bool:
         return (
             (not self.sources or source in self.sources)
             and (not self.types or type in self.types)

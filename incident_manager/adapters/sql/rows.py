@@ -1,8 +1,10 @@
 """How domain objects are stored as rows: one encoding that every SQL backend shares.
 
 Times are integer microseconds since the epoch; lists, maps and the
-resolution are compact JSON text; enums are their integer values. Column
-lists name the order in which the row functions read and write values.
+resolution are compact JSON text; enums are their integer values. Each
+column list names, in order, the values its row function reads or writes;
+statements and placeholders are derived from these lists, never counted by
+hand.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from incident_manager.domain.model import (
     IncidentType,
     Note,
     ReceivedAlert,
+    RequestRecord,
     Resolution,
     ResolutionMethod,
     Severity,
@@ -31,14 +34,37 @@ from incident_manager.domain.model import (
 from incident_manager.domain.query import IncidentFilter, from_micros, micros
 
 INCIDENT_COLUMNS = (
-    "id, title, description, severity, type, state, source, affected_resources, labels, "
-    "assignees, fingerprint, alert_count, create_time, update_time, resolution, version, "
-    "timeline_size, notes_size"
-)
+    "id", "title", "description", "severity", "type", "state", "source", "affected_resources",
+    "labels", "assignees", "fingerprint", "alert_count", "create_time", "update_time",
+    "resolution", "version", "timeline_size", "notes_size",
+)  # fmt: skip
+"""What `incident_row` writes and `incident_from_row` reads, in order; the id first."""
 EVENT_COLUMNS = (
-    "sequence, incident_id, type, actor, message, details, create_time, title, state, "
-    "severity, incident_type, source, assignees, alert_count"
-)
+    "sequence", "incident_id", "type", "actor", "message", "details", "create_time", "title",
+    "state", "severity", "incident_type", "source", "assignees", "alert_count",
+)  # fmt: skip
+"""What `event_from_row` reads, in order."""
+EVENT_VALUE_COLUMNS = EVENT_COLUMNS[1:]
+"""What `event_values` writes: every event column but the sequence, which storage assigns."""
+ALERT_COLUMNS = ("incident_id", "status", "fingerprint", "receive_time", "payload", "cleared_time")
+"""What `received_alert_from_row` reads, in order."""
+ALERT_VALUE_COLUMNS = (
+    "source", "alert_id", "incident_id", "status", "fingerprint", "receive_time", "payload",
+)  # fmt: skip
+"""What `alert_values` writes, in order (an alert is stored before it can clear)."""
+NOTE_COLUMNS = ("id", "author", "content", "create_time")
+"""What `note_from_row` reads, in order."""
+NOTE_VALUE_COLUMNS = ("id", "incident_id", "author", "content", "create_time")
+"""What `note_values` writes, in order."""
+REQUEST_COLUMNS = ("kind", "incident_id", "note_id")
+"""What `request_from_row` reads, in order."""
+REQUEST_VALUE_COLUMNS = ("request_id", *REQUEST_COLUMNS)
+"""What `request_values` writes, in order."""
+
+
+def column_list(columns: Sequence[str]) -> str:
+    """The columns as SQL writes them in a SELECT or INSERT: `a, b, c`."""
+    return ", ".join(columns)
 
 
 def dumps(value: object) -> str:
@@ -183,10 +209,6 @@ def alert_from_json(text: str) -> Alert:
     )
 
 
-ALERT_COLUMNS = "incident_id, status, fingerprint, receive_time, payload, cleared_time"
-"""What `received_alert_from_row` reads, in order."""
-
-
 def received_alert_from_row(row: Sequence[Any]) -> ReceivedAlert:
     return ReceivedAlert(
         alert=alert_from_json(row[4]),
@@ -199,7 +221,7 @@ def received_alert_from_row(row: Sequence[Any]) -> ReceivedAlert:
 
 
 def event_values(pending: IncidentEvent) -> tuple[Any, ...]:
-    """The values of EVENT_COLUMNS after `sequence`, for an INSERT."""
+    """The values of EVENT_VALUE_COLUMNS, for an INSERT."""
     event = pending.event
     return (
         pending.incident_id,
@@ -218,20 +240,17 @@ def event_values(pending: IncidentEvent) -> tuple[Any, ...]:
     )
 
 
-NOTE_COLUMNS = "id, author, content, create_time"
-
-
 def note_from_row(row: Sequence[Any]) -> Note:
     return Note(id=row[0], author=row[1], content=row[2], create_time=from_micros(row[3]))
 
 
 def note_values(incident_id: str, note: Note) -> tuple[Any, ...]:
-    """Values for (id, incident_id, author, content, create_time)."""
+    """The values of NOTE_VALUE_COLUMNS."""
     return (note.id, incident_id, note.author, note.content, micros(note.create_time))
 
 
 def alert_values(received: ReceivedAlert) -> tuple[Any, ...]:
-    """Values for (source, alert_id, incident_id, status, fingerprint, receive_time, payload)."""
+    """The values of ALERT_VALUE_COLUMNS."""
     return (
         received.alert.source,
         received.alert.id,
@@ -241,6 +260,15 @@ def alert_values(received: ReceivedAlert) -> tuple[Any, ...]:
         micros(received.receive_time),
         alert_to_json(received.alert),
     )
+
+
+def request_from_row(row: Sequence[Any]) -> RequestRecord:
+    return RequestRecord(kind=row[0], incident_id=row[1], note_id=row[2])
+
+
+def request_values(request_id: str, record: RequestRecord) -> tuple[Any, ...]:
+    """The values of REQUEST_VALUE_COLUMNS."""
+    return (request_id, record.kind, record.incident_id, record.note_id)
 
 
 def filter_values(query_filter: IncidentFilter) -> list[tuple[str, list[Any]]]:

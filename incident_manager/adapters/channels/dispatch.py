@@ -1,0 +1,68 @@
+"""One object the outbox sends every delivery through, whatever its channel.
+
+Each channel kind is registered under its settings class; `send` picks the channel by the
+class of the delivery's settings. `default_dispatcher()` registers webhook and email, sharing
+one HTTP client that the HTTP channels of the next issue (Slack, Teams, PagerDuty) will share
+too. Use one dispatcher per process and `close()` it at shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from incident_manager.adapters.channels.base import AttemptResult, Channel, Delivery
+from incident_manager.adapters.channels.email import EmailChannel, SmtpSettings
+from incident_manager.adapters.channels.http import HttpClient
+from incident_manager.adapters.channels.webhook import WebhookChannel, WebhookSettings
+
+S = TypeVar("S")
+
+
+class ChannelDispatcher:
+    """Routes each delivery to the channel registered for its settings' class."""
+
+    def __init__(self) -> None:
+        self._channels: dict[type[Any], Channel[Any]] = {}
+
+    def register(self, settings_type: type[S], channel: Channel[S]) -> None:
+        """Send deliveries whose settings are a `settings_type` through `channel`."""
+        self._channels[settings_type] = channel
+
+    async def send(self, delivery: Delivery[Any]) -> AttemptResult:
+        """One attempt through the delivery's channel; an unknown kind is FAILED."""
+        channel = self._channels.get(type(delivery.settings))
+        if channel is None:
+            return AttemptResult.failed(
+                f"no channel can send {type(delivery.settings).__name__} deliveries"
+            )
+        return await channel.send(delivery)
+
+    async def close(self) -> None:
+        """Close every registered channel."""
+        for channel in {id(c): c for c in self._channels.values()}.values():
+            await channel.close()
+
+
+def default_dispatcher(
+    environ: Mapping[str, str] | None = None, *, http: HttpClient | None = None
+) -> ChannelDispatcher:
+    """The dispatcher with this issue's channels: `webhook` and `email`. Its `close()` also
+    closes the HTTP client, unless the caller passed its own."""
+    client = http or HttpClient()
+    dispatcher = ChannelDispatcher() if http is not None else _Owning(client)
+    dispatcher.register(WebhookSettings, WebhookChannel(client, environ=environ))
+    dispatcher.register(SmtpSettings, EmailChannel(environ=environ))
+    return dispatcher
+
+
+class _Owning(ChannelDispatcher):
+    """A dispatcher that also closes the HTTP client its channels share."""
+
+    def __init__(self, client: HttpClient) -> None:
+        super().__init__()
+        self._client = client
+
+    async def close(self) -> None:
+        await super().close()
+        await self._client.close()

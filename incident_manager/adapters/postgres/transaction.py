@@ -1,0 +1,131 @@
+"""One run of a unit of work on PostgreSQL: its advisory locks, staged events and undo.
+
+The repositories of one run share a `Transaction`. They lock what they are
+about to decide, stage timeline events (numbered -1, -2, ... until commit),
+and note how to restore the incidents they wrote should the run be tried
+again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from incident_manager.domain.errors import ConcurrentModification
+from incident_manager.domain.model import Incident, IncidentEvent, Note
+
+TRY_LOCK_PAUSES = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0)
+"""Pauses between tries of a lock that may not be waited for (about 30 ms in all)."""
+
+
+def lock_key(kind: str, *parts: str) -> int:
+    """A 64-bit advisory lock key for one decision (a collision only over-serializes)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (kind, *parts):
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+class LockBusy(Exception):
+    """Another transaction holds a lock this one may not wait for (it could deadlock)."""
+
+    def __init__(self, needed: set[int]) -> None:
+        super().__init__(f"{len(needed)} advisory locks needed")
+        self.needed = needed
+        """Every lock this run asked for: the next run takes them up front, in order."""
+
+
+class RaceLost(ConcurrentModification):
+    """An incident read in this unit of work changed before it was saved: run it again."""
+
+
+@dataclass
+class _Undo:
+    incident: Incident
+    pending_events: list[IncidentEvent]
+    pending_notes: list[Note]
+    loaded_version: int
+
+    def apply(self) -> None:
+        self.incident.pending_events = self.pending_events
+        self.incident.pending_notes = self.pending_notes
+        self.incident.loaded_version = self.loaded_version
+
+
+@dataclass
+class Transaction:
+    """What the repositories of one run of a unit of work share."""
+
+    conn: psycopg.Connection[Any]
+    write: bool
+    held: set[int] = field(default_factory=set)
+    needed: set[int] = field(default_factory=set)
+    """Every lock asked for: taken up front, in order, if the unit must run again."""
+    wrote: bool = False
+    staged: list[IncidentEvent] = field(default_factory=list)
+    """Events to store at commit, numbered -1, -2, ... until then."""
+    histories: list[Incident] = field(default_factory=list)
+    loaded: set[str] = field(default_factory=set)
+    undo: list[_Undo] = field(default_factory=list)
+
+    def execute(self, query: str, params: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        """Run one statement in this transaction."""
+        return self.conn.execute(query, params)
+
+    def executemany(self, query: str, params: list[tuple[Any, ...]], /) -> None:
+        """Run one statement once for each row of parameters."""
+        with self.conn.cursor() as cursor:
+            cursor.executemany(query, params)
+
+    def lock(self, key: int) -> None:
+        """Hold `key` until this transaction ends; a read transaction takes no locks.
+
+        Waiting is safe only for a key above every key already held and before
+        any write: then no cycle of waits can form. Otherwise try for a short
+        while (its holder usually commits within milliseconds), and if the
+        key stays taken, give up this run.
+        """
+        if not self.write:
+            return
+        self.needed.add(key)
+        if key in self.held:
+            return
+        if not self.wrote and (not self.held or key > max(self.held)):
+            self.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        else:
+            for pause in TRY_LOCK_PAUSES:
+                row = self.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
+                if row and row[0]:
+                    break
+                time.sleep(pause)
+            else:
+                raise LockBusy(self.needed)
+        self.held.add(key)
+
+    def writing(self, incident: Incident | None = None) -> None:
+        """A write follows; for an incident, remember how to undo what it does to the object."""
+        self.wrote = True
+        if incident is not None:
+            self.undo.append(
+                _Undo(
+                    incident,
+                    list(incident.pending_events),
+                    list(incident.pending_notes),
+                    incident.loaded_version,
+                )
+            )
+
+    def abandon(self) -> None:
+        """Restore the incidents this run wrote, and roll back, so that it can run again."""
+        for undo in reversed(self.undo):
+            undo.apply()
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):  # broken: the pool drops it
+                self.conn.execute("ROLLBACK")
