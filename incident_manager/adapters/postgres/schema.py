@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from incident_manager.adapters.sql.paging import PAGING_MIGRATION
 from incident_manager.domain.errors import StorageUnavailable
 
 log = logging.getLogger("incident_manager.adapters.postgres")
@@ -95,6 +96,7 @@ MIGRATIONS: tuple[str, ...] = (
         note_id TEXT NOT NULL
     );
     """,
+    PAGING_MIGRATION,
 )
 
 

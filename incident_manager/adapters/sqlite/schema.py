@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+from incident_manager.adapters.sql.paging import PAGING_MIGRATION
 from incident_manager.domain.errors import StorageUnavailable
 
 log = logging.getLogger("incident_manager.adapters.sqlite")
@@ -95,6 +96,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE alerts ADD COLUMN cleared_time INTEGER;
     CREATE INDEX alerts_by_incident ON alerts (incident_id, receive_time);
     """,
+    PAGING_MIGRATION,
 )
 
 

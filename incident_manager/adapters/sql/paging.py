@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from incident_manager.adapters.paging_rows import (
+from incident_manager.adapters.sql.dialect import Dialect
+from incident_manager.adapters.sql.paging_rows import (
     ESCALATION_COLUMNS,
     NOTIFICATION_COLUMNS,
     OVERRIDE_COLUMNS,
@@ -49,11 +50,20 @@ def _columns(names: tuple[str, ...]) -> str:
 class SqlPaging(PagingRepository):
     """Paging state in the unit of work's transaction."""
 
-    def __init__(self, execute: Execute, placeholder: str, lock_rows: str = "") -> None:
+    def __init__(
+        self,
+        execute: Execute,
+        dialect: Dialect,
+        *,
+        lock_rows: str = "",
+        race: type[ConcurrentModification] = ConcurrentModification,
+    ) -> None:
         self._execute = execute
-        self._p = placeholder
+        self._p = dialect.mark
         self._lock = lock_rows
         """Appended to claim queries: ` FOR UPDATE SKIP LOCKED` on PostgreSQL."""
+        self._race = race
+        """Raised when an escalation changed since it was read: PostgreSQL reruns the unit."""
 
     def _marks(self, count: int) -> str:
         return ", ".join([self._p] * count)
@@ -82,7 +92,7 @@ class SqlPaging(PagingRepository):
                 (escalation.incident_id,),
             )
             if exists is not None:
-                raise ConcurrentModification(escalation.incident_id)
+                raise self._race(escalation.incident_id)
             self._execute(
                 f"INSERT INTO escalations ({_columns(ESCALATION_COLUMNS)})"
                 f" VALUES ({self._marks(len(values))})",
@@ -96,7 +106,7 @@ class SqlPaging(PagingRepository):
                 (*values[1:], escalation.incident_id, escalation.loaded_fence),
             )
             if cursor.rowcount != 1:
-                raise ConcurrentModification(escalation.incident_id)
+                raise self._race(escalation.incident_id)
         escalation.fence = escalation.loaded_fence = fence
 
     def claim_due_escalations(self, now: datetime, limit: int) -> list[Escalation]:
@@ -390,3 +400,4 @@ PAGING_SCHEMA = (
     "CREATE INDEX overrides_by_schedule ON overrides (schedule_id, start_time, id)",
 )
 """One migration that both backends apply (BIGINT is an INTEGER in SQLite)."""
+PAGING_MIGRATION = ";\n".join(PAGING_SCHEMA)
