@@ -231,6 +231,9 @@ class _Reader:
         self.lines: dict[ConfigPath, int] = {(): 1}
         self.errors: list[tuple[int, int, str]] = []
         self.reported: set[ConfigPath] = set()
+        self.unsure: set[str] = set()
+        """Sections with an item whose id could not be read: it may be the one a
+        reference names, so such references are not reported as dangling."""
         self.nodes = 0
 
     def line(self, path: ConfigPath) -> int:
@@ -248,6 +251,11 @@ class _Reader:
         text = f"{self.filename}:{line}: {problem}"
         self.errors.append((line, len(self.errors), text))
 
+    def lost_id(self, path: ConfigPath) -> None:
+        """The item at `path` (a section's entry, or the section) has no readable id."""
+        if 1 <= len(path) <= 2 and isinstance(path[0], str):
+            self.unsure.add(path[0])
+
     def hide(self, path: ConfigPath) -> None:
         """A placeholder stands at `path`: the domain's views of it are not worth showing."""
         self.reported.add(path)
@@ -255,6 +263,8 @@ class _Reader:
     def add_domain(self, problems: Iterable[ConfigProblem]) -> None:
         hidden = set(self.reported)
         for problem in problems:
+            if problem.refers_to in self.unsure:
+                continue
             if not any(problem.path[: len(p)] == p for p in hidden):
                 self.fail(problem.path, problem.message)
 
@@ -283,12 +293,22 @@ class _Reader:
         """
         if not isinstance(node, yaml.MappingNode):
             self.fail(path, f"expected a mapping (key: value), got {_kind(node)}")
+            self.lost_id(path)
             return None
         entries: dict[str, yaml.Node] = {}
         seen: dict[str, int] = {}
         unknown: list[str] = []
+        merged = False
         for key_node, value_node in node.value:
             self._count()
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                key_path = (*path, "<<")
+                self.lines[key_path] = key_node.start_mark.line + 1
+                self.fail(key_path, "merge keys (<<) are not supported; write the keys out")
+                self.hide(path)  # keys it would have brought are missing for that reason
+                self.lost_id(path)
+                merged = True
+                continue
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
                 self.lines.setdefault((*path, "?"), key_node.start_mark.line + 1)
                 self.fail((*path, "?"), f"a key must be a plain name, got {_kind(key_node)}")
@@ -305,9 +325,7 @@ class _Reader:
                 continue
             seen[key] = line
             self.lines[key_path] = line
-            if key == "<<":
-                self.fail(key_path, "merge keys (<<) are not supported; write the keys out")
-            elif inline_secrets and key in inline_secrets:
+            if inline_secrets and key in inline_secrets:
                 self.fail(
                     key_path,
                     "a secret must not be written in this file; put it in an environment "
@@ -320,7 +338,7 @@ class _Reader:
             else:
                 entries[key] = value_node
         for key, hint in (required or {}).items():
-            if key in entries or (*path, key) in self.reported:
+            if key in entries or (*path, key) in self.reported or merged:
                 continue
             self.lines[(*path, key)] = node.start_mark.line + 1
             if key in seen:  # given, but refused above
@@ -335,6 +353,7 @@ class _Reader:
         """The list's items, each with its line remembered."""
         if not isinstance(node, yaml.SequenceNode):
             self.fail(path, f"expected a list (e.g. {example}), got {_kind(node)}")
+            self.lost_id(path)
             return None
         for i, item in enumerate(node.value):
             self._count()
@@ -472,7 +491,9 @@ class _Reader:
         if value is None:
             return None
         if value not in choices:
-            hint = _suggest(value, names) or _suggest(value.upper(), names)
+            # The right value may differ only in case, or be a longer form (Friday for fri).
+            variants = (value, value.upper(), value.lower(), value.lower()[:3])
+            hint = next(filter(None, (_suggest(v, names) for v in variants)), "")
             self.fail(path, f"unknown {what} {value!r}{hint}; expected {_one_of(names)}")
             return None
         return choices[value]
@@ -521,7 +542,16 @@ def _read_root(r: _Reader, root: yaml.Node) -> _Parts:
 
 def _id(r: _Reader, entries: Mapping[str, yaml.Node], path: ConfigPath) -> str:
     node = entries.get("id")
-    return (r.string(node, (*path, "id"), "an id") if node is not None else None) or ""
+    if node is None:
+        r.lost_id(path)
+        return ""
+    value = r.string(node, (*path, "id"), "an id")
+    if value is None and isinstance(node, yaml.ScalarNode):
+        # `id: 42` is reported; keeping "42" spares its references a second message.
+        return str(node.value)
+    if value is None:
+        r.lost_id(path)
+    return value or ""
 
 
 def _user(r: _Reader) -> Callable[[yaml.Node, ConfigPath], User]:
@@ -552,6 +582,7 @@ def _channel(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Channel]:
     def read(node: yaml.Node, path: ConfigPath) -> Channel:
         if not isinstance(node, yaml.MappingNode):
             r.fail(path, f"expected a mapping (key: value), got {_kind(node)}")
+            r.lost_id(path)
             return Channel(id="")
         # The type decides which keys are allowed, so it is read first.
         keys = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
@@ -585,6 +616,8 @@ def _channel(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Channel]:
             key_node, value_node = keys["id"]
             r.lines[(*path, "id")] = key_node.start_mark.line + 1
             channel_id = r.string(value_node, (*path, "id"), "an id") or ""
+        if not channel_id:
+            r.lost_id(path)
         return Channel(id=channel_id)
 
     return read

@@ -15,6 +15,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from incident_manager.domain.paging.model import (
+    CHANNEL_TYPES,
     MAX_REPEAT,
     Channel,
     ConfigPath,
@@ -57,8 +58,8 @@ class _Problems:
     def __init__(self) -> None:
         self.found: list[ConfigProblem] = []
 
-    def add(self, path: ConfigPath, message: str) -> None:
-        self.found.append(ConfigProblem(path, message))
+    def add(self, path: ConfigPath, message: str, refers_to: str = "") -> None:
+        self.found.append(ConfigProblem(path, message, refers_to))
 
 
 def config_problems(
@@ -76,7 +77,10 @@ def config_problems(
     schedule_ids = _ids(out, "schedules", [s.id for s in schedules])
     policy_ids = _ids(out, "escalation_policies", [p.id for p in escalation_policies])
     channels_by_id = {c.id: c for c in channels}
-    has_email_channel = any(isinstance(c, EmailChannel) for c in channels)
+    # A channel of an unknown type (reported) might be the email one: infer nothing from it.
+    has_email_channel = any(
+        isinstance(c, EmailChannel) or type(c) not in CHANNEL_TYPES.values() for c in channels
+    )
 
     for i, user in enumerate(users):
         _check_user(out, ("users", i), user, channels_by_id, has_email_channel)
@@ -100,7 +104,11 @@ def config_problems(
     for i, route in enumerate(routes):
         path: ConfigPath = ("routes", i)
         if route.policy not in policy_ids:
-            out.add((*path, "policy"), _unknown("escalation policy", route.policy, policy_ids))
+            out.add(
+                (*path, "policy"),
+                _unknown("escalation policy", route.policy, policy_ids),
+                "escalation_policies",
+            )
         if route.is_fallback and i != len(routes) - 1:
             out.add(
                 path,
@@ -206,7 +214,7 @@ def _check_user(
         where: ConfigPath = (*path, "channels", j)
         channel = channels.get(channel_id)
         if channel is None:
-            out.add(where, _unknown("channel", channel_id, channels))
+            out.add(where, _unknown("channel", channel_id, channels), "channels")
         elif counts[channel_id] > 1 and user.channels.index(channel_id) != j:
             out.add(where, f"channel {channel_id!r} is listed twice")
         elif isinstance(channel, EmailChannel) and user.email is None:
@@ -264,7 +272,7 @@ def _check_schedule(
             out.add((*where, "users"), "no user; expected at least one")
         for j, user_id in enumerate(layer.users):
             if user_id not in user_ids:
-                out.add((*where, "users", j), _unknown("user", user_id, user_ids))
+                out.add((*where, "users", j), _unknown("user", user_id, user_ids), "users")
         if layer.rotation < MIN_ROTATION:
             out.add((*where, "rotation"), "must be at least 1h (or daily, weekly)")
         elif layer.rotation % timedelta(minutes=1):
@@ -311,7 +319,7 @@ def _check_policy(
             if target.kind is TargetKind.CHANNEL:
                 channel = channels.get(target.id)
                 if channel is None:
-                    out.add(at, _unknown("channel", target.id, channel_ids))
+                    out.add(at, _unknown("channel", target.id, channel_ids), "channels")
                 elif isinstance(channel, EmailChannel) and not channel.to:
                     out.add(
                         at,
@@ -319,4 +327,8 @@ def _check_policy(
                         "notified on its own; give it `to`, or notify users",
                     )
             elif target.id not in known[target.kind]:
-                out.add(at, _unknown(target.kind.value, target.id, known[target.kind]))
+                out.add(
+                    at,
+                    _unknown(target.kind.value, target.id, known[target.kind]),
+                    "users" if target.kind is TargetKind.USER else "schedules",
+                )

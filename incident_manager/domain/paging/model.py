@@ -42,6 +42,8 @@ class ConfigProblem:
     path: ConfigPath
     message: str
     """What is wrong, then what is expected."""
+    refers_to: str = ""
+    """For a reference to an id nothing has: the section it should be in (`users`)."""
 
     def __str__(self) -> str:
         where = render_path(self.path)
