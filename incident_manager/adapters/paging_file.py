@@ -37,6 +37,7 @@ from incident_manager.domain.paging.model import (
     ConfigProblem,
     EmailChannel,
     EscalationPolicy,
+    InvalidPagingConfig,
     Layer,
     Level,
     Matcher,
@@ -121,10 +122,22 @@ def read_paging_config(text: str, filename: str) -> LoadedPagingConfig:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else 1
-        what = " ".join(part for part in (error.context, error.problem) if part)
+        what = "; ".join(part for part in (error.context, error.problem) if part)
         raise PagingConfigError([f"{filename}:{line}: not valid YAML: {what}"]) from None
-    except yaml.YAMLError as error:  # e.g. a control character in the file
+    except yaml.reader.ReaderError as error:
+        line = text[: error.position].count("\n") + 1
+        raise PagingConfigError(
+            [
+                f"{filename}:{line}: not valid YAML: the character #x{error.character:04x} is "
+                "not allowed in YAML text"
+            ]
+        ) from None
+    except yaml.YAMLError as error:
         raise PagingConfigError([f"{filename}:1: not valid YAML: {error}"]) from None
+    except RecursionError:
+        raise PagingConfigError(
+            [f"{filename}:1: not valid YAML for a paging file: nested too deeply"]
+        ) from None
     if root is None:
         raise PagingConfigError(
             [f"{filename}:1: the file is empty; expected escalation_policies and routes"]
@@ -149,13 +162,16 @@ def read_paging_config(text: str, filename: str) -> LoadedPagingConfig:
     )
     if reader.errors:
         raise PagingConfigError(reader.messages())
-    config = PagingConfig(
-        users=parts.users,
-        channels=parts.channels,
-        schedules=parts.schedules,
-        escalation_policies=parts.escalation_policies,
-        routes=parts.routes,
-    )
+    try:
+        config = PagingConfig(
+            users=parts.users,
+            channels=parts.channels,
+            schedules=parts.schedules,
+            escalation_policies=parts.escalation_policies,
+            routes=parts.routes,
+        )
+    except InvalidPagingConfig as error:  # only if a problem above was wrongly held back
+        raise PagingConfigError([reader.render(p) for p in error.problems]) from None
     warnings = config_warnings(
         schedules=config.schedules,
         escalation_policies=config.escalation_policies,

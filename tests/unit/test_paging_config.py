@@ -174,11 +174,20 @@ def test_the_sample_has_nothing_to_warn_about() -> None:
 
 def test_a_yaml_syntax_error_names_its_line() -> None:
     assert broken("  - policy: default\n", "  - policy: [default\n") == [
-        "22: not valid YAML: while parsing a flow sequence expected ',' or ']', but got "
+        "22: not valid YAML: while parsing a flow sequence; expected ',' or ']', but got "
         "'<stream end>'"
     ]
     (message,) = broken("    email: alice@example.com", "    email: alice@example.com: x")
     assert message.startswith("3: not valid YAML: mapping values are not allowed here")
+
+
+def test_characters_yaml_refuses_and_absurd_nesting_are_reported_with_a_line() -> None:
+    assert broken("  - id: alice", "  - id: al\x00ice") == [
+        "2: not valid YAML: the character #x0000 is not allowed in YAML text"
+    ]
+    assert mistakes("users: " + "[" * 100_000 + "]" * 100_000) == [
+        "1: not valid YAML for a paging file: nested too deeply"
+    ]
 
 
 def test_an_empty_file_or_a_list_at_the_top_is_refused() -> None:
@@ -720,7 +729,8 @@ def test_check_as_a_process_exits_0_or_2_and_never_prints_a_traceback(tmp_path: 
     assert failed.returncode == 2
     assert "Traceback" not in failed.stderr
     assert failed.stderr.splitlines() == [
-        f"{bad}:2: not valid YAML: while parsing a flow node expected the node content, but found "
+        f"{bad}:2: not valid YAML: while parsing a flow node; expected the node content, but "
+        "found "
         "'<stream end>'",
         f"{tmp_path / 'missing.yaml'}: no such file",
         f"{tmp_path}: is a directory; expected a YAML file",
