@@ -87,6 +87,23 @@ _TARGET_KEYS = tuple(kind.value for kind in TargetKind)
 _ROUTE_KEYS = ("match", "policy")
 _MATCH_KEYS = ("severity", "type", "source", "labels", "labels_regex")
 
+FILE_KEYS: Mapping[str, tuple[str, ...]] = {
+    "top level": _ROOT_KEYS,
+    "users": _USER_KEYS,
+    "webhook channels": _CHANNEL_KEYS[WebhookChannel.type],
+    "email channels": _CHANNEL_KEYS[EmailChannel.type],
+    "smtp": _SMTP_KEYS,
+    "schedules": _SCHEDULE_KEYS,
+    "layers": _LAYER_KEYS,
+    "restrictions": _RESTRICTION_KEYS,
+    "escalation policies": _POLICY_KEYS,
+    "levels": _LEVEL_KEYS,
+    "targets": _TARGET_KEYS,
+    "routes": _ROUTE_KEYS,
+    "match": _MATCH_KEYS,
+}
+"""Every key the file may use, by where it goes (docs/PAGING.md documents each)."""
+
 _DURATION_HINT = "a duration such as 30s, 10m or 1h30m"
 
 

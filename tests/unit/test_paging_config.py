@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from incident_manager.adapters.paging_file import (
+    FILE_KEYS,
     MAX_NODES,
     PagingConfigError,
     config_summary,
@@ -656,6 +657,14 @@ def test_starttls_without_a_port_uses_the_submission_port() -> None:
 def test_a_config_built_in_code_is_checked_too() -> None:
     with pytest.raises(InvalidPagingConfig, match=r"routes\[0\]\.policy: no escalation policy"):
         PagingConfig(escalation_policies=(), routes=(Route("x"),))
+
+
+def test_every_key_the_file_may_use_is_documented() -> None:
+    guide = (ROOT / "docs" / "PAGING.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `\{?([a-z_]+)", guide, flags=re.MULTILINE))
+    for where, keys in FILE_KEYS.items():
+        missing = [key for key in keys if key not in documented]
+        assert not missing, f"docs/PAGING.md has no table row for {where} keys {missing}"
 
 
 # The check command
