@@ -556,6 +556,36 @@ def test_a_webhook_needs_an_http_url_and_may_not_replace_the_signature_headers()
     ]
 
 
+def test_a_webhook_url_with_a_password_or_a_header_with_a_line_break_is_refused() -> None:
+    assert broken(
+        "https://hooks.example.com/x", "https://bot:hunter2@hooks.example.com/x", WEBHOOK
+    ) == [
+        "7: channels[0].url: the URL carries a password, and secrets must not be written in "
+        "this file; sign requests with secret_env instead"
+    ]
+    assert broken(
+        "    url: https://hooks.example.com/x",
+        '    url: https://hooks.example.com/x\n    headers: {X-Team: "ops\\r\\nX-Evil: 1"}',
+        WEBHOOK,
+    ) == [
+        "8: channels[0].headers.X-Team: the value has control characters; expected one line of text"
+    ]
+
+
+def test_an_invalid_id_is_reported_once_not_again_where_it_is_used() -> None:
+    assert (
+        broken("  - id: alice", "  - id: al ice").count(
+            "2: users[0].id: 'al ice' is not a valid id; expected 1 to 64 letters, digits, '_', "
+            "'.' or '-', starting with a letter or digit"
+        )
+        == 1
+    )
+    assert broken("alice", "al ice", BASE.replace("[alice]", "[al ice]")) == [
+        "2: users[0].id: 'al ice' is not a valid id; expected 1 to 64 letters, digits, '_', "
+        "'.' or '-', starting with a letter or digit"
+    ]
+
+
 def test_a_user_with_an_email_but_no_email_channel_is_refused() -> None:
     assert broken(
         "  - id: mail\n    type: email\n    smtp: {host: 127.0.0.1, from: incidents@example.com}\n",

@@ -16,12 +16,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from incident_manager.domain.errors import ValidationError
+from incident_manager.domain.errors import FieldViolation, ValidationError
 from incident_manager.domain.paging.model import (
+    EscalationPolicy,
     Layer,
+    Level,
     Override,
+    PagingConfig,
     Restriction,
+    Route,
     Schedule,
+    Target,
+    TargetKind,
+    User,
+    WebhookChannel,
     Weekday,
 )
 from incident_manager.domain.paging.schedules import (
@@ -289,6 +297,27 @@ def test_an_override_ending_before_it_starts_is_refused() -> None:
         override("carol", utc(2026, 3, 3), utc(2026, 3, 2))
     with pytest.raises(ValidationError, match="time zone"):
         override("carol", datetime(2026, 3, 2), datetime(2026, 3, 3))
+
+
+def test_a_configuration_says_why_it_cannot_take_an_override() -> None:
+    config = PagingConfig(
+        users=(User(id="alice", channels=("hook",)),),
+        channels=(WebhookChannel(id="hook", url="https://hooks.example.com/x"),),
+        schedules=(schedule(layer(users=("alice",))),),
+        escalation_policies=(
+            EscalationPolicy(
+                id="default",
+                levels=(Level(timedelta(0), (Target(TargetKind.SCHEDULE, "primary"),)),),
+            ),
+        ),
+        routes=(Route("default"),),
+    )
+    assert config.override_problems(override("alice", utc(2026, 3, 2), utc(2026, 3, 3))) == []
+    wrong = override("bob", utc(2026, 3, 2), utc(2026, 3, 3), schedule_id="secondary")
+    assert config.override_problems(wrong) == [
+        FieldViolation("schedule_id", "no schedule 'secondary' is configured"),
+        FieldViolation("user_id", "no user 'bob' is configured"),
+    ]
 
 
 # Daylight saving

@@ -149,19 +149,20 @@ def config_warnings(
 
 
 def _ids(out: _Problems, section: str, ids: Sequence[str]) -> set[str]:
+    """The ids given, each reported if invalid or repeated (references to them are not)."""
     seen: dict[str, int] = {}
     for i, value in enumerate(ids):
         path: ConfigPath = (section, i, "id")
+        if value in seen:
+            out.add(path, f"duplicate id {value!r}; {section}[{seen[value]}] already has it")
+            continue
+        seen[value] = i
         if not ID_PATTERN.fullmatch(value):
             out.add(
                 path,
                 f"{value!r} is not a valid id; expected 1 to 64 letters, digits, '_', '.' or '-', "
                 "starting with a letter or digit",
             )
-        elif value in seen:
-            out.add(path, f"duplicate id {value!r}; {section}[{seen[value]}] already has it")
-        else:
-            seen[value] = i
     return set(seen)
 
 
@@ -235,6 +236,12 @@ def _check_channel(out: _Problems, path: ConfigPath, channel: Channel) -> None:
                 (*path, "url"),
                 f"{channel.url!r} is not an http(s) URL; expected e.g. https://example.com/hook",
             )
+        elif url.password is not None:
+            out.add(
+                (*path, "url"),
+                "the URL carries a password, and secrets must not be written in this file; "
+                "sign requests with secret_env instead",
+            )
         _check_env_name(out, (*path, "secret_env"), channel.secret_env, "signing secret")
         _check_timeout(out, (*path, "timeout"), channel.timeout)
         for name in channel.headers:
@@ -243,6 +250,9 @@ def _check_channel(out: _Problems, path: ConfigPath, channel: Channel) -> None:
                 out.add(where, f"{name!r} is not a valid HTTP header name")
             elif name.lower() in RESERVED_HEADERS:
                 out.add(where, f"{name} is set by the webhook sender and cannot be replaced")
+            elif any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in channel.headers[name]):
+                # A line break here would let the file write other headers.
+                out.add(where, "the value has control characters; expected one line of text")
     elif isinstance(channel, EmailChannel):
         smtp: ConfigPath = (*path, "smtp")
         if not channel.smtp.host:
