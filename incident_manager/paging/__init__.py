@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from incident_manager.adapters.paging_file import (
+from incident_manager.paging.file import (
     PagingConfigError,
     config_summary,
     read_paging_config,

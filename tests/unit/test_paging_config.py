@@ -14,15 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from incident_manager.adapters.paging_file import (
-    FILE_KEYS,
-    MAX_NODES,
-    PagingConfigError,
-    config_summary,
-    load_paging_config,
-    parse_duration,
-    read_paging_config,
-)
 from incident_manager.domain.model import IncidentType, Severity
 from incident_manager.domain.paging.model import (
     EmailChannel,
@@ -37,6 +28,15 @@ from incident_manager.domain.paging.model import (
     Weekday,
 )
 from incident_manager.paging import main
+from incident_manager.paging.file import (
+    FILE_KEYS,
+    MAX_NODES,
+    PagingConfigError,
+    config_summary,
+    load_paging_config,
+    parse_duration,
+    read_paging_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "paging.yaml"
