@@ -1,0 +1,423 @@
+"""The paging configuration as values, and the run-time overrides and silences.
+
+Everything here is a frozen dataclass. A `PagingConfig` checks itself when it
+is built (`checks.config_problems`): one that exists has no dangling reference,
+no duplicate id and no value the rules in docs/PAGING.md refuse. Fields keep
+the order of the file, so a problem's path (`schedules[0].layers[1].users[2]`)
+names the same place in the file and in these values.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from typing import ClassVar
+from zoneinfo import ZoneInfo
+
+from incident_manager.domain.errors import DomainError, FieldViolation, ValidationError
+from incident_manager.domain.model import IncidentType, Severity
+
+ConfigPath = tuple[str | int, ...]
+"""Where a value sits in the file: ("schedules", 0, "layers", 1, "users", 2)."""
+
+
+def render_path(path: ConfigPath) -> str:
+    """`schedules[0].layers[1].users[2]`, the way messages name a place in the file."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One mistake in a paging configuration: where it is and what is wrong with it."""
+
+    path: ConfigPath
+    message: str
+    """What is wrong, then what is expected."""
+    refers_to: str = ""
+    """For a reference to an id nothing has: the section it should be in (`users`)."""
+
+    def __str__(self) -> str:
+        where = render_path(self.path)
+        return f"{where}: {self.message}" if where else self.message
+
+
+class InvalidPagingConfig(DomainError):
+    """A paging configuration breaks the rules; `problems` lists every mistake."""
+
+    reason = "INVALID_PAGING_CONFIG"
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        if not problems:
+            raise ValueError("an InvalidPagingConfig needs at least one problem")
+        super().__init__("invalid paging configuration:\n" + "\n".join(map(str, problems)))
+        self.problems = tuple(problems)
+
+
+class Weekday(enum.IntEnum):
+    """Days as `datetime.weekday()` numbers them; the file writes them `mon` to `sun`."""
+
+    MON = 0
+    TUE = 1
+    WED = 2
+    THU = 3
+    FRI = 4
+    SAT = 5
+    SUN = 6
+
+
+EVERY_DAY = frozenset(Weekday)
+
+
+@dataclass(frozen=True)
+class User:
+    """A person who can be paged."""
+
+    id: str
+    name: str = ""
+    """For messages; the id when empty."""
+    email: str | None = None
+    """Where the email channel sends this user's pages."""
+    time_zone: ZoneInfo | None = None
+    """For showing times to this user; schedules use their own zone."""
+    channels: tuple[str, ...] = ()
+    """Ids of channels that also page this user (an email channel here carries the email)."""
+
+    @property
+    def display_name(self) -> str:
+        """The name, or the id when the file gives none."""
+        return self.name or self.id
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A way to deliver pages. Each kind is a subclass; `type` is its name in the file."""
+
+    id: str
+    type: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class WebhookChannel(Channel):
+    """An HTTP POST of a JSON body, signed per the Standard Webhooks convention."""
+
+    url: str = ""
+    secret_env: str | None = None
+    """The environment variable holding the signing secret; None sends unsigned requests."""
+    timeout: timedelta = timedelta(seconds=10)
+    """How long one attempt may take."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Extra request headers (not secrets: the file is not a secret store)."""
+    type: ClassVar[str] = "webhook"
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where an email channel hands its messages over."""
+
+    host: str
+    from_address: str
+    """The file's `from`."""
+    port: int = 25
+    starttls: bool = False
+    """Upgrade the connection with STARTTLS before logging in or sending."""
+    username: str | None = None
+    password_env: str | None = None
+    """The environment variable holding the password for `username`."""
+    timeout: timedelta = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class EmailChannel(Channel):
+    """Email through an SMTP server. Users' addresses come from the users;
+    `to` is only for the channel used as a target on its own."""
+
+    smtp: SmtpServer = field(default_factory=lambda: SmtpServer(host="", from_address=""))
+    to: tuple[str, ...] = ()
+    type: ClassVar[str] = "email"
+
+
+CHANNEL_TYPES: Mapping[str, type[Channel]] = {
+    WebhookChannel.type: WebhookChannel,
+    EmailChannel.type: EmailChannel,
+}
+"""The channel types a configuration may use now."""
+
+PLANNED_CHANNEL_TYPES = ("slack", "teams", "pagerduty")
+"""Types that will come on the same delivery machinery; a configuration using one is refused."""
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """A span of local time a layer covers, starting on each of `days`.
+
+    A span whose `end` is not after its `start` ends on the next day, so
+    22:00-06:00 is overnight and 00:00-00:00 is the whole day.
+    """
+
+    start: time
+    end: time
+    days: frozenset[Weekday] = EVERY_DAY
+
+    @property
+    def length(self) -> timedelta:
+        """How long the span is on the wall clock (24h when start equals end)."""
+        start = timedelta(hours=self.start.hour, minutes=self.start.minute)
+        end = timedelta(hours=self.end.hour, minutes=self.end.minute)
+        length = (end - start) % timedelta(days=1)
+        return length or timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Users taking turns: the first turn starts at `handoff`, each lasts `rotation`.
+
+    Both are wall-clock values in the schedule's zone: a daily rotation hands
+    off at the same local time every day, whatever daylight saving does.
+    """
+
+    users: tuple[str, ...]
+    rotation: timedelta
+    """`daily` is 1 day and `weekly` 7, measured on the local wall clock."""
+    handoff: datetime
+    """Naive local time of the first hand-off; the layer covers nothing before it."""
+    restrictions: tuple[Restriction, ...] = ()
+    """The file's `restrict`; empty means around the clock."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Who is on call: layers, where a later layer wins over an earlier one."""
+
+    id: str
+    time_zone: ZoneInfo
+    layers: tuple[Layer, ...]
+
+
+class TargetKind(enum.Enum):
+    """What a level notifies; the value is the key in the file (`{schedule: primary}`)."""
+
+    USER = "user"
+    SCHEDULE = "schedule"
+    CHANNEL = "channel"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One entry of a level's `notify`."""
+
+    kind: TargetKind
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.value} {self.id}"
+
+
+@dataclass(frozen=True)
+class Level:
+    """A step of an escalation policy: whom to notify, `after` the round started."""
+
+    after: timedelta
+    targets: tuple[Target, ...]
+    """The file's `notify`."""
+
+
+DEFAULT_REPEAT_AFTER = timedelta(minutes=10)
+MAX_REPEAT = 100
+
+
+@dataclass(frozen=True)
+class EscalationPolicy:
+    """Levels notified in turn until someone acknowledges; see escalation.py for the timing."""
+
+    id: str
+    levels: tuple[Level, ...]
+    ack_timeout: timedelta | None = None
+    """Page again from the first level if an acknowledged incident stays untouched this long."""
+    repeat: int = 0
+    """Run all the levels again this many more times if nobody acknowledges."""
+    repeat_after: timedelta = DEFAULT_REPEAT_AFTER
+    """From the last level of a round to the first level of the next."""
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """What routes and silences match on. Every field given must match (empty = any);
+    a list matches if any of its values does; every label given must be present and match."""
+
+    severities: frozenset[Severity] = frozenset()
+    types: frozenset[IncidentType] = frozenset()
+    sources: frozenset[str] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Exact values."""
+    labels_regex: Mapping[str, re.Pattern[str]] = field(default_factory=dict)
+    """Patterns that must match the whole value."""
+
+    @property
+    def is_empty(self) -> bool:
+        """True when it matches everything."""
+        return not (
+            self.severities or self.types or self.sources or self.labels or self.labels_regex
+        )
+
+
+@dataclass(frozen=True)
+class Route:
+    """Incidents that `match` are paged with `policy`; no match makes it the fallback."""
+
+    policy: str
+    match: Matcher | None = None
+
+    @property
+    def is_fallback(self) -> bool:
+        """True when it matches every incident."""
+        return self.match is None or self.match.is_empty
+
+
+@dataclass(frozen=True)
+class PagingConfig:
+    """The whole paging configuration, checked when built (raises InvalidPagingConfig)."""
+
+    escalation_policies: tuple[EscalationPolicy, ...]
+    routes: tuple[Route, ...]
+    users: tuple[User, ...] = ()
+    channels: tuple[Channel, ...] = ()
+    schedules: tuple[Schedule, ...] = ()
+    _users: Mapping[str, User] = field(init=False, repr=False, compare=False)
+    _channels: Mapping[str, Channel] = field(init=False, repr=False, compare=False)
+    _schedules: Mapping[str, Schedule] = field(init=False, repr=False, compare=False)
+    _policies: Mapping[str, EscalationPolicy] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Imported here: the checks need these classes, and this module needs the checks.
+        from incident_manager.domain.paging.checks import config_problems
+
+        problems = config_problems(
+            users=self.users,
+            channels=self.channels,
+            schedules=self.schedules,
+            escalation_policies=self.escalation_policies,
+            routes=self.routes,
+        )
+        if problems:
+            raise InvalidPagingConfig(problems)
+        object.__setattr__(self, "_users", {u.id: u for u in self.users})
+        object.__setattr__(self, "_channels", {c.id: c for c in self.channels})
+        object.__setattr__(self, "_schedules", {s.id: s for s in self.schedules})
+        object.__setattr__(self, "_policies", {p.id: p for p in self.escalation_policies})
+
+    def user(self, user_id: str) -> User | None:
+        """The user with this id, if the configuration has one."""
+        return self._users.get(user_id)
+
+    def channel(self, channel_id: str) -> Channel | None:
+        """The channel with this id, if any."""
+        return self._channels.get(channel_id)
+
+    def schedule(self, schedule_id: str) -> Schedule | None:
+        """The schedule with this id, if any."""
+        return self._schedules.get(schedule_id)
+
+    def policy(self, policy_id: str) -> EscalationPolicy | None:
+        """The escalation policy with this id, if any."""
+        return self._policies.get(policy_id)
+
+    @property
+    def email_channel(self) -> EmailChannel | None:
+        """The channel that carries users' email unless a user names another: the first one."""
+        return next((c for c in self.channels if isinstance(c, EmailChannel)), None)
+
+    @property
+    def has_fallback_route(self) -> bool:
+        """False means incidents that match no route are not paged."""
+        return any(route.is_fallback for route in self.routes)
+
+    def override_problems(self, override: Override) -> list[FieldViolation]:
+        """Why this configuration cannot take the override (unknown schedule or user)."""
+        wrong = []
+        if self.schedule(override.schedule_id) is None:
+            wrong.append(
+                FieldViolation("schedule_id", f"no schedule {override.schedule_id!r} is configured")
+            )
+        if self.user(override.user_id) is None:
+            wrong.append(FieldViolation("user_id", f"no user {override.user_id!r} is configured"))
+        return wrong
+
+
+def _require_aware(what: str, **moments: datetime) -> list[FieldViolation]:
+    return [
+        FieldViolation(name, f"{what} needs a time zone (got a naive datetime)")
+        for name, moment in moments.items()
+        if moment.tzinfo is None or moment.utcoffset() is None
+    ]
+
+
+@dataclass(frozen=True)
+class Override:
+    """Someone else covers a schedule for a while ("bob covers for alice tonight").
+
+    Made at run time and stored; during [start, end) it wins over every layer.
+    Where overrides overlap, the one that started last wins (on a tie, the greater id).
+    """
+
+    id: str
+    schedule_id: str
+    user_id: str
+    start: datetime
+    end: datetime
+    created_by: str
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        wrong = _require_aware("an override", start=self.start, end=self.end)
+        if not wrong and self.end <= self.start:
+            wrong.append(FieldViolation("end", "must be after start"))
+        if wrong:
+            raise ValidationError(wrong)
+
+    def covers(self, at: datetime) -> bool:
+        """Whether it is in force at that moment."""
+        return self.start <= at < self.end
+
+
+@dataclass(frozen=True)
+class Silence:
+    """Incidents that match are not paged during [start, end) (Alertmanager's idea).
+
+    Their alerts are still ingested and stored; only paging waits. `end` may
+    equal `start`: a silence expired before it began.
+    """
+
+    id: str
+    matcher: Matcher
+    start: datetime
+    end: datetime
+    created_by: str
+    comment: str = ""
+
+    def __post_init__(self) -> None:
+        wrong = _require_aware("a silence", start=self.start, end=self.end)
+        if not wrong and self.end < self.start:
+            wrong.append(FieldViolation("end", "must not be before start"))
+        if self.matcher.is_empty:
+            # A silence on everything would stop all paging: say which incidents.
+            wrong.append(FieldViolation("matchers", "a silence needs at least one matcher"))
+        if wrong:
+            raise ValidationError(wrong)
+
+    def is_active(self, at: datetime) -> bool:
+        """Whether it holds matching incidents at that moment."""
+        return self.start <= at < self.end
+
+    def expired(self, at: datetime) -> Silence:
+        """This silence ended at `at` (or not begun, if it had not started)."""
+        end = min(self.end, max(self.start, at))
+        return Silence(self.id, self.matcher, self.start, end, self.created_by, self.comment)
