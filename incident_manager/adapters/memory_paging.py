@@ -12,9 +12,8 @@ from incident_manager.domain.paging.ledger import (
     EscalationStatus,
     Notification,
     NotificationState,
-    Override,
-    Silence,
 )
+from incident_manager.domain.paging.model import Override, Silence
 from incident_manager.service.ports import PagingRepository
 
 
@@ -187,11 +186,11 @@ class MemoryPaging(PagingRepository):
                 for s in (self._state.silences | self._staged.silences).values()
                 if include_expired or s.end > now
             ),
-            key=lambda s: (s.create_time, s.id),
+            key=lambda s: (s.create_time or s.start, s.id),
             reverse=True,
         )
         if after is not None:
-            rows = [s for s in rows if (s.create_time, s.id) < after]
+            rows = [s for s in rows if (s.create_time or s.start, s.id) < after]
         return rows[:limit]
 
     def add_override(self, override: Override) -> None:

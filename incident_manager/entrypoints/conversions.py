@@ -57,17 +57,12 @@ from incident_manager.domain.model import (
     Severity,
     TimelineEvent,
 )
-from incident_manager.domain.paging.ledger import (
-    Notification,
-    NotificationState,
-    Override,
-    Silence,
-    SilenceMatchers,
-    TargetKind,
-)
+from incident_manager.domain.paging.escalation import Delivery
+from incident_manager.domain.paging.ledger import Notification, NotificationState
+from incident_manager.domain.paging.model import Matcher, Override, Silence, TargetKind
+from incident_manager.domain.paging.schedules import OnCall
 from incident_manager.domain.query import IncidentFilter
 from incident_manager.domain.validation import MAX_FILTER_VALUES, Checker, validate_alert
-from incident_manager.service.pager import OnCall, RoutePlan
 from incident_manager.service.commands import (
     ANONYMOUS,
     AddNote,
@@ -77,6 +72,7 @@ from incident_manager.service.commands import (
     UpdateIncident,
 )
 from incident_manager.service.handlers import check_create_incident
+from incident_manager.service.pager import RoutePlan
 
 E = TypeVar("E", bound=enum.IntEnum)
 T = TypeVar("T")
@@ -724,16 +720,20 @@ def module_event_from_proto(
 NOTIFICATION_STATE = EnumTable(
     NotificationState, paging_pb2.NotificationState, "NOTIFICATION_STATE_"
 )
-TARGET_KIND = EnumTable(TargetKind, paging_pb2.TargetKind, "TARGET_KIND_")
+TARGET_KINDS: dict[TargetKind, int] = {
+    kind: paging_pb2.TargetKind.Value(f"TARGET_KIND_{kind.name}") for kind in TargetKind
+}
+"""Target kinds are named in the file (`user`, `schedule`, `channel`), so this table maps by
+name; building it fails at import if the proto lacks one."""
 SILENCE_STATES = {
     name: paging_pb2.SilenceState.Value(f"SILENCE_STATE_{name}")
     for name in ("PENDING", "ACTIVE", "EXPIRED")
 }
 
 
-def optional_time(message: object, name: str, field: str) -> datetime | None:
+def optional_time(message: Any, name: str, field: str) -> datetime | None:
     """A Timestamp field that may be unset."""
-    if not message.HasField(name):  # type: ignore[attr-defined]
+    if not message.HasField(name):
         return None
     return timestamp_from_proto(getattr(message, name), field)
 
@@ -745,7 +745,7 @@ def notification_to_proto(n: Notification) -> paging_pb2.Notification:
         policy_id=n.policy_id,
         level=n.level,
         round=n.round,
-        target_kind=TARGET_KIND.to_proto[n.target_kind],  # type: ignore[arg-type]
+        target_kind=TARGET_KINDS[n.target_kind],  # type: ignore[arg-type]
         target_id=n.target_id,
         user_id=n.user_id,
         channel_id=n.channel_id,
@@ -766,42 +766,40 @@ def notification_to_proto(n: Notification) -> paging_pb2.Notification:
     return message
 
 
-def silence_matchers_from_proto(message: paging_pb2.SilenceMatchers) -> SilenceMatchers:
-    return SilenceMatchers(
+def silence_matcher_from_proto(message: paging_pb2.SilenceMatchers) -> Matcher:
+    """What a silence matches; the values are checked by the pager."""
+    return Matcher(
         sources=frozenset(message.sources),
-        types=frozenset(int(t) for t in TYPE.parse_many(message.types, "silence.matchers.types")),
-        severities=frozenset(
-            int(s) for s in SEVERITY.parse_many(message.severities, "silence.matchers.severities")
-        ),
+        types=TYPE.parse_many(message.types, "silence.matchers.types"),
+        severities=SEVERITY.parse_many(message.severities, "silence.matchers.severities"),
         labels=dict(message.labels),
     )
 
 
 def silence_to_proto(silence: Silence, state: str) -> paging_pb2.Silence:
-    matchers = silence.matchers
-    return paging_pb2.Silence(
+    matcher = silence.matcher
+    message = paging_pb2.Silence(
         id=silence.id,
         matchers=paging_pb2.SilenceMatchers(
-            sources=sorted(matchers.sources),
-            types=[TYPE.to_proto[TYPE.domain(t)] for t in sorted(matchers.types)],  # type: ignore[misc]
-            severities=[
-                SEVERITY.to_proto[SEVERITY.domain(s)]  # type: ignore[misc]
-                for s in sorted(matchers.severities)
-            ],
-            labels=dict(matchers.labels),
+            sources=sorted(matcher.sources),
+            types=[TYPE.to_proto[t] for t in sorted(matcher.types)],  # type: ignore[misc]
+            severities=[SEVERITY.to_proto[v] for v in sorted(matcher.severities)],  # type: ignore[misc]
+            labels=dict(matcher.labels),
         ),
         start_time=timestamp_to_proto(silence.start),
         end_time=timestamp_to_proto(silence.end),
         created_by=silence.created_by,
         comment=silence.comment,
-        create_time=timestamp_to_proto(silence.create_time),
-        state=SILENCE_STATES[state],  # type: ignore[arg-type]
+        state=SILENCE_STATES[state],
         expired_by=silence.expired_by,
     )
+    if silence.create_time is not None:
+        message.create_time.CopyFrom(timestamp_to_proto(silence.create_time))
+    return message
 
 
 def override_to_proto(override: Override) -> paging_pb2.Override:
-    return paging_pb2.Override(
+    message = paging_pb2.Override(
         id=override.id,
         schedule_id=override.schedule_id,
         user_id=override.user_id,
@@ -809,19 +807,34 @@ def override_to_proto(override: Override) -> paging_pb2.Override:
         end_time=timestamp_to_proto(override.end),
         created_by=override.created_by,
         reason=override.reason,
-        create_time=timestamp_to_proto(override.create_time),
     )
+    if override.create_time is not None:
+        message.create_time.CopyFrom(timestamp_to_proto(override.create_time))
+    return message
 
 
-def on_call_to_proto(answer: OnCall) -> paging_pb2.GetOnCallResponse:
-    return paging_pb2.GetOnCallResponse(
+def on_call_to_proto(answer: OnCall, user_name: str) -> paging_pb2.GetOnCallResponse:
+    message = paging_pb2.GetOnCallResponse(
         schedule_id=answer.schedule_id,
-        user_id=answer.user_id,
-        user_name=answer.user_name,
-        start_time=timestamp_to_proto(answer.since),
-        end_time=timestamp_to_proto(answer.until),
-        layer=answer.layer,
-        override_id=answer.override_id,
+        user_id=answer.user_id or "",
+        user_name=user_name,
+        layer=answer.layer + 1 if answer.layer is not None else 0,
+        override_id=answer.override_id or "",
+    )
+    if answer.since is not None:
+        message.start_time.CopyFrom(timestamp_to_proto(answer.since))
+    if answer.until is not None:
+        message.end_time.CopyFrom(timestamp_to_proto(answer.until))
+    return message
+
+
+def _planned_delivery(delivery: Delivery) -> paging_pb2.PlannedDelivery:
+    return paging_pb2.PlannedDelivery(
+        target_kind=TARGET_KINDS[delivery.target.kind],  # type: ignore[arg-type]
+        target_id=delivery.target.id,
+        user_id=delivery.user_id or "",
+        channel_id=delivery.channel_id,
+        recipient=delivery.address or delivery.channel_id,
     )
 
 
@@ -832,23 +845,17 @@ def route_plan_to_proto(
         matched=plan.matched, route=plan.route, policy_id=plan.policy_id, silences=silences
     )
     for step in plan.steps:
-        response.levels.append(
-            paging_pb2.PlannedLevel(
-                level=step.level,
-                round=step.round,
-                notify_time=timestamp_to_proto(step.at),
-                deliveries=[
-                    paging_pb2.PlannedDelivery(
-                        target_kind=TARGET_KIND.to_proto[target.kind],  # type: ignore[arg-type]
-                        target_id=target.id,
-                        user_id=found.user_id,
-                        channel_id=found.channel_id,
-                        recipient=found.recipient,
-                        problem=found.problem,
-                    )
-                    for target, found in step.deliveries
-                ],
+        level = response.levels.add(
+            level=step.level, round=step.round, notify_time=timestamp_to_proto(step.at)
+        )
+        level.deliveries.extend(_planned_delivery(d) for d in step.deliveries)
+        level.deliveries.extend(
+            paging_pb2.PlannedDelivery(
+                target_kind=TARGET_KINDS[missed.target.kind],  # type: ignore[arg-type]
+                target_id=missed.target.id,
+                problem=missed.reason,
             )
+            for missed in step.unreached
         )
     if plan.ack_timeout:
         response.ack_timeout.CopyFrom(duration_to_proto(plan.ack_timeout))

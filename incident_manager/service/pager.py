@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from incident_manager.domain.errors import (
     IncidentNotFound,
@@ -23,20 +23,19 @@ from incident_manager.domain.errors import (
     quoted,
 )
 from incident_manager.domain.model import Clock, IncidentType, Severity
-from incident_manager.domain.paging.ledger import (
-    Notification,
+from incident_manager.domain.paging.escalation import Delivery, Unreached, plan, resolve_level
+from incident_manager.domain.paging.ledger import Notification, new_override_id, new_silence_id
+from incident_manager.domain.paging.model import (
+    Matcher,
     Override,
-    PlannedTarget,
+    PagingConfig,
     Silence,
-    SilenceMatchers,
     TargetKind,
-    holding,
-    new_override_id,
-    new_silence_id,
 )
+from incident_manager.domain.paging.routing import PagingSubject, choose_route, silences_holding
+from incident_manager.domain.paging.schedules import OnCall, on_call
 from incident_manager.domain.query import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from incident_manager.domain.validation import MAX_ID, MAX_NAME, Checker
-from incident_manager.service.paging import PagingRules, Recipient
 from incident_manager.service.ports import Storage, UnitOfWork
 
 T = TypeVar("T")
@@ -44,38 +43,19 @@ K = TypeVar("K")
 MAX_COMMENT = 1024
 MAX_SILENCE = timedelta(days=366)
 """Longer silences are refused: a forgotten silence would hide a real outage for good."""
-
-
-@dataclass(frozen=True)
-class OnCall:
-    """Who is on call for a schedule at a moment, and for how long."""
-
-    schedule_id: str
-    user_id: str
-    user_name: str
-    since: datetime
-    until: datetime
-    layer: int
-    """From 1; 0 for an override or nobody."""
-    override_id: str = ""
-
-
-class PagingBook(PagingRules, Protocol):
-    """The rules plus what the read-only RPCs need from the configuration."""
-
-    def has_schedule(self, schedule_id: str) -> bool: ...
-
-    def has_user(self, user_id: str) -> bool: ...
-
-    def on_call(self, schedule_id: str, at: datetime, overrides: list[Override]) -> OnCall: ...
+OVERRIDE_REACH = timedelta(days=400)
+"""How far from the asked moment GetOnCall looks for overrides."""
 
 
 @dataclass(frozen=True)
 class PlannedStep:
+    """One level of one round of a dry run, both from 1."""
+
     level: int
     round: int
     at: datetime
-    deliveries: list[tuple[PlannedTarget, Recipient]]
+    deliveries: tuple[Delivery, ...]
+    unreached: tuple[Unreached, ...]
 
 
 @dataclass(frozen=True)
@@ -89,15 +69,15 @@ class RoutePlan:
 
 
 class RulesHolder:
-    """The paging rules in force; `replace` swaps them at once (SIGHUP)."""
+    """The paging configuration in force; `replace` swaps it at once (SIGHUP)."""
 
-    def __init__(self, rules: PagingBook | None = None) -> None:
-        self.current: PagingBook | None = rules
+    def __init__(self, config: PagingConfig | None = None) -> None:
+        self.current: PagingConfig | None = config
 
-    def replace(self, rules: PagingBook | None) -> None:
-        self.current = rules
+    def replace(self, config: PagingConfig | None) -> None:
+        self.current = config
 
-    def __call__(self) -> PagingBook | None:
+    def __call__(self) -> PagingConfig | None:
         return self.current
 
 
@@ -114,7 +94,7 @@ class Pager:
         self.clock = clock
         self.wake = wake
 
-    def _book(self) -> PagingBook:
+    def _book(self) -> PagingConfig:
         book = self.rules.current
         if book is None:
             raise PagingNotConfigured()
@@ -175,44 +155,48 @@ class Pager:
         assert type is not None and severity is not None
         book = self._book()
         moment = at or self.clock()
-        match = book.route(source, int(type), int(severity), labels)
+        subject = PagingSubject(source, type, severity, dict(labels))
+        match = choose_route(book, subject)
         if match is None:
             return RoutePlan(matched=False)
         policy = match.policy
-        horizon = policy.due_time(moment, len(policy.levels) - 1, policy.repeat + 1)
+        steps = plan(policy, moment)
+        horizon = steps[-1].due + timedelta(microseconds=1)
+        schedules = {
+            target.id
+            for level in policy.levels
+            for target in level.targets
+            if target.kind is TargetKind.SCHEDULE
+        }
 
-        def work(uow: UnitOfWork) -> tuple[list[Silence], dict[str, list[Override]]]:
+        def work(uow: UnitOfWork) -> tuple[list[Silence], list[Override]]:
             silences = uow.paging.silences_active(moment)
-            overrides = {
-                schedule: uow.paging.overrides_between(schedule, moment, horizon + timedelta(1))
-                for schedule in book.schedule_ids()
-            }
+            overrides = [
+                found
+                for schedule in sorted(schedules)
+                for found in uow.paging.overrides_between(schedule, moment, horizon)
+            ]
             return silences, overrides
 
         silences, overrides = await self.storage.read(work)
-        held = holding(silences, source, int(type), int(severity), labels, moment)
-        steps: list[PlannedStep] = []
-        position: tuple[int, int] | None = (0, 1)
-        while position is not None:
-            level, round = position
-            when = policy.due_time(moment, level, round)
-            found: list[tuple[PlannedTarget, Recipient]] = []
-            for target in policy.levels[level].targets:
-                active = [
-                    o
-                    for o in overrides.get(target.id, [])
-                    if target.kind is TargetKind.SCHEDULE and o.start <= when < o.end
-                ]
-                for recipient in book.resolve(target, when, active):
-                    found.append((target, recipient))
-            steps.append(PlannedStep(level + 1, round, when, found))
-            position = policy.step_after(level, round)
+        planned = []
+        for step in steps:
+            resolved = resolve_level(book, policy.levels[step.level], step.due, overrides)
+            planned.append(
+                PlannedStep(
+                    step.level + 1,
+                    step.round + 1,
+                    step.due,
+                    resolved.deliveries,
+                    resolved.unreached,
+                )
+            )
         return RoutePlan(
             matched=True,
-            route=match.route,
+            route=match.index + 1,
             policy_id=policy.id,
-            silences=held,
-            steps=steps,
+            silences=list(silences_holding(silences, subject, moment)),
+            steps=planned,
             ack_timeout=policy.ack_timeout,
         )
 
@@ -221,15 +205,17 @@ class Pager:
         checker.required("schedule_id", schedule_id, MAX_ID)
         checker.raise_if_any()
         book = self._book()
-        if not book.has_schedule(schedule_id):
+        schedule = book.schedule(schedule_id)
+        if schedule is None:
             raise PagingObjectNotFound("schedule", schedule_id, "in the paging configuration")
         moment = at or self.clock()
+        # Overrides near the moment decide who is on call and where the answer's span ends.
         overrides = await self.storage.read(
             lambda uow: uow.paging.overrides_between(
-                schedule_id, moment - timedelta(days=400), moment + timedelta(days=400)
+                schedule_id, moment - OVERRIDE_REACH, moment + OVERRIDE_REACH
             )
         )
-        return book.on_call(schedule_id, moment, overrides)
+        return on_call(schedule, moment, overrides)
 
     async def create_override(
         self,
@@ -252,11 +238,11 @@ class Pager:
         elif start is not None and end <= start:
             checker.fail("end_time", "must be after start_time")
         book = self._book()
-        if schedule_id.strip() and not book.has_schedule(schedule_id):
+        if schedule_id.strip() and book.schedule(schedule_id) is None:
             checker.fail(
                 "schedule_id", f"no schedule {quoted(schedule_id)} in the paging configuration"
             )
-        if user_id.strip() and not book.has_user(user_id):
+        if user_id.strip() and book.user(user_id) is None:
             checker.fail("user_id", f"no user {quoted(user_id)} in the paging configuration")
         checker.raise_if_any()
         assert start is not None and end is not None
@@ -302,7 +288,7 @@ class Pager:
 
     async def create_silence(
         self,
-        matchers: SilenceMatchers,
+        matchers: Matcher,
         start: datetime | None,
         end: datetime | None,
         created_by: str,
@@ -311,7 +297,7 @@ class Pager:
         now = self.clock()
         begins = start or now
         checker = Checker("silence.")
-        if matchers.empty:
+        if matchers.is_empty:
             checker.fail(
                 "matchers",
                 "at least one matcher (sources, types, severities or labels) is required,"
@@ -331,7 +317,7 @@ class Pager:
         assert end is not None
         silence = Silence(
             id=new_silence_id(),
-            matchers=matchers,
+            matcher=matchers,
             start=begins,
             end=end,
             created_by=created_by,
@@ -354,7 +340,10 @@ class Pager:
         token = ""
         if len(rows) > size:
             rows = rows[:size]
-            token = _encode("silences", scope, [rows[-1].create_time.isoformat(), rows[-1].id])
+            last = rows[-1]
+            token = _encode(
+                "silences", scope, [(last.create_time or last.start).isoformat(), last.id]
+            )
         return rows, token
 
     async def expire_silence(self, silence_id: str, actor: str) -> Silence:
@@ -370,7 +359,7 @@ class Pager:
                 raise PagingObjectNotFound("silence", silence_id)
             if silence.end <= now:
                 raise SilenceEnded(silence_id, silence.end.isoformat())
-            ended = silence.expired(actor, now)
+            ended = silence.expired(now, actor)
             uow.paging.save_silence(ended)
             for escalation in uow.paging.held_by(silence_id):
                 escalation.due_at = now
@@ -380,6 +369,12 @@ class Pager:
         ended = await self._write(work)
         self.wake()
         return ended
+
+    def user_name(self, user_id: str | None) -> str:
+        """The configured display name of a user, or "" if none is known."""
+        book = self.rules.current
+        user = book.user(user_id) if book is not None and user_id else None
+        return user.name if user is not None else ""
 
     def silence_state(self, silence: Silence) -> str:
         now = self.clock()

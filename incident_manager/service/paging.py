@@ -13,60 +13,20 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from incident_manager.domain.model import EventType, Incident, IncidentState, Severity
+from incident_manager.domain.paging.escalation import Delivery, resolve_level
 from incident_manager.domain.paging.ledger import (
     Escalation,
     EscalationStatus,
     Notification,
     NotificationState,
-    Override,
-    PlannedTarget,
-    PolicySnapshot,
-    Silence,
-    TargetKind,
-    holding,
     new_notification_id,
 )
+from incident_manager.domain.paging.model import Override, PagingConfig, Silence, TargetKind
+from incident_manager.domain.paging.routing import PagingSubject, choose_route, silences_holding
 from incident_manager.service.ports import PagingRepository
 
 LATE = timedelta(seconds=2)
 """A step that runs this much after its due time says how late it was."""
-
-
-@dataclass(frozen=True)
-class Recipient:
-    """One concrete delivery a target resolves to at a moment."""
-
-    user_id: str
-    channel_id: str
-    channel_type: str
-    recipient: str
-    problem: str = ""
-    user_name: str = ""
-    """Set when nothing can be delivered (nobody on call, no contact method): the
-    ledger records it as SUPPRESSED with this reason, so "nobody got paged" shows."""
-
-
-@dataclass(frozen=True)
-class RouteMatch:
-    route: int
-    """From 1, in the file's order."""
-    policy: PolicySnapshot
-
-
-class PagingRules(Protocol):
-    """The paging configuration as the use cases need it (see domain/paging/rules.py)."""
-
-    def route(
-        self, source: str, type: int, severity: int, labels: Mapping[str, str]
-    ) -> RouteMatch | None:
-        """The first route matching these attributes, with its policy; None pages nobody."""
-
-    def resolve(
-        self, target: PlannedTarget, at: datetime, overrides: Sequence[Override]
-    ) -> list[Recipient]:
-        """Who and where a level's target reaches at `at`."""
-
-    def schedule_ids(self) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True)
@@ -84,7 +44,7 @@ class Before:
 
 def follow_incident(
     paging: PagingRepository,
-    rules: PagingRules | None,
+    config: PagingConfig | None,
     incident: Incident,
     before: Before | None,
     now: datetime,
@@ -96,7 +56,7 @@ def follow_incident(
     `before` is None for a new incident. `by_person` marks changes made by a
     person (updates, notes), which re-arm an acknowledgement's timeout.
     """
-    if rules is None:
+    if config is None:
         return
     if before is not None and not _may_matter(incident, before, by_person):
         return  # the hot path: a duplicate alert that raised nothing
@@ -110,25 +70,25 @@ def follow_incident(
     acknowledged = incident.acknowledge_time is not None and (
         before is None or incident.acknowledge_time != before.acknowledge_time
     )
-    match = rules.route(incident.source, incident.type, incident.severity, incident.labels)
+    match = choose_route(config, PagingSubject.of(incident))
     if escalation is None:
-        if match is None:
+        rose = before is not None and incident.severity.is_more_severe_than(before.severity)
+        if match is None or (before is not None and not rose):
+            # Never paged (it matched no route, or paging was off when it opened):
+            # only a severity rise that now matches a route starts paging.
             return
-        escalation = Escalation.start(
-            incident.id,
-            match.policy,
-            match.route,
-            now,
+        reason = (
             "new incident"
             if before is None
-            else f"severity {incident.severity.name} now matches route {match.route}",
+            else f"severity {incident.severity.name} now matches route {match.index + 1}"
         )
+        escalation = Escalation.start(incident.id, match.policy, match.index + 1, now, reason)
         if before is not None:
             _escalated(incident, escalation, now, f"routed to policy {match.policy.id}")
     elif escalation.status is EscalationStatus.STOPPED:
         if match is None:
             return
-        escalation.restart(match.policy, match.route, now, "incident reopened")
+        escalation.restart(match.policy, match.index + 1, now, "incident reopened")
     elif (
         before is not None
         and incident.severity.is_more_severe_than(before.severity)
@@ -136,14 +96,14 @@ def follow_incident(
         and match.policy.id != escalation.policy.id
     ):
         why = (
-            f"severity rose to {incident.severity.name}: route {match.route} now applies,"
+            f"severity rose to {incident.severity.name}: route {match.index + 1} now applies,"
             f" moving from policy {escalation.policy.id} to {match.policy.id}"
         )
         if escalation.status is EscalationStatus.ACKNOWLEDGED:
-            escalation.policy, escalation.route = match.policy, match.route
+            escalation.policy, escalation.route = match.policy, match.index + 1
             escalation.acknowledge(incident.acknowledge_time or now)
         else:
-            escalation.restart(match.policy, match.route, now, why)
+            escalation.restart(match.policy, match.index + 1, now, why)
             _suppress_pending(paging, incident.id, "moved to another escalation policy", now)
         _escalated(incident, escalation, now, why)
     if acknowledged:
@@ -180,7 +140,7 @@ def _escalated(incident: Incident, escalation: Escalation, now: datetime, messag
             "policy": escalation.policy.id,
             "route": str(escalation.route),
             "level": str(escalation.next_level + 1),
-            "round": str(escalation.next_round),
+            "round": str(escalation.next_round + 1),
             "reason": escalation.reason,
         },
     )
@@ -197,7 +157,7 @@ class StepReport:
 def run_due_steps(
     uow_paging: PagingRepository,
     load: _IncidentAccess,
-    rules: PagingRules | None,
+    config: PagingConfig | None,
     now: datetime,
     limit: int,
 ) -> StepReport:
@@ -206,11 +166,11 @@ def run_due_steps(
     for escalation in uow_paging.claim_due_escalations(now, limit):
         incident = load.get(escalation.incident_id)
         steps += 1
-        if incident is None or not incident.state.is_active or rules is None:
+        if incident is None or not incident.state.is_active or config is None:
             escalation.stop()
             uow_paging.save_escalation(escalation)
             continue
-        notified += _run_step(uow_paging, rules, incident, escalation, now)
+        notified += _run_step(uow_paging, config, incident, escalation, now)
         uow_paging.save_escalation(escalation)
         load.save(incident)
     return StepReport(steps, notified)
@@ -224,7 +184,7 @@ class _IncidentAccess(Protocol):
 
 def _run_step(
     paging: PagingRepository,
-    rules: PagingRules,
+    config: PagingConfig,
     incident: Incident,
     escalation: Escalation,
     now: datetime,
@@ -252,18 +212,13 @@ def _run_step(
     if silences:
         _hold(incident, escalation, silences[0], now)
         return 0
-    return _page_level(paging, rules, incident, escalation, now, late if late > LATE else None)
+    return _page_level(paging, config, incident, escalation, now, late if late > LATE else None)
 
 
 def _holding(paging: PagingRepository, incident: Incident, now: datetime) -> list[Silence]:
-    return holding(
-        paging.silences_active(now),
-        incident.source,
-        int(incident.type),
-        int(incident.severity),
-        incident.labels,
-        now,
-    )
+    """The silences holding the incident now, the one that lasts longest first."""
+    found = silences_holding(paging.silences_active(now), PagingSubject.of(incident), now)
+    return sorted(found, key=lambda silence: silence.end, reverse=True)
 
 
 def _hold(incident: Incident, escalation: Escalation, silence: Silence, now: datetime) -> None:
@@ -283,7 +238,7 @@ def _hold(incident: Incident, escalation: Escalation, silence: Silence, now: dat
 
 def _page_level(
     paging: PagingRepository,
-    rules: PagingRules,
+    config: PagingConfig,
     incident: Incident,
     escalation: Escalation,
     now: datetime,
@@ -291,28 +246,49 @@ def _page_level(
 ) -> int:
     level_index, round = escalation.next_level, escalation.next_round
     level = escalation.policy.levels[level_index]
-    found: list[tuple[PlannedTarget, Recipient]] = []
-    for target in level.targets:
-        overrides: Sequence[Override] = ()
-        if target.kind is TargetKind.SCHEDULE:
-            overrides = paging.overrides_between(target.id, now, now + timedelta(microseconds=1))
-        found += [(target, recipient) for recipient in rules.resolve(target, now, overrides)]
-    content = page_content(incident, escalation, now, found)
+    overrides: list[Override] = []
+    for schedule_id in {t.id for t in level.targets if t.kind is TargetKind.SCHEDULE}:
+        overrides += paging.overrides_between(schedule_id, now, now + timedelta(microseconds=1))
+    resolved = resolve_level(config, level, now, overrides)
+    content = page_content(config, incident, escalation, now, resolved.deliveries)
     notifications = [
-        _notification(incident, escalation, target, recipient, now, ordinal, content)
-        for ordinal, (target, recipient) in enumerate(found)
+        _notification(config, incident, escalation, delivery, now, ordinal, content)
+        for ordinal, delivery in enumerate(resolved.deliveries)
     ]
+    for missed in resolved.unreached:
+        notification = Notification(
+            id=new_notification_id(),
+            incident_id=incident.id,
+            policy_id=escalation.policy.id,
+            level=level_index + 1,
+            round=round + 1,
+            target_kind=missed.target.kind,
+            target_id=missed.target.id,
+            user_id="",
+            channel_id="",
+            channel_type="",
+            recipient="",
+            reason=escalation.reason,
+            create_time=now,
+            ordinal=len(notifications),
+            content=content,
+        )
+        notification.suppress(missed.reason, now)
+        notifications.append(notification)
     paging.add_notifications(notifications)
     names = ", ".join(n.target for n in notifications) or "nobody"
     details = {
         "policy": escalation.policy.id,
         "route": str(escalation.route),
         "level": str(level_index + 1),
-        "round": str(round),
+        "round": str(round + 1),
         "targets": names,
         "reason": escalation.reason,
     }
-    message = f"level {level_index + 1}, round {round} of policy {escalation.policy.id}: paging {names} ({escalation.reason})"
+    message = (
+        f"level {level_index + 1}, round {round + 1} of policy {escalation.policy.id}:"
+        f" paging {names} ({escalation.reason})"
+    )
     if late is not None:
         details["late_by"] = f"{late.total_seconds():.1f}s"
         message += f", {late.total_seconds():.1f}s late"
@@ -322,26 +298,27 @@ def _page_level(
 
 
 def _notification(
+    config: PagingConfig,
     incident: Incident,
     escalation: Escalation,
-    target: PlannedTarget,
-    found: Recipient,
+    delivery: Delivery,
     now: datetime,
     ordinal: int,
     content: Mapping[str, object],
 ) -> Notification:
-    notification = Notification(
+    channel = config.channel(delivery.channel_id)
+    return Notification(
         id=new_notification_id(),
         incident_id=incident.id,
         policy_id=escalation.policy.id,
         level=escalation.next_level + 1,
-        round=escalation.next_round,
-        target_kind=target.kind,
-        target_id=target.id,
-        user_id=found.user_id,
-        channel_id=found.channel_id,
-        channel_type=found.channel_type,
-        recipient=found.recipient,
+        round=escalation.next_round + 1,
+        target_kind=delivery.target.kind,
+        target_id=delivery.target.id,
+        user_id=delivery.user_id or "",
+        channel_id=delivery.channel_id,
+        channel_type=channel.type if channel is not None else "",
+        recipient=delivery.address or delivery.channel_id,
         reason=escalation.reason,
         create_time=now,
         update_time=now,
@@ -349,41 +326,35 @@ def _notification(
         ordinal=ordinal,
         content=content,
     )
-    if found.problem:
-        notification.suppress(found.problem, now)
-    return notification
 
 
 def page_content(
+    config: PagingConfig,
     incident: Incident,
     escalation: Escalation,
     now: datetime,
-    found: Sequence[tuple[PlannedTarget, Recipient]],
+    deliveries: Sequence[Delivery],
 ) -> dict[str, object]:
     """What a page says, fixed when it becomes due so every retry says the same.
 
     The keys are those of the channels' `PageContent` (adapters/channels/base.py).
     """
-    targets = []
-    for target, recipient in found:
-        if recipient.problem:
-            continue
-        if target.kind is TargetKind.SCHEDULE:
-            targets.append(
-                {
-                    "kind": "user",
-                    "id": recipient.user_id,
-                    "name": recipient.user_name or None,
-                    "via": target.id,
-                }
-            )
-        elif target.kind is TargetKind.USER:
-            targets.append(
-                {"kind": "user", "id": target.id, "name": recipient.user_name or None, "via": None}
-            )
+    targets: dict[tuple[str, str, str | None], dict[str, str | None]] = {}
+    for delivery in deliveries:
+        target = delivery.target
+        if delivery.user_id is not None:
+            user = config.user(delivery.user_id)
+            via = target.id if target.kind is TargetKind.SCHEDULE else None
+            entry = {
+                "kind": "user",
+                "id": delivery.user_id,
+                "name": (user.name or None) if user is not None else None,
+                "via": via,
+            }
+            targets.setdefault(("user", delivery.user_id, via), entry)
         else:
-            targets.append({"kind": "channel", "id": target.id, "name": None, "via": None})
-    unique = list({(t["kind"], t["id"], t["via"]): t for t in targets}.values())
+            entry = {"kind": "channel", "id": target.id, "name": None, "via": None}
+            targets.setdefault(("channel", target.id, None), entry)
     return {
         "incident_id": incident.id,
         "title": incident.title,
@@ -396,12 +367,12 @@ def page_content(
         "event": "paged",
         "alert_count": incident.alert_count,
         "level": escalation.next_level + 1,
-        "round": escalation.next_round,
+        "round": escalation.next_round + 1,
         "reason": escalation.reason,
-        "targets": unique,
+        "targets": list(targets.values()),
         "assignees": list(incident.assignees),
         "labels": dict(incident.labels),
-        "runbook_url": incident.labels.get("runbook_url") or None,
+        "runbook_url": None,
         "links": [],
     }
 

@@ -28,7 +28,8 @@ from incident_manager.domain.model import (
     RequestRecord,
     Severity,
 )
-from incident_manager.domain.paging.ledger import Escalation, Notification, Override, Silence
+from incident_manager.domain.paging.ledger import Escalation, Notification
+from incident_manager.domain.paging.model import Override, Silence
 from incident_manager.domain.query import IncidentPage, IncidentQuery
 
 T = TypeVar("T")

@@ -21,8 +21,9 @@ from typing import Protocol, TypeVar
 
 from incident_manager.domain.errors import StorageUnavailable
 from incident_manager.domain.paging.ledger import Notification
+from incident_manager.domain.paging.model import PagingConfig
 from incident_manager.service import paging
-from incident_manager.service.paging import DeliveryOutcome, PagingRules, RetrySchedule
+from incident_manager.service.paging import DeliveryOutcome, RetrySchedule
 from incident_manager.service.ports import Storage, UnitOfWork
 
 log = logging.getLogger("incident_manager.paging")
@@ -52,7 +53,7 @@ class PagingWorker:
     def __init__(
         self,
         storage: Storage,
-        rules: Callable[[], PagingRules | None],
+        rules: Callable[[], PagingConfig | None],
         dispatcher: Dispatcher,
         retries: RetrySchedule,
         clock: Callable[[], datetime],

@@ -2,81 +2,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from incident_manager.adapters.memory import MemoryStorage
 from incident_manager.domain.model import EventType, Incident, IncidentState, IncidentType, Severity
-from incident_manager.domain.paging.ledger import (
-    EscalationStatus,
-    NotificationState,
-    Override,
-    PlannedLevel,
-    PlannedTarget,
-    PolicySnapshot,
-    Silence,
-    SilenceMatchers,
-    TargetKind,
-)
+from incident_manager.domain.paging.ledger import EscalationStatus, NotificationState
+from incident_manager.domain.paging.model import Matcher, Override, Silence
+from incident_manager.paging.file import load_paging_config
 from incident_manager.service import paging
-from incident_manager.service.paging import Before, DeliveryOutcome, Recipient, RouteMatch
+from incident_manager.service.paging import Before, DeliveryOutcome
 from incident_manager.service.ports import UnitOfWork
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
-CRITICAL = PolicySnapshot(
-    id="critical",
-    levels=(
-        PlannedLevel(
-            timedelta(0),
-            (
-                PlannedTarget(TargetKind.SCHEDULE, "primary"),
-                PlannedTarget(TargetKind.CHANNEL, "ops-hook"),
-            ),
-        ),
-        PlannedLevel(timedelta(minutes=10), (PlannedTarget(TargetKind.USER, "bob"),)),
-    ),
-    repeat=1,
-    repeat_after=timedelta(minutes=10),
-    ack_timeout=timedelta(minutes=30),
+CONFIG = load_paging_config(
+    """
+users:
+  - {id: alice, email: alice@example.com}
+  - {id: bob, email: bob@example.com}
+channels:
+  - {id: ops-hook, type: webhook, url: "http://127.0.0.1:9/hook"}
+  - {id: mail, type: email, smtp: {host: 127.0.0.1, port: 2525, from: pager@example.com}}
+schedules:
+  - id: primary
+    time_zone: UTC
+    layers:
+      - {users: [alice], rotation: weekly, handoff: "2026-01-05T00:00"}
+escalation_policies:
+  - id: critical
+    ack_timeout: 30m
+    repeat: 1
+    repeat_after: 10m
+    levels:
+      - after: 0s
+        notify: [{schedule: primary}, {channel: ops-hook}]
+      - after: 10m
+        notify: [{user: bob}]
+  - id: default
+    levels:
+      - after: 0s
+        notify: [{channel: ops-hook}]
+routes:
+  - match: {severity: [P0, P1]}
+    policy: critical
+  - policy: default
+""",
+    "test.yaml",
 )
-DEFAULT = PolicySnapshot(
-    id="default",
-    levels=(PlannedLevel(timedelta(0), (PlannedTarget(TargetKind.CHANNEL, "ops-hook"),)),),
-)
-
-
-class Rules:
-    """P0 and P1 go to `critical`, everything else to `default`; alice is on call."""
-
-    def route(
-        self, source: str, type: int, severity: int, labels: Mapping[str, str]
-    ) -> RouteMatch | None:
-        if severity in (Severity.P0, Severity.P1):
-            return RouteMatch(1, CRITICAL)
-        return RouteMatch(3, DEFAULT)
-
-    def resolve(
-        self, target: PlannedTarget, at: datetime, overrides: Sequence[Override]
-    ) -> list[Recipient]:
-        if target.kind is TargetKind.CHANNEL:
-            return [Recipient("", target.id, "webhook", target.id)]
-        user = (
-            overrides[0].user_id
-            if overrides
-            else ("alice" if target.kind is TargetKind.SCHEDULE else target.id)
-        )
-        return [Recipient(user, "mail", "email", f"{user}@example.com")]
-
-    def schedule_ids(self) -> frozenset[str]:
-        return frozenset({"primary"})
 
 
 class NeverRetry:
     def delay(self, attempt: int, retry_after: float | None, age: timedelta) -> timedelta | None:
         return timedelta(seconds=30) if attempt < 3 else None
-
-
-RULES = Rules()
 
 
 def _incident(severity: Severity = Severity.P1) -> Incident:
@@ -102,7 +78,7 @@ async def _open(storage: MemoryStorage, severity: Severity = Severity.P1) -> str
     def work(uow: UnitOfWork) -> str:
         with uow:
             uow.incidents.add(incident)
-            paging.follow_incident(uow.paging, RULES, incident, None, T0)
+            paging.follow_incident(uow.paging, CONFIG, incident, None, T0)
             uow.commit()
         return incident.id
 
@@ -112,7 +88,7 @@ async def _open(storage: MemoryStorage, severity: Severity = Severity.P1) -> str
 async def _steps(storage: MemoryStorage, now: datetime) -> paging.StepReport:
     def work(uow: UnitOfWork) -> paging.StepReport:
         with uow:
-            report = paging.run_due_steps(uow.paging, uow.incidents, RULES, now, 100)
+            report = paging.run_due_steps(uow.paging, uow.incidents, CONFIG, now, 100)
             uow.commit()
         return report
 
@@ -148,7 +124,7 @@ async def _change(storage: MemoryStorage, incident_id: str, now: datetime, chang
                 incident.add_note(author="carol", content="looking", now=now)
             uow.incidents.save(incident)
             paging.follow_incident(
-                uow.paging, RULES, incident, before, now, by_person=change == "note"
+                uow.paging, CONFIG, incident, before, now, by_person=change in ("note", "ack")
             )
             uow.commit()
 
@@ -269,7 +245,7 @@ async def test_a_silence_holds_paging_and_its_end_starts_it() -> None:
     storage = MemoryStorage()
     silence = Silence(
         id="sil_1",
-        matchers=SilenceMatchers(sources=frozenset({"edge-agent"})),
+        matcher=Matcher(sources=frozenset({"edge-agent"})),
         start=T0 - timedelta(minutes=1),
         end=T0 + timedelta(hours=1),
         created_by="carol",
@@ -338,3 +314,27 @@ async def test_a_delivery_outcome_from_a_worker_whose_lease_ran_out_is_ignored()
     assert incident is not None
     sent = [e for e in incident.timeline if e.type is EventType.NOTIFICATION_SENT]
     assert len(sent) == 1 and sent[0].details["outcome"] == "SENT"
+
+
+async def test_an_override_pages_whoever_covers_the_schedule() -> None:
+    storage = MemoryStorage()
+    cover = Override(
+        id="ovr_1",
+        schedule_id="primary",
+        user_id="bob",
+        start=T0 - timedelta(hours=1),
+        end=T0 + timedelta(hours=8),
+        created_by="carol",
+        reason="alice is on a plane",
+        create_time=T0,
+    )
+
+    def add(uow: UnitOfWork) -> None:
+        with uow:
+            uow.paging.add_override(cover)
+            uow.commit()
+
+    await storage.write(add)
+    incident_id = await _open(storage)
+    await _steps(storage, T0)
+    assert (await _ledger(storage, incident_id))[0] == (1, 1, "schedule primary (bob)", "PENDING")

@@ -31,9 +31,8 @@ from incident_manager.domain.paging.ledger import (
     Escalation,
     Notification,
     NotificationState,
-    Override,
-    Silence,
 )
+from incident_manager.domain.paging.model import Override, Silence
 from incident_manager.domain.query import from_micros, micros
 from incident_manager.service.ports import PagingRepository
 
@@ -348,7 +347,7 @@ PAGING_SCHEMA = (
         level INTEGER NOT NULL,
         round INTEGER NOT NULL,
         ordinal INTEGER NOT NULL,
-        target_kind INTEGER NOT NULL,
+        target_kind TEXT NOT NULL,
         target_id TEXT NOT NULL,
         user_id TEXT NOT NULL,
         channel_id TEXT NOT NULL,

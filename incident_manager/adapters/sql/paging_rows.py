@@ -12,17 +12,20 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from incident_manager.domain.model import IncidentType, Severity
 from incident_manager.domain.paging.ledger import (
     Escalation,
     EscalationStatus,
     Notification,
     NotificationState,
+)
+from incident_manager.domain.paging.model import (
+    EscalationPolicy,
+    Level,
+    Matcher,
     Override,
-    PlannedLevel,
-    PlannedTarget,
-    PolicySnapshot,
     Silence,
-    SilenceMatchers,
+    Target,
     TargetKind,
 )
 from incident_manager.domain.query import from_micros, micros
@@ -104,14 +107,14 @@ def _span(delta: timedelta | None) -> int | None:
     return None if delta is None else delta // timedelta(microseconds=1)
 
 
-def policy_to_json(policy: PolicySnapshot) -> str:
+def policy_to_json(policy: EscalationPolicy) -> str:
     return _dumps(
         {
             "id": policy.id,
             "levels": [
                 {
                     "after": _span(level.after),
-                    "targets": [[int(t.kind), t.id] for t in level.targets],
+                    "targets": [[t.kind.value, t.id] for t in level.targets],
                 }
                 for level in policy.levels
             ],
@@ -122,14 +125,14 @@ def policy_to_json(policy: PolicySnapshot) -> str:
     )
 
 
-def policy_from_json(text: str) -> PolicySnapshot:
+def policy_from_json(text: str) -> EscalationPolicy:
     data = json.loads(text)
-    return PolicySnapshot(
+    return EscalationPolicy(
         id=data["id"],
         levels=tuple(
-            PlannedLevel(
+            Level(
                 timedelta(microseconds=level["after"]),
-                tuple(PlannedTarget(TargetKind(kind), target) for kind, target in level["targets"]),
+                tuple(Target(TargetKind(kind), target) for kind, target in level["targets"]),
             )
             for level in data["levels"]
         ),
@@ -183,7 +186,7 @@ def notification_row(n: Notification) -> tuple[Any, ...]:
         n.level,
         n.round,
         n.ordinal,
-        int(n.target_kind),
+        n.target_kind.value,
         n.target_id,
         n.user_id,
         n.channel_id,
@@ -232,34 +235,35 @@ def notification_from_row(row: Sequence[Any]) -> Notification:
 
 
 def silence_row(s: Silence) -> tuple[Any, ...]:
+    matcher = s.matcher
     return (
         s.id,
         _dumps(
             {
-                "sources": sorted(s.matchers.sources),
-                "types": sorted(s.matchers.types),
-                "severities": sorted(s.matchers.severities),
-                "labels": dict(s.matchers.labels),
+                "sources": sorted(matcher.sources),
+                "types": sorted(t.name for t in matcher.types),
+                "severities": sorted(v.name for v in matcher.severities),
+                "labels": dict(matcher.labels),
             }
         ),
         micros(s.start),
         micros(s.end),
         s.created_by,
         s.comment,
-        micros(s.create_time),
+        micros(s.create_time or s.start),
         s.expired_by,
     )
 
 
 def silence_from_row(row: Sequence[Any]) -> Silence:
-    matchers = json.loads(row[1])
+    matcher = json.loads(row[1])
     return Silence(
         id=row[0],
-        matchers=SilenceMatchers(
-            sources=frozenset(matchers["sources"]),
-            types=frozenset(matchers["types"]),
-            severities=frozenset(matchers["severities"]),
-            labels=matchers["labels"],
+        matcher=Matcher(
+            sources=frozenset(matcher["sources"]),
+            types=frozenset(IncidentType[name] for name in matcher["types"]),
+            severities=frozenset(Severity[name] for name in matcher["severities"]),
+            labels=matcher["labels"],
         ),
         start=from_micros(row[2]),
         end=from_micros(row[3]),
@@ -279,7 +283,7 @@ def override_row(o: Override) -> tuple[Any, ...]:
         micros(o.end),
         o.created_by,
         o.reason,
-        micros(o.create_time),
+        micros(o.create_time or o.start),
     )
 
 

@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import enum
 import secrets
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-
-class TargetKind(enum.IntEnum):
-    """What a level notifies; values equal the proto numbers."""
-
-    USER = 1
-    SCHEDULE = 2
-    CHANNEL = 3
+from incident_manager.domain.paging.escalation import ack_timeout_due, first_step, next_step
+from incident_manager.domain.paging.model import EscalationPolicy, TargetKind
 
 
 class EscalationStatus(enum.Enum):
@@ -50,63 +45,22 @@ class NotificationState(enum.IntEnum):
     SUPPRESSED = 4
 
 
-@dataclass(frozen=True)
-class PlannedTarget:
-    """One entry of a level's `notify` list, as snapshotted."""
-
-    kind: TargetKind
-    id: str
-
-
-@dataclass(frozen=True)
-class PlannedLevel:
-    after: timedelta
-    """Delay from the start of the round."""
-    targets: tuple[PlannedTarget, ...]
-
-
-@dataclass(frozen=True)
-class PolicySnapshot:
-    """An escalation policy as it was when paging started."""
-
-    id: str
-    levels: tuple[PlannedLevel, ...]
-    repeat: int = 0
-    """How many more rounds run after the first when nobody acknowledges."""
-    repeat_after: timedelta = timedelta(minutes=10)
-    """From the start of a round's last level to the start of the next round."""
-    ack_timeout: timedelta | None = None
-
-    @property
-    def round_length(self) -> timedelta:
-        return self.levels[-1].after + self.repeat_after
-
-    def due_time(self, started_at: datetime, level: int, round: int) -> datetime:
-        """When level `level` (from 0) of round `round` (from 1) starts."""
-        return started_at + (round - 1) * self.round_length + self.levels[level].after
-
-    def step_after(self, level: int, round: int) -> tuple[int, int] | None:
-        """The (level, round) that follows, or None after the last level of the last round."""
-        if level + 1 < len(self.levels):
-            return level + 1, round
-        if round <= self.repeat:
-            return 0, round + 1
-        return None
-
-
 @dataclass
 class Escalation:
     """One incident's paging: where it stands and when its next step is due."""
 
     incident_id: str
-    policy: PolicySnapshot
+    policy: EscalationPolicy
+    """The policy as it was when paging started (a snapshot: reloads do not change it)."""
     route: int
     """The route that chose the policy, from 1 in the file's order."""
     status: EscalationStatus
     started_at: datetime
     """When paging (re)started: the incident opened, re-triggered, or a silence ended."""
     next_level: int = 0
-    next_round: int = 1
+    """Index of the level paged next (0 is the first)."""
+    next_round: int = 0
+    """0 for the first run through the levels, 1 for the first repeat, ..."""
     due_at: datetime | None = None
     reason: str = "new incident"
     """Why the next step happens, for the ESCALATED event and the ledger."""
@@ -118,7 +72,7 @@ class Escalation:
 
     @classmethod
     def start(
-        cls, incident_id: str, policy: PolicySnapshot, route: int, now: datetime, reason: str
+        cls, incident_id: str, policy: EscalationPolicy, route: int, now: datetime, reason: str
     ) -> Escalation:
         """Paging from the first level of the first round, measured from `now`."""
         return cls(
@@ -127,44 +81,43 @@ class Escalation:
             route=route,
             status=EscalationStatus.ACTIVE,
             started_at=now,
-            due_at=policy.due_time(now, 0, 1),
+            due_at=first_step(policy, now).due,
             reason=reason,
         )
 
-    def restart(self, policy: PolicySnapshot, route: int, now: datetime, reason: str) -> None:
+    def restart(self, policy: EscalationPolicy, route: int, now: datetime, reason: str) -> None:
         """Page again from the first level, e.g. after a re-trigger or a new route."""
         self.policy = policy
         self.route = route
         self.status = EscalationStatus.ACTIVE
         self.started_at = now
-        self.next_level, self.next_round = 0, 1
-        self.due_at = policy.due_time(now, 0, 1)
+        self.next_level, self.next_round = 0, 0
+        self.due_at = first_step(policy, now).due
         self.reason = reason
         self.silenced_by = ""
 
     def advance(self) -> None:
         """The current level has been paged: schedule the next one, or finish."""
-        following = self.policy.step_after(self.next_level, self.next_round)
+        following = next_step(self.policy, self.started_at, self.next_level, self.next_round)
         if following is None:
             self.status = EscalationStatus.EXHAUSTED
             self.due_at = None
             return
-        level, round = following
-        self.next_level, self.next_round = level, round
-        self.due_at = self.policy.due_time(self.started_at, level, round)
-        self.reason = (
-            f"round {round} of policy {self.policy.id}: nobody acknowledged"
-            if level == 0
-            else f"level {level + 1} after {_span(self.policy.levels[level].after)}"
-            " without an acknowledgement"
-        )
+        self.next_level, self.next_round = following.level, following.round
+        self.due_at = following.due
+        if following.level == 0:
+            self.reason = (
+                f"round {following.round + 1} of policy {self.policy.id}: nobody acknowledged"
+            )
+        else:
+            after = _span(self.policy.levels[following.level].after)
+            self.reason = f"level {following.level + 1} after {after} without an acknowledgement"
 
     def acknowledge(self, now: datetime) -> None:
         """Stop paging; arm the acknowledgement timeout if the policy has one."""
         self.status = EscalationStatus.ACKNOWLEDGED
         self.silenced_by = ""
-        timeout = self.policy.ack_timeout
-        self.due_at = now + timeout if timeout else None
+        self.due_at = ack_timeout_due(self.policy, now)
         self.reason = "acknowledgement timed out"
 
     def hold(self, silence_id: str, until: datetime) -> None:
@@ -230,7 +183,7 @@ class Notification:
     @property
     def target(self) -> str:
         """`schedule primary (alice)`, `user bob`, `channel ops-hook`: for timelines."""
-        kind = self.target_kind.name.lower()
+        kind = self.target_kind.value
         if self.target_kind is TargetKind.SCHEDULE and self.user_id:
             return f"{kind} {self.target_id} ({self.user_id})"
         return f"{kind} {self.target_id}"
@@ -268,80 +221,9 @@ class Notification:
         self.claim_until = None
 
 
-@dataclass(frozen=True)
-class Override:
-    """A user covering a schedule for a span of time; stored at run time."""
-
-    id: str
-    schedule_id: str
-    user_id: str
-    start: datetime
-    end: datetime
-    created_by: str
-    reason: str
-    create_time: datetime
-
-
-@dataclass(frozen=True)
-class SilenceMatchers:
-    sources: frozenset[str] = frozenset()
-    types: frozenset[int] = frozenset()
-    severities: frozenset[int] = frozenset()
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.sources or self.types or self.severities or self.labels)
-
-    def matches(self, source: str, type: int, severity: int, labels: Mapping[str, str]) -> bool:
-        return (
-            (not self.sources or source in self.sources)
-            and (not self.types or type in self.types)
-            and (not self.severities or severity in self.severities)
-            and all(labels.get(key) == value for key, value in self.labels.items())
-        )
-
-
-@dataclass(frozen=True)
-class Silence:
-    """Paging is held for matching incidents between `start` and `end`."""
-
-    id: str
-    matchers: SilenceMatchers
-    start: datetime
-    end: datetime
-    created_by: str
-    comment: str
-    create_time: datetime
-    expired_by: str = ""
-
-    def active_at(self, moment: datetime) -> bool:
-        return self.start <= moment < self.end
-
-    def expired(self, by: str, now: datetime) -> Silence:
-        return replace(self, end=max(min(self.end, now), self.start), expired_by=by)
-
-
 def new_silence_id() -> str:
     return f"sil_{secrets.token_hex(8)}"
 
 
 def new_override_id() -> str:
     return f"ovr_{secrets.token_hex(8)}"
-
-
-def holding(
-    silences: Sequence[Silence],
-    source: str,
-    type: int,
-    severity: int,
-    labels: Mapping[str, str],
-    moment: datetime,
-) -> list[Silence]:
-    """The silences active at `moment` that match these attributes, longest-lasting first."""
-    found = [
-        silence
-        for silence in silences
-        if silence.active_at(moment) and silence.matchers.matches(source, type, severity, labels)
-    ]
-    return sorted(found, key=lambda silence: silence.end, reverse=True)
