@@ -37,7 +37,6 @@ from incident_manager.domain.model import (
     Severity,
 )
 from incident_manager.domain.model import utc_now as _utc_now
-from incident_manager.domain.paging.model import PagingConfig
 from incident_manager.domain.query import (
     MAX_FULL_PAGE_SIZE,
     IncidentFilter,
@@ -53,6 +52,7 @@ from incident_manager.service.commands import (
     ResolveIncident,
     UpdateIncident,
 )
+from incident_manager.service.pager import Pager, RulesHolder
 from incident_manager.service.pagination import (
     decode_page_token,
     encode_page_token,
@@ -117,7 +117,8 @@ class IncidentManager:
         max_pending_alerts: int = 0,
         auto_resolve: AutoResolvePolicies | None = None,
         observer: Observer | None = None,
-        paging: Callable[[], PagingConfig | None] = lambda: None,
+        paging: RulesHolder | None = None,
+        wake_paging: Callable[[], None] = lambda: None,
     ) -> None:
         self.storage = storage
         self.dedup_window = dedup_window
@@ -131,9 +132,11 @@ class IncidentManager:
         """Alerts handed to storage and not yet stored (or refused)."""
         self.auto_resolve = auto_resolve or AutoResolvePolicies()
         self.hub = hub or EventHub()
-        self.paging = paging
+        self.paging = paging or RulesHolder()
         """The paging configuration in force (None: nobody is paged); read per request,
         so a reload applies to the next one."""
+        self.pager = Pager(storage, self.paging, clock, wake_paging)
+        """The PagingService use cases."""
         self.started = time.monotonic()
         storage.add_listener(self.hub.publish)
 

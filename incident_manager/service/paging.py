@@ -23,7 +23,7 @@ from incident_manager.domain.paging.ledger import (
 )
 from incident_manager.domain.paging.model import Override, PagingConfig, Silence, TargetKind
 from incident_manager.domain.paging.routing import PagingSubject, choose_route, silences_holding
-from incident_manager.service.ports import PagingRepository
+from incident_manager.service.ports import DeliveryOutcome, PagingRepository, RetrySchedule
 
 LATE = timedelta(seconds=2)
 """A step that runs this much after its due time says how late it was."""
@@ -375,25 +375,6 @@ def page_content(
         "runbook_url": None,
         "links": [],
     }
-
-
-@dataclass(frozen=True)
-class DeliveryOutcome:
-    """What one delivery attempt came to, as a channel reports it."""
-
-    sent: bool
-    retry: bool
-    """Not sent, but worth trying again (network error, 5xx, 429)."""
-    detail: str = ""
-    """Why it was not sent, with every secret removed."""
-    retry_after: float | None = None
-    """Seconds the receiver asked to wait (Retry-After), if it said."""
-
-
-class RetrySchedule(Protocol):
-    def delay(self, attempt: int, retry_after: float | None, age: timedelta) -> timedelta | None:
-        """How long to wait after failed attempt `attempt` (from 1), `age` after the
-        delivery became due; None means give up."""
 
 
 def record_delivery(

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from incident_manager.domain.model import (
     Incident,
@@ -225,6 +226,35 @@ class PagingRepository(abc.ABC):
         limit: int,
     ) -> list[Override]:
         """By start time, then id, after the key."""
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What one delivery attempt came to, as a channel reports it."""
+
+    sent: bool
+    retry: bool
+    """Not sent, but worth trying again (network error, 5xx, 429)."""
+    detail: str = ""
+    """What happened, with every secret removed: shown on the ledger."""
+    retry_after: float | None = None
+    """Seconds the receiver asked to wait (Retry-After), if it said."""
+    status: int | None = None
+    """The receiver's status code (HTTP or SMTP), if it answered."""
+
+
+class Dispatcher(Protocol):
+    """The channels: send one attempt of one stored notification."""
+
+    async def send(self, notification: Notification) -> DeliveryOutcome: ...
+
+    async def close(self) -> None: ...
+
+
+class RetrySchedule(Protocol):
+    def delay(self, attempt: int, retry_after: float | None, age: timedelta) -> timedelta | None:
+        """How long to wait after failed attempt `attempt` (from 1), `age` after the
+        delivery became due; None means give up."""
 
 
 class UnitOfWork(abc.ABC):

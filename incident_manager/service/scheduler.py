@@ -23,19 +23,16 @@ from incident_manager.domain.errors import StorageUnavailable
 from incident_manager.domain.paging.ledger import Notification
 from incident_manager.domain.paging.model import PagingConfig
 from incident_manager.service import paging
-from incident_manager.service.paging import DeliveryOutcome, RetrySchedule
-from incident_manager.service.ports import Storage, UnitOfWork
+from incident_manager.service.ports import (
+    DeliveryOutcome,
+    Dispatcher,
+    RetrySchedule,
+    Storage,
+    UnitOfWork,
+)
 
 log = logging.getLogger("incident_manager.paging")
 T = TypeVar("T")
-
-
-class Dispatcher(Protocol):
-    """The channels (adapters/channels): send one attempt of one delivery."""
-
-    async def send(self, notification: Notification) -> DeliveryOutcome: ...
-
-    async def close(self) -> None: ...
 
 
 class PagingObserver(Protocol):
@@ -63,6 +60,7 @@ class PagingWorker:
         concurrency: int = 64,
         idle_poll: float = 1.0,
         observer: PagingObserver | None = None,
+        release_claims_at_start: bool = False,
     ) -> None:
         self.storage = storage
         self.rules = rules
@@ -74,6 +72,7 @@ class PagingWorker:
         self.concurrency = concurrency
         self.idle_poll = idle_poll
         self.observer: PagingObserver = observer or _NoObserver()
+        self.release_claims_at_start = release_claims_at_start
         self.worker_id = f"w_{secrets.token_hex(6)}"
         """The claim owner written on deliveries; new for every process start."""
         self._wake = asyncio.Event()
@@ -86,6 +85,7 @@ class PagingWorker:
         self._wake.set()
 
     def start(self) -> None:
+        self.storage.add_listener(lambda events: self.wake())
         self._task = asyncio.get_running_loop().create_task(self._run(), name="paging-worker")
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -106,6 +106,14 @@ class PagingWorker:
         await self.dispatcher.close()
 
     async def _run(self) -> None:
+        if self.release_claims_at_start:
+            released = await self.storage.write(_kept(lambda uow: uow.paging.release_claims()))
+            if released:
+                log.warning(
+                    "paging: %d deliveries were being sent when the server last stopped;"
+                    " sending them again (with the same ids, so receivers can drop duplicates)",
+                    released,
+                )
         while True:
             try:
                 busy = await self._pass()

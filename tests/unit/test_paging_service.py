@@ -10,8 +10,8 @@ from incident_manager.domain.paging.ledger import EscalationStatus, Notification
 from incident_manager.domain.paging.model import Matcher, Override, Silence
 from incident_manager.paging.file import load_paging_config
 from incident_manager.service import paging
-from incident_manager.service.paging import Before, DeliveryOutcome
-from incident_manager.service.ports import UnitOfWork
+from incident_manager.service.paging import Before
+from incident_manager.service.ports import DeliveryOutcome, UnitOfWork
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CONFIG = load_paging_config(
