@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,41 +24,7 @@ from incident_manager.domain.ratelimit import RateLimit
 from incident_manager.entrypoints.server import IncidentServer
 from incident_manager.service.manager import IncidentManager
 from incident_manager.service.streaming import EventHub
-
-TEST_SETTINGS: dict[str, Any] = {"listen": "127.0.0.1:0", "metrics_listen": "off"}
-"""Servers in tests listen on a free port and serve no /metrics unless a test asks."""
-
-
-class FakeClock:
-    """A clock that only moves when a test says so."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
-
-
-@dataclass
-class Running:
-    """A started server with a channel and a stub for every service."""
-
-    server: IncidentServer
-    channel: grpc.aio.Channel
-    incidents: service_grpc.IncidentServiceStub
-    ingestion: ingestion_grpc.AlertIngestionServiceStub
-    health: health_pb2_grpc.HealthStub
-    address: str
-
-    async def close(self, grace: float = 0) -> None:
-        await self.channel.close()
-        await self.server.stop(grace)
-
-
-StartServer = Callable[..., Awaitable[Running]]
+from tests.support import TEST_SETTINGS, FakeClock, Running, StartServer
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import pytest
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as pb2
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
-from tests.conftest import Running
-from tests.helpers import alert, field_violations
+from tests.support import Running, alert, field_violations
 
 
 async def submit(server: Running, **fields: object) -> alert_pb2.AlertAck:

@@ -11,8 +11,7 @@ import pytest
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as pb2
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
-from tests.conftest import Running
-from tests.helpers import alert
+from tests.support import Running, alert
 
 
 async def all_incidents(server: Running) -> list[incident_pb2.Incident]:

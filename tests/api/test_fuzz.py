@@ -90,8 +90,7 @@ from hypothesis.strategies import SearchStrategy
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
 from generated.incident_manager.v1 import incident_pb2, integrations_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
-from tests.conftest import Running
-from tests.helpers import alert, new_incident
+from tests.support import Running, alert, new_incident
 
 # ---------------------------------------------------------------- the RPCs
 

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
 from incident_manager.adapters.memory import MemoryStorage
 from incident_manager.entrypoints.metrics import collect
-from tests.conftest import Running, StartServer
+from tests.support import Running, StartServer, eventually
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -65,12 +65,12 @@ class FlakyStorage(MemoryStorage):
 
 
 async def wait_for_status(server: Running, status: int, service: str = "") -> None:
-    for _ in range(100):
+    async def reached() -> bool:
         answer = await server.health.Check(health_pb2.HealthCheckRequest(service=service))
-        if answer.status == status:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"health of {service!r} never became {status}")
+        reported: int = answer.status
+        return reported == status
+
+    await eventually(reached, timeout=5, what=f"health of {service!r} to become {status}")
 
 
 async def test_health_follows_the_storage_and_recovers_by_itself(

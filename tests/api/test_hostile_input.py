@@ -18,8 +18,15 @@ from generated.incident_manager.v1 import incident_service_pb2 as pb2
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.domain.errors import StorageUnavailable
 from incident_manager.domain.ratelimit import RateLimit
-from tests.conftest import Running, StartServer
-from tests.helpers import alert, error_reason, field_violations, new_incident, status_details
+from tests.support import (
+    Running,
+    StartServer,
+    alert,
+    error_info,
+    field_violations,
+    new_incident,
+    status_details,
+)
 
 HUGE = "x" * 100_000
 
@@ -168,7 +175,7 @@ async def test_changing_a_closed_incident_says_it_is_closed(server: Running) -> 
             )
         )
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error_reason(refused.value) == "INCIDENT_CLOSED"
+    assert error_info(refused.value).reason == "INCIDENT_CLOSED"
     assert "is CLOSED" in (refused.value.details() or "")
 
 
@@ -181,7 +188,7 @@ async def test_an_over_limit_source_is_told_when_to_retry_but_p0_gets_through(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await server.ingestion.SubmitAlert(ingestion_pb2.SubmitAlertRequest(alert=alert()))
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error_reason(refused.value) == "RATE_LIMITED"
+    assert error_info(refused.value).reason == "RATE_LIMITED"
     retry = error_details_pb2.RetryInfo()
     assert any(d.Unpack(retry) for d in status_details(refused.value).details)
     assert retry.retry_delay.seconds > 0

@@ -9,8 +9,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
 from generated.incident_manager.v1 import incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
-from tests.conftest import Running
-from tests.helpers import alert, error_reason, field_violations, new_incident
+from tests.support import Running, alert, error_info, field_violations, new_incident
 
 
 async def create(server: Running, **fields: object) -> incident_pb2.Incident:
@@ -85,7 +84,7 @@ async def test_get_of_an_unknown_id_is_not_found_and_names_it(server: Running) -
         await server.incidents.GetIncident(pb2.GetIncidentRequest(id="inc_missing"))
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     assert "inc_missing" in (refused.value.details() or "")
-    assert error_reason(refused.value) == "INCIDENT_NOT_FOUND"
+    assert error_info(refused.value).reason == "INCIDENT_NOT_FOUND"
 
 
 async def test_get_without_an_id_is_invalid(server: Running) -> None:
@@ -144,7 +143,7 @@ async def test_update_with_a_stale_etag_is_aborted(server: Running) -> None:
             )
         )
     assert refused.value.code() == grpc.StatusCode.ABORTED
-    assert error_reason(refused.value) == "ETAG_MISMATCH"
+    assert error_info(refused.value).reason == "ETAG_MISMATCH"
 
 
 @pytest.mark.parametrize(
@@ -234,7 +233,7 @@ async def test_resolving_twice_is_a_failed_precondition(server: Running) -> None
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await server.incidents.ResolveIncident(request)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error_reason(refused.value) == "INVALID_STATE_TRANSITION"
+    assert error_info(refused.value).reason == "INVALID_STATE_TRANSITION"
 
 
 async def test_resolve_without_method_or_resolver_is_invalid(server: Running) -> None:

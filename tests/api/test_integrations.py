@@ -9,8 +9,7 @@ from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
 from generated.incident_manager.v1 import integrations_pb2 as pb2
 from generated.incident_manager.v1 import integrations_pb2_grpc as pb2_grpc
-from tests.conftest import Running
-from tests.helpers import field_violations
+from tests.support import Running, field_violations
 
 
 def latency(event_id: str, score: float = 0.8) -> pb2.ModuleEvent:

@@ -23,25 +23,31 @@ from incident_manager.adapters.repository import EventListener, Storage, UnitOfW
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.domain.ratelimit import RateLimit
 from incident_manager.entrypoints.metrics import collect
-from tests.conftest import FakeClock, Running, StartServer
-from tests.helpers import alert, error_reason, status_details
+from tests.support import (
+    FakeClock,
+    Running,
+    StartServer,
+    alert,
+    error_info,
+    eventually,
+    status_details,
+)
 
 T = TypeVar("T")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-async def eventually(condition: Callable[[], bool], what: str, wait: float = 5) -> None:
-    for _ in range(int(wait / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never happened: {what}")
+async def holds(condition: Callable[[], bool], what: str) -> None:
+    """Wait until `condition` holds, checking every 10 ms for up to 5 s."""
+
+    async def check() -> bool:
+        return condition()
+
+    await eventually(check, timeout=5, interval=0.01, what=what)
 
 
 async def subscribers(server: Running, count: int) -> None:
-    await eventually(
-        lambda: server.server.manager.hub.subscriber_count == count, f"{count} subscribers"
-    )
+    await holds(lambda: server.server.manager.hub.subscriber_count == count, f"{count} subscribers")
 
 
 async def still_serving(server: Running) -> None:
@@ -109,16 +115,17 @@ async def test_an_ingest_stream_over_max_ingest_streams_is_refused_until_one_clo
     async def one_alert() -> AsyncIterator[ingestion_pb2.StreamAlertsRequest]:
         yield ingestion_pb2.StreamAlertsRequest(alert=alert(id="on-the-next-stream"))
 
-    # The slot is given back as the first stream's handler ends, just after its status.
-    for _ in range(50):
+    async def acks_on_a_new_stream() -> list[alert_pb2.AlertAck] | None:
         try:
-            acks = [r.ack async for r in server.ingestion.StreamAlerts(one_alert())]
-            break
+            return [r.ack async for r in server.ingestion.StreamAlerts(one_alert())]
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
-            await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the closed stream never gave its slot back")
+            return None
+
+    # The slot is given back as the first stream's handler ends, just after its status.
+    acks = await eventually(
+        acks_on_a_new_stream, timeout=5, what="the closed stream gave its slot back"
+    )
     assert [a.alert_id for a in acks] == ["on-the-next-stream"]
     assert acks[0].status == alert_pb2.ACK_STATUS_DUPLICATE
 
@@ -175,7 +182,7 @@ async def test_calls_over_max_concurrent_calls_are_refused_per_method_without_bl
         server.ingestion.SubmitAlert(ingestion_pb2.SubmitAlertRequest(alert=alert(id="slow")))
     )
     try:
-        await eventually(lambda: storage.waiting == 1, "the first call reached the database")
+        await holds(lambda: storage.waiting == 1, "the first call reached the database")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await server.ingestion.SubmitAlert(
                 ingestion_pb2.SubmitAlertRequest(alert=alert(id="refused")), timeout=5
@@ -208,7 +215,7 @@ async def test_a_call_past_its_deadline_is_abandoned_stores_nothing_and_frees_it
         )
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The server cancelled the work it started: nothing waits for the disk any more.
-    await eventually(lambda: storage.waiting == 0, "the abandoned write was cancelled")
+    await holds(lambda: storage.waiting == 0, "the abandoned write was cancelled")
     storage.release()
     assert await open_incidents(server) == 0
     after = await server.ingestion.SubmitAlert(
@@ -244,7 +251,7 @@ async def test_a_subscriber_deadline_ends_its_stream_and_its_subscription(
         'grpc_server_handled_total{grpc_code="DeadlineExceeded",grpc_method="StreamIncidents",'
         'grpc_service="incident_manager.v1.IncidentService",grpc_type="server_stream"}'
     )
-    await eventually(
+    await holds(
         lambda: collect(server.server.metrics.registry).get(handled) == 1,
         "the ended stream counted as DeadlineExceeded",
     )
@@ -442,7 +449,7 @@ async def test_a_flooding_source_is_rate_limited_but_its_p0_alerts_never_are(
             )
         )
     assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error_reason(limited.value) == "RATE_LIMITED"
+    assert error_info(limited.value).reason == "RATE_LIMITED"
     retry = error_details_pb2.RetryInfo()
     assert any(d.Unpack(retry) for d in status_details(limited.value).details)
     assert retry.retry_delay.ToTimedelta().total_seconds() > 0

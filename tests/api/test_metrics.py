@@ -22,8 +22,7 @@ from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
 from incident_manager.entrypoints.metrics import collect
 from incident_manager.logs import JsonFormatter
-from tests.conftest import Running, StartServer
-from tests.helpers import alert
+from tests.support import Running, StartServer, alert, eventually
 
 INGESTION = "incident_manager.v1.AlertIngestionService"
 INCIDENTS = "incident_manager.v1.IncidentService"
@@ -71,12 +70,16 @@ def rpc(kind: str, service: str, method: str) -> dict[str, str]:
 
 async def scrape_until(running: Running, key: str, value: float) -> dict[str, float]:
     """Scrape until `key` reaches `value` (work ending after the client moved on)."""
-    for _ in range(100):
+    samples: dict[str, float] = {}
+
+    async def reached() -> dict[str, float] | None:
+        nonlocal samples
         samples = await scrape(running)
-        if samples.get(key) == value:
-            return samples
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{key} stayed at {samples.get(key)}, expected {value}")
+        return samples if samples.get(key) == value else None
+
+    return await eventually(
+        reached, timeout=5, what=lambda: f"{key} stayed at {samples.get(key)}, expected {value}"
+    )
 
 
 async def test_every_call_type_is_counted_by_method_and_status_code_as_go_servers_do(

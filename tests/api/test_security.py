@@ -44,8 +44,7 @@ from incident_manager.domain.access import Role, hash_token
 from incident_manager.entrypoints import server as server_module
 from incident_manager.entrypoints.server import IncidentServer, StartupError, method_policies
 from incident_manager.service.manager import IncidentManager
-from tests.conftest import StartServer
-from tests.helpers import alert, error_reason, new_incident
+from tests.support import StartServer, alert, error_info, free_port, new_incident
 
 ROLES = ("ingest", "reader", "responder", "admin")
 INCIDENTS = "incident_manager.v1.IncidentService"
@@ -69,13 +68,6 @@ ALLOWED = {
     "responder": READS | CHANGES,
     "admin": set(EVERY_METHOD),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def token_of(role: str) -> str:
@@ -341,7 +333,7 @@ async def test_the_principal_is_who_acts_and_cannot_be_claimed_otherwise(
             metadata=responder,
         )
     assert impersonation.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert error_reason(impersonation.value) == "ACTOR_MISMATCH"
+    assert error_info(impersonation.value).reason == "ACTOR_MISMATCH"
     # Naming yourself is fine.
     same = await server.incidents.CreateIncident(
         incident_service_pb2.CreateIncidentRequest(
@@ -773,7 +765,7 @@ async def test_a_token_limited_to_its_sources_cannot_pose_as_another_module(
             metadata=sentinel,
         )
     assert posing.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert error_reason(posing.value) == "SOURCE_NOT_ALLOWED"
+    assert error_info(posing.value).reason == "SOURCE_NOT_ALLOWED"
     assert "'llm-sentinel'" in (posing.value.details() or "")
 
     batch = await server.ingestion.BatchSubmitAlerts(

@@ -13,8 +13,7 @@ from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingesti
 from generated.incident_manager.v1 import incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
 from generated.incident_manager.v1 import incident_service_pb2_grpc as pb2_grpc
-from tests.conftest import Running, StartServer
-from tests.helpers import alert
+from tests.support import Running, StartServer, alert, eventually
 
 
 async def take(
@@ -32,11 +31,10 @@ async def take(
 
 
 async def wait_subscribed(server: Running, count: int = 1) -> None:
-    for _ in range(200):
-        if server.server.manager.hub.subscriber_count >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the subscriber never registered")
+    async def registered() -> bool:
+        return server.server.manager.hub.subscriber_count >= count
+
+    await eventually(registered, timeout=2, interval=0.01, what="the subscriber registered")
 
 
 async def test_subscribers_see_every_event_of_concurrent_changes_in_order(

@@ -37,7 +37,7 @@ from incident_manager.domain.query import (
     Ordering,
     SortKey,
 )
-from tests.integration.postgres import fresh_database
+from tests.support.postgres import fresh_database
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 

@@ -12,13 +12,10 @@ import pytest
 
 from generated.incident_manager.v1 import incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
-from tests.conftest import Running
-from tests.helpers import installed_tool
+from tests.support import Running, installed_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-
-pytestmark = pytest.mark.slow
 
 
 async def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

@@ -23,47 +23,34 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
-from grpc_status import rpc_status
 
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
 from generated.incident_manager.v1 import alert_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
 from generated.incident_manager.v1 import incident_service_pb2_grpc as service_grpc
-from tests.e2e import processes
-from tests.e2e.processes import (
+from tests.support import alert, error_info, eventually
+from tests.support.load import (
     ACKED,
     FULL_COUNTS,
     Ledger,
-    StartServer,
     assert_the_database_holds_the_ledger,
     first,
-    resident_memory,
     start_clients,
     stop_clients,
 )
-from tests.e2e.test_process import CALL_TIMEOUT, NOT_SERVING, SERVING, Client
-from tests.helpers import alert
-
-# pytest finds fixtures by module attribute.
-start_server = processes.start_server
-rng = processes.rng
+from tests.support.processes import (
+    CALL_TIMEOUT,
+    NOT_SERVING,
+    SERVING,
+    Client,
+    StartProcess,
+    resident_memory,
+)
 
 MiB = 1024 * 1024
 DEFAULT_MAX_MESSAGE = 4 * MiB
 """gRPC's default largest message, which the server keeps unless configured."""
-
-
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    """The ErrorInfo the server attached to an error."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, f"no rich status on {error.code()}: {error.details()}"
-    info = error_details_pb2.ErrorInfo()
-    for detail in status.details:
-        if detail.Unpack(info):
-            return info
-    raise AssertionError(f"no ErrorInfo on {error.code()}: {error.details()}")
 
 
 def health_status(client: Client) -> int:
@@ -71,13 +58,10 @@ def health_status(client: Client) -> int:
     return status
 
 
-def eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> float:
-    """Poll until `condition` holds; returns the seconds it took."""
+def seconds_until(condition: Callable[[], bool], what: str) -> float:
+    """Wait until `condition` holds; returns the seconds it took."""
     began = time.monotonic()
-    while not condition():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
+    eventually(condition, what=what, timeout=10.0)
     return time.monotonic() - began
 
 
@@ -160,17 +144,16 @@ def last_stored_sequence(client: Client) -> int:
 # -- oversized messages -----------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_oversized_messages_are_refused_and_the_same_server_carries_on(
-    start_server: StartServer, tmp_path: Path
+    start_process: StartProcess, tmp_path: Path
 ) -> None:
     """A unary call and a message inside StreamAlerts over the default 4 MiB are
     refused with RESOURCE_EXHAUSTED; the alert acked before it on the stream is
     kept, and the same process then answers health checks, takes a batch just
     under the limit, stores new alerts, and a subscriber connected all along
     saw every event."""
-    server = start_server(tmp_path / "oversized.db")
+    server = start_process(tmp_path / "oversized.db")
     client = server.client()
     watcher = Reader("watcher")
     watching = follow(server.address, 0, 502, watcher)
@@ -279,10 +262,9 @@ def send_flood(client: Client, count: int, tag: str) -> None:
         assert [ack.status in ACKED for ack in response.acks] == [True] * len(alerts)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(SLOW_DEADLINE + 60)
 def test_a_subscriber_that_stops_reading_costs_bounded_memory_and_nobody_waits_for_it(
-    start_server: StartServer, tmp_path: Path
+    start_process: StartProcess, tmp_path: Path
 ) -> None:
     """One StreamIncidents subscriber reads 10 events and stops while 20,000
     (100,000 with RELIABILITY_FULL=1) alerts flow in batches of 1,000, one event
@@ -290,7 +272,7 @@ def test_a_subscriber_that_stops_reading_costs_bounded_memory_and_nobody_waits_f
     readers get every event in order soon after the last ack, on one stream
     each, and the stalled one, once it reads again, gets every event on the
     same stream: what it missed is read back from storage."""
-    server = start_server(tmp_path / "slow-subscriber.db")
+    server = start_process(tmp_path / "slow-subscriber.db")
     client = server.client()
     send_flood(client, WARMUP_EVENTS, "warmup")
     base, last = WARMUP_EVENTS, WARMUP_EVENTS + FLOOD_EVENTS
@@ -481,10 +463,9 @@ def fault(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fault]:
         made.release()
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_an_unwritable_database_refuses_writes_as_unavailable_and_recovers_by_itself(
-    fault: Fault, start_server: StartServer, rng: random.Random
+    fault: Fault, start_process: StartProcess, rng: random.Random
 ) -> None:
     """Four clients send alerts (unary, batches, streams; new, duplicates and
     retries) while the database becomes unwritable. Writes fail UNAVAILABLE
@@ -495,7 +476,7 @@ def test_an_unwritable_database_refuses_writes_as_unavailable_and_recovers_by_it
     kill -9 and restart; a subscriber connected all along saw exactly the
     stored events."""
     database = fault.database()
-    server = start_server(database)
+    server = start_process(database)
     client = server.client()
     ledger = Ledger()
     watcher = Reader("watcher")
@@ -509,9 +490,9 @@ def test_an_unwritable_database_refuses_writes_as_unavailable_and_recovers_by_it
         faulted = time.monotonic()
         eventually(
             lambda: any(c.started > faulted and c.outcome != "OK" for c in ledger.calls),
-            "a call started after the fault failed",
+            what="a call started after the fault failed",
         )
-        to_not_serving = eventually(
+        to_not_serving = seconds_until(
             lambda: health_status(client) == NOT_SERVING, "health NOT_SERVING"
         )
         # On-call can still read what is stored.
@@ -522,7 +503,7 @@ def test_an_unwritable_database_refuses_writes_as_unavailable_and_recovers_by_it
     acked_before_clearing = len(ledger.acks)
 
     fault.clear()
-    to_serving = eventually(lambda: health_status(client) == SERVING, "health SERVING again")
+    to_serving = seconds_until(lambda: health_status(client) == SERVING, "health SERVING again")
     assert server.popen.poll() is None, "the server exited"
     cleared = time.monotonic()
     stop, clients = start_clients(server.address, ledger, rng, keep_trying=True)
@@ -549,14 +530,14 @@ def test_an_unwritable_database_refuses_writes_as_unavailable_and_recovers_by_it
 
     checked_live = assert_the_database_holds_the_ledger(client, ledger)
     last = last_stored_sequence(client)
-    eventually(lambda: watcher.sequences[-1:] == [last], "the watcher got the last event")
+    eventually(lambda: watcher.sequences[-1:] == [last], what="the watcher got the last event")
     watcher.stop()
     watching.join(timeout=CALL_TIMEOUT)
     assert watcher.error is None, watcher.error
 
     server.signal(signal.SIGKILL)
     server.wait_for_exit(timeout=10)
-    restarted = start_server(database)
+    restarted = start_process(database)
     checked_restarted = assert_the_database_holds_the_ledger(restarted.client(), ledger)
     stored = Reader("stored")
     read_events(restarted.address, 0, last, stored)

@@ -17,10 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Running
-from tests.helpers import installed_tool
-
-pytestmark = pytest.mark.slow
+from tests.support import Running, installed_tool
 
 INCIDENT_SERVICE = "incident_manager.v1.IncidentService"
 INGESTION_SERVICE = "incident_manager.v1.AlertIngestionService"

@@ -18,21 +18,21 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.e2e import processes
-from tests.e2e.processes import (
+from tests.support.load import (
     Ledger,
-    StartServer,
     assert_no_errors_logged,
     assert_the_database_holds_the_ledger,
     first,
     start_clients,
     stop_clients,
 )
-from tests.e2e.test_process import CALL_TIMEOUT, NOT_SERVING, SERVING, ServerProcess
-
-# pytest finds fixtures by module attribute.
-start_server = processes.start_server
-rng = processes.rng
+from tests.support.processes import (
+    CALL_TIMEOUT,
+    NOT_SERVING,
+    SERVING,
+    ServerProcess,
+    StartProcess,
+)
 
 KILL_ROUNDS = 20
 SHUTDOWN_REFUSALS = (grpc.StatusCode.UNAVAILABLE.name, grpc.StatusCode.CANCELLED.name)
@@ -42,10 +42,9 @@ handed to a handler when shutdown began (grpc/grpc#41785). Either way no handler
 ran; the final check resends the call's alerts and counts them exactly."""
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_every_acked_alert_survives_twenty_kill_9_rounds(
-    start_server: StartServer, tmp_path: Path, rng: random.Random
+    start_process: StartProcess, tmp_path: Path, rng: random.Random
 ) -> None:
     database = tmp_path / "kill-9.db"
     ledger = Ledger()
@@ -54,7 +53,7 @@ def test_every_acked_alert_survives_twenty_kill_9_rounds(
     began = time.monotonic()
 
     for round_number in range(KILL_ROUNDS):
-        server = start_server(database)
+        server = start_process(database)
         servers.append(server)
         acks_before = ledger.ack_count
         stop, clients = start_clients(server.address, ledger, rng, keep_trying=False)
@@ -74,7 +73,7 @@ def test_every_acked_alert_survives_twenty_kill_9_rounds(
     acks_received = ledger.ack_count
     distinct_acked = len(ledger.acks)
 
-    final = start_server(database)
+    final = start_process(database)
     servers.append(final)
     checked = assert_the_database_holds_the_ledger(final.client(), ledger)
     assert_no_errors_logged(servers)
@@ -87,14 +86,13 @@ def test_every_acked_alert_survives_twenty_kill_9_rounds(
     )
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_sigterm_under_load_drains_then_exits_within_grace(
-    start_server: StartServer, tmp_path: Path, rng: random.Random
+    start_process: StartProcess, tmp_path: Path, rng: random.Random
 ) -> None:
     grace, drain_delay, margin = 3.0, 1.0, 3.0
     database = tmp_path / "sigterm.db"
-    server = start_server(database, "--shutdown-grace", f"{grace:g}s", "--drain-delay", "1s")
+    server = start_process(database, "--shutdown-grace", f"{grace:g}s", "--drain-delay", "1s")
     ledger = Ledger()
     stop, clients = start_clients(server.address, ledger, rng, keep_trying=True)
     health_answers: list[tuple[float, int]] = []
@@ -149,7 +147,7 @@ def test_sigterm_under_load_drains_then_exits_within_grace(
     unexpected = [call for call in refused if call.outcome not in SHUTDOWN_REFUSALS]
     assert not unexpected, f"calls refused with an unexpected status: {first(unexpected)}"
 
-    restarted = start_server(database)
+    restarted = start_process(database)
     checked = assert_the_database_holds_the_ledger(restarted.client(), ledger)
     assert_no_errors_logged((server, restarted))
     print(

@@ -31,27 +31,21 @@ from generated.incident_manager.v1 import (
 from generated.incident_manager.v1 import alert_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
 from generated.incident_manager.v1 import incident_service_pb2_grpc as service_grpc
-from tests.e2e import test_process
-from tests.e2e.test_process import (
+from tests.support import alert, eventually, free_port
+from tests.support.postgres import fresh_database, pg_ctlcluster
+from tests.support.processes import (
     CALL_TIMEOUT,
     NOT_SERVING,
     SERVING,
     Client,
     Launch,
     ServerProcess,
-    free_port,
     server_environment,
 )
-from tests.helpers import alert
-from tests.integration.postgres import fresh_database, pg_ctlcluster
-
-pytestmark = pytest.mark.slow
 
 ACKED = (alert_pb2.ACK_STATUS_ACCEPTED, alert_pb2.ACK_STATUS_DUPLICATE)
 
 StartReplica = Callable[..., ServerProcess]
-launch = test_process.launch
-"""The fixture that starts server processes and kills them at the end."""
 WARM_UP = 5
 """Latency samples left out at first: they include connecting the channels."""
 
@@ -65,7 +59,7 @@ def database() -> Iterator[str]:
 
 @pytest.fixture
 def start_replica(launch: Launch) -> StartReplica:
-    """Start replicas on a database URL (test_process's `launch` kills them at the end)."""
+    """Start replicas on a database URL (`launch` kills them at the end)."""
 
     def start(url: str, *, wait: bool = True) -> ServerProcess:
         address = f"127.0.0.1:{free_port()}"
@@ -403,14 +397,15 @@ def wait_for_health(replica: ServerProcess, status: int, timeout: float) -> floa
     began = time.monotonic()
     with grpc.insecure_channel(replica.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        while True:
+
+        def says_status() -> bool:
             with contextlib.suppress(grpc.RpcError):
-                answer = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if answer.status == status:
-                    return time.monotonic() - began
-            if time.monotonic() - began > timeout:
-                raise AssertionError(f"{replica.address} not {status} after {timeout}s")
-            time.sleep(0.05)
+                answer: int = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+                return answer == status
+            return False
+
+        eventually(says_status, timeout=timeout, what=f"{replica.address} to say {status}")
+        return time.monotonic() - began
 
 
 @pytest.mark.timeout(150)
@@ -441,10 +436,12 @@ def test_replicas_refuse_calls_while_postgres_is_down_and_recover_without_losing
             pg_ctlcluster("start")
         recovered_in = max(wait_for_health(r, SERVING, 30.0) for r in (a, b))
         acked_at_restart = load.acked_count()
-        deadline = time.monotonic() + 30
-        while load.acked_count() < acked_at_restart + 50:
-            assert time.monotonic() < deadline, "no acks after PostgreSQL came back"
-            time.sleep(0.1)
+        eventually(
+            lambda: load.acked_count() >= acked_at_restart + 50,
+            timeout=30,
+            interval=0.1,
+            what="50 acks after PostgreSQL came back",
+        )
     finally:
         load.finish()
 

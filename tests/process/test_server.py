@@ -7,194 +7,35 @@ blocking gRPC channel in the test is the simplest faithful client.
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
-from generated.incident_manager.v1 import (
-    alert_ingestion_service_pb2_grpc as ingestion_grpc,
-)
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
-from generated.incident_manager.v1 import incident_service_pb2_grpc as service_grpc
-from tests.helpers import alert, installed_tool, new_incident
-
-pytestmark = pytest.mark.slow
-
-PYTHON = sys.executable
-STARTUP_TIMEOUT = 15.0
-CALL_TIMEOUT = 10.0
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (the OS picks it; we release it at once)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def server_environment(**variables: str) -> dict[str, str]:
-    """This process's environment without any INCIDENT_MANAGER_* leaking in, plus `variables`.
-
-    /metrics is off unless asked for: servers run side by side would share port 9090.
-    """
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("INCIDENT_MANAGER_")}
-    environment["INCIDENT_MANAGER_METRICS_LISTEN"] = "off"
-    environment.update(variables)
-    return environment
-
-
-@dataclass
-class Client:
-    """Blocking stubs for every service on one channel."""
-
-    channel: grpc.Channel
-    incidents: service_grpc.IncidentServiceStub = field(init=False)
-    ingestion: ingestion_grpc.AlertIngestionServiceStub = field(init=False)
-    health: health_pb2_grpc.HealthStub = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.incidents = service_grpc.IncidentServiceStub(self.channel)
-        self.ingestion = ingestion_grpc.AlertIngestionServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-
-    def get_incident(self, incident_id: str) -> incident_pb2.Incident:
-        response = self.incidents.GetIncident(
-            service_pb2.GetIncidentRequest(id=incident_id), timeout=CALL_TIMEOUT
-        )
-        return response.incident
-
-    def list_all_incidents(self, page_size: int = 100) -> list[incident_pb2.Incident]:
-        incidents: list[incident_pb2.Incident] = []
-        token = ""
-        while True:
-            page = self.incidents.ListIncidents(
-                service_pb2.ListIncidentsRequest(page_size=page_size, page_token=token),
-                timeout=CALL_TIMEOUT,
-            )
-            incidents.extend(page.incidents)
-            token = page.next_page_token
-            if not token:
-                return incidents
-
-
-@dataclass
-class ServerProcess:
-    """One `python -m incident_manager` process and where its stderr goes."""
-
-    popen: subprocess.Popen[bytes]
-    address: str
-    stderr_path: Path
-    clients: list[Client] = field(default_factory=list)
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def client(self) -> Client:
-        client = Client(grpc.insecure_channel(self.address))
-        self.clients.append(client)
-        return client
-
-    def wait_until_serving(self, timeout: float = STARTUP_TIMEOUT) -> None:
-        """Poll the standard health check until it says SERVING."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.popen.poll() is not None:
-                raise AssertionError(
-                    f"server exited with {self.popen.returncode} before serving:\n{self.stderr()}"
-                )
-            # A fresh channel per attempt: a channel that failed to connect
-            # backs off for a second or more before it tries again.
-            with grpc.insecure_channel(self.address) as channel:
-                try:
-                    response = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=0.5
-                    )
-                    if response.status == SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"server on {self.address} not SERVING after {timeout}s:\n{self.stderr()}"
-                )
-            time.sleep(0.05)
-
-    def signal(self, signum: int) -> None:
-        os.kill(self.popen.pid, signum)
-
-    def wait_for_exit(self, timeout: float) -> int:
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"server still running {timeout}s later:\n{self.stderr()}"
-            ) from None
-
-    def close_clients(self) -> None:
-        for client in self.clients:
-            client.channel.close()
-        self.clients.clear()
-
-
-Launch = Callable[..., ServerProcess]
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launch]:
-    """Start server processes; any still running at the end is killed."""
-    started: list[ServerProcess] = []
-
-    def start(
-        args: Sequence[str],
-        *,
-        address: str,
-        environment: dict[str, str] | None = None,
-        wait: bool = True,
-    ) -> ServerProcess:
-        stderr_path = tmp_path / f"server-{len(started)}.stderr"
-        with stderr_path.open("wb") as stderr:
-            popen = subprocess.Popen(
-                [PYTHON, "-m", "incident_manager", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=environment if environment is not None else server_environment(),
-                # The default database path is relative: keep it out of the repository.
-                cwd=tmp_path,
-            )
-        process = ServerProcess(popen, address, stderr_path)
-        started.append(process)
-        if wait:
-            process.wait_until_serving()
-        return process
-
-    yield start
-    for process in started:
-        process.close_clients()
-        if process.popen.poll() is None:
-            process.popen.kill()
-        process.popen.wait(timeout=10)
+from tests.support import alert, free_port, installed_tool, new_incident
+from tests.support.processes import (
+    CALL_TIMEOUT,
+    NOT_SERVING,
+    PYTHON,
+    SERVING,
+    Launch,
+    ServerProcess,
+    server_environment,
+)
 
 
 def serve(launch: Launch, database: Path, *extra: str) -> ServerProcess:

@@ -23,15 +23,13 @@ import pytest
 
 from generated.incident_manager.v1 import incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
-from tests.conftest import Running
+from tests.support import Running
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "typescript"
 # Inside node_modules, so that removing node_modules also forgets the install.
 INSTALL_STAMP = EXAMPLE / "node_modules" / ".installed-from.sha256"
 MINIMUM_NODE = 20
-
-pytestmark = pytest.mark.slow
 
 
 async def run(*argv: str, within: float) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""Real server processes and clients that load them, shared by the reliability tests.
+"""Clients that load real server processes, and the ledger that checks them afterwards.
 
 Several clients send alerts the three ways the service takes them (one at a
 time, in small batches, on a stream), mixing new problems, duplicates of open
@@ -10,31 +10,21 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
-import pytest
 
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
 from generated.incident_manager.v1 import (
     alert_ingestion_service_pb2_grpc as ingestion_grpc,
 )
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
-from tests.e2e.test_process import (
-    CALL_TIMEOUT,
-    PYTHON,
-    Client,
-    ServerProcess,
-    free_port,
-    server_environment,
-)
-from tests.helpers import alert
+from tests.support.builders import alert
+from tests.support.processes import CALL_TIMEOUT, Client, ServerProcess
 
 FULL_COUNTS = os.environ.get("RELIABILITY_FULL") == "1"
 """`RELIABILITY_FULL=1 pytest ...` runs the issue's full counts; the default run
@@ -348,77 +338,3 @@ def assert_no_errors_logged(servers: Iterable[ServerProcess]) -> None:
     for server in servers:
         errors = [line for line in server.stderr().splitlines() if '"level": "ERROR"' in line]
         assert not errors, f"server on {server.address} logged errors:\n" + "\n".join(errors[:5])
-
-
-StartServer = Callable[..., ServerProcess]
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Start `python -m incident_manager` on 127.0.0.1 and a database; once SERVING,
-    return it. Whatever still runs at the end is killed."""
-    started: list[ServerProcess] = []
-
-    def start(database: Path, *extra: str) -> ServerProcess:
-        for _attempt in range(3):
-            address = f"127.0.0.1:{free_port()}"
-            stderr_path = tmp_path / f"server-{len(started)}.stderr"
-            with stderr_path.open("wb") as stderr:
-                popen = subprocess.Popen(
-                    [
-                        PYTHON,
-                        "-m",
-                        "incident_manager",
-                        "--listen",
-                        address,
-                        "--database",
-                        str(database),
-                        "--log-level",
-                        "WARNING",
-                        *extra,
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                    env=server_environment(),
-                    cwd=tmp_path,
-                )
-            server = ServerProcess(popen, address, stderr_path)
-            started.append(server)
-            try:
-                server.wait_until_serving()
-            except AssertionError:
-                # Another process may have taken the free port meanwhile: try another.
-                if popen.poll() == 2 and "cannot listen" in server.stderr():
-                    continue
-                raise
-            return server
-        raise AssertionError("no free port found in three attempts")
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.close_clients()
-            if server.popen.poll() is None:
-                server.popen.kill()
-            server.popen.wait(timeout=10)
-
-
-@pytest.fixture
-def rng() -> random.Random:
-    seed = random.randrange(2**32)
-    print(f"random seed {seed}")  # shown with a failure, to replay the same choices
-    return random.Random(seed)
-
-
-def resident_memory(server: ServerProcess) -> int:
-    """The server process's resident set size (VmRSS), in bytes."""
-    status = Path(f"/proc/{server.popen.pid}/status").read_text()
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    # Only a process that has exited has no resident set.
-    raise AssertionError(
-        f"server exited with {server.popen.wait(timeout=10)}:\n{server.stderr()[-3000:]}"
-    )
