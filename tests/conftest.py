@@ -27,6 +27,11 @@ from incident_manager.service.streaming import EventHub
 from tests.support import TEST_SETTINGS, FakeClock, Running, StartServer
 
 
+def _clock_argument(clock: Callable[[], datetime] | None) -> dict[str, Any]:
+    """The manager keeps its own clock unless the test passes one."""
+    return {"clock": clock} if clock is not None else {}
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -59,7 +64,7 @@ async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
             hub=EventHub(stream_buffer),
             rate_limit=rate_limit,
             global_rate_limit=global_rate_limit,
-            **({"clock": clock} if clock is not None else {}),
+            **_clock_argument(clock),
         )
         server = IncidentServer(manager, Settings(**{**TEST_SETTINGS, **settings}))
         port = await server.start()

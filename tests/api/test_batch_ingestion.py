@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -84,7 +85,7 @@ async def test_many_clients_sending_the_same_alerts_at_once_make_one_incident_ea
     async def stream(offset: int) -> list[alert_pb2.AlertAck]:
         ordered = alerts[offset:] + alerts[:offset]
 
-        async def requests():  # type: ignore[no-untyped-def]
+        async def requests() -> AsyncIterator[pb2.StreamAlertsRequest]:
             for a in ordered:
                 yield pb2.StreamAlertsRequest(alert=a)
 

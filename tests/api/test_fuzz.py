@@ -72,7 +72,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -386,6 +386,7 @@ def _in_real_oneof(f: FieldDescriptor) -> bool:
 def scalar_strategy(f: FieldDescriptor, depth: int, size: int) -> SearchStrategy[Any]:
     """One value of the field's type (a single element, for a repeated field)."""
     if f.type == FieldDescriptor.TYPE_MESSAGE:
+        assert f.message_type is not None
         return message_strategy(f.message_type, depth - 1, size)
     if f.type == FieldDescriptor.TYPE_STRING:
         return string_strategy(f.name, size)
@@ -394,6 +395,7 @@ def scalar_strategy(f: FieldDescriptor, depth: int, size: int) -> SearchStrategy
     if f.type == FieldDescriptor.TYPE_BOOL:
         return st.booleans()
     if f.type == FieldDescriptor.TYPE_ENUM:
+        assert f.enum_type is not None
         return enum_strategy(f.enum_type)
     if f.type == FieldDescriptor.TYPE_DOUBLE:
         return st.one_of(st.sampled_from(FLOAT_EDGES), st.floats(), st.floats(0, 1))
@@ -405,10 +407,11 @@ def scalar_strategy(f: FieldDescriptor, depth: int, size: int) -> SearchStrategy
 def field_strategy(f: FieldDescriptor, depth: int, size: int) -> SearchStrategy[Any]:
     smaller = max(size - 1, TINY)
     if _is_map(f):
+        assert f.message_type is not None
         key_field, value_field = f.message_type.fields
         keys = scalar_strategy(key_field, depth, smaller)
         values = scalar_strategy(value_field, depth, smaller)
-        few = st.dictionaries(keys, values, max_size=5 if size else 2)
+        few: SearchStrategy[Any] = st.dictionaries(keys, values, max_size=5 if size else 2)
         if size == TINY or key_field.type != FieldDescriptor.TYPE_STRING:
             return few
         return few | st.builds(
@@ -444,7 +447,10 @@ def message_strategy(
     for f in descriptor.fields:
         nested = f.message_type is not None and not _is_map(f)
         if _in_real_oneof(f) or (
-            nested and depth <= 0 and f.message_type.full_name not in WELL_KNOWN
+            nested
+            and depth <= 0
+            and f.message_type is not None
+            and f.message_type.full_name not in WELL_KNOWN
         ):
             continue
         fields[f.name] = _present_sometimes(field_strategy(f, depth, size), sparse)
@@ -470,7 +476,9 @@ def _assemble(
     chosen = [(name, value) for name, value in values.items() if value is not None]
     chosen += [choice for choice in oneof_choices if choice is not None]
     for name, value in chosen:
-        f = message.DESCRIPTOR.fields_by_name[name]
+        # With protobuf's C backend (upb) this is upb's FieldDescriptor, which has
+        # the same interface as the pure-Python one the helpers are typed with.
+        f = cast(FieldDescriptor, message.DESCRIPTOR.fields_by_name[name])
         target = getattr(message, name)
         if _is_map(f):
             for key, item in value.items():
@@ -679,23 +687,24 @@ async def invoke(channel: grpc.aio.Channel, rpc: Rpc, payloads: list[bytes]) -> 
     try:
         if rpc.streams_requests:
             if rpc.method.server_streaming:
-                call = channel.stream_stream(rpc.path, **raw)(stream(), timeout=UNARY_TIMEOUT)
-                responses.extend([response async for response in call])
+                both = channel.stream_stream(rpc.path, **raw)(stream(), timeout=UNARY_TIMEOUT)
+                responses.extend([response async for response in both])
             else:
-                call = channel.stream_unary(rpc.path, **raw)(stream(), timeout=UNARY_TIMEOUT)
-                responses.append(await call)
+                sent = channel.stream_unary(rpc.path, **raw)(stream(), timeout=UNARY_TIMEOUT)
+                responses.append(await sent)
         elif rpc.follows:
-            call = channel.unary_stream(rpc.path, **raw)(payloads[0], timeout=FOLLOW_TIMEOUT)
-            async for response in call:
+            followed = channel.unary_stream(rpc.path, **raw)(payloads[0], timeout=FOLLOW_TIMEOUT)
+            async for response in followed:
                 responses.append(response)
                 if len(responses) >= MAX_EVENTS_READ:
                     break
-            call.cancel()
+            followed.cancel()
         else:
-            call = channel.unary_unary(rpc.path, **raw)
-            responses.append(await call(payloads[0], timeout=UNARY_TIMEOUT))
+            unary = channel.unary_unary(rpc.path, **raw)
+            responses.append(await unary(payloads[0], timeout=UNARY_TIMEOUT))
     except grpc.aio.AioRpcError as error:
-        return Outcome(error.code(), error.details() or "", error.debug_error_string(), responses)
+        debug = error.debug_error_string() or ""
+        return Outcome(error.code(), error.details() or "", debug, responses)
     return Outcome(grpc.StatusCode.OK, "", "", responses)
 
 
@@ -719,7 +728,7 @@ class ServerErrors(logging.Handler):
 def _traceback(record: logging.LogRecord | None) -> str:
     if record is None or not record.exc_info:
         return "(no traceback logged)"
-    return "".join(traceback.format_exception(*record.exc_info))  # type: ignore[misc]
+    return "".join(traceback.format_exception(*record.exc_info))
 
 
 @contextmanager
@@ -944,11 +953,12 @@ async def test_a_corrupt_message_on_stream_alerts_is_refused_as_invalid(server: 
         yield ingestion_pb2.StreamAlertsRequest(alert=alert()).SerializeToString()
         yield b"\xff\xff\xff"  # not a protobuf message
 
-    call = server.channel.stream_stream(
+    stream_alerts: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = server.channel.stream_stream(
         "/incident_manager.v1.AlertIngestionService/StreamAlerts",
         request_serializer=None,
         response_deserializer=None,
-    )(messages(), timeout=UNARY_TIMEOUT)
+    )
+    call = stream_alerts(messages(), timeout=UNARY_TIMEOUT)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         async for _ in call:
             pass

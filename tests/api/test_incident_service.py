@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -321,7 +323,7 @@ async def test_list_full_view_includes_timelines(server: Running) -> None:
     ],
 )
 async def test_list_with_bad_arguments_is_invalid(
-    server: Running, request_fields: dict[str, object], field: str
+    server: Running, request_fields: dict[str, Any], field: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await server.incidents.ListIncidents(pb2.ListIncidentsRequest(**request_fields))

@@ -30,6 +30,7 @@ from tests.support import (
     alert,
     error_info,
     eventually,
+    next_message,
     status_details,
 )
 
@@ -86,9 +87,9 @@ async def test_a_subscriber_over_max_subscribers_is_refused_and_admitted_once_on
         ingestion_pb2.SubmitAlertRequest(alert=alert(title="after the limit"))
     )
     for call in (second, fourth):
-        seen = [(await asyncio.wait_for(call.read(), 5)).event.incident_id]
+        seen = [(await next_message(call)).event.incident_id]
         if seen[0] != submitted.ack.incident_id:  # the second also saw still_serving's alert
-            seen.append((await asyncio.wait_for(call.read(), 5)).event.incident_id)
+            seen.append((await next_message(call)).event.incident_id)
         assert seen[-1] == submitted.ack.incident_id
         call.cancel()
 
@@ -99,7 +100,7 @@ async def test_an_ingest_stream_over_max_ingest_streams_is_refused_until_one_clo
     server = await start_server(max_ingest_streams=1)
     first = server.ingestion.StreamAlerts()
     await first.write(ingestion_pb2.StreamAlertsRequest(alert=alert(id="on-the-open-stream")))
-    acked = await asyncio.wait_for(first.read(), 5)
+    acked = await next_message(first)
     assert acked.ack.status == alert_pb2.ACK_STATUS_ACCEPTED
 
     second = server.ingestion.StreamAlerts()

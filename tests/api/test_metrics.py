@@ -22,7 +22,7 @@ from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
 from incident_manager.entrypoints.metrics import collect
 from incident_manager.logs import JsonFormatter
-from tests.support import Running, StartServer, alert, eventually
+from tests.support import Running, StartServer, alert, eventually, next_message
 
 INGESTION = "incident_manager.v1.AlertIngestionService"
 INCIDENTS = "incident_manager.v1.IncidentService"
@@ -203,7 +203,7 @@ async def test_the_subscriber_gauge_follows_streams_and_falls_when_a_client_canc
     call = server.incidents.StreamIncidents(pb2.StreamIncidentsRequest())
     await scrape_until(server, gauge, 1)
     await server.ingestion.SubmitAlert(ingestion_pb2.SubmitAlertRequest(alert=alert()))
-    first = await asyncio.wait_for(call.read(), 5)
+    first = await next_message(call)
     assert first.event.event.type == incident_pb2.EVENT_TYPE_CREATED
 
     call.cancel()

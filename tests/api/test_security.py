@@ -617,7 +617,7 @@ async def test_unusable_tls_files_stop_the_server_naming_the_file_not_the_port(
     (tmp_path / "garbage.pem").write_text(
         "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
     )
-    files = {
+    files: dict[str, Any] = {
         "tls_cert": str(pki.server_cert),
         "tls_key": str(pki.server_key),
         "tls_client_ca": str(pki.ca),

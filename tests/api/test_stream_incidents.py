@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 import grpc
 import pytest
@@ -17,7 +17,7 @@ from tests.support import Running, StartServer, alert, eventually
 
 
 async def take(
-    stream: AsyncIterator[pb2.StreamIncidentsResponse], count: int, wait: float = 10
+    stream: AsyncIterable[pb2.StreamIncidentsResponse], count: int, wait: float = 10
 ) -> list[pb2.IncidentEvent]:
     async def read() -> list[pb2.IncidentEvent]:
         events = []

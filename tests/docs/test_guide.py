@@ -97,4 +97,4 @@ async def test_a_request_over_4_mib_is_refused_by_grpc_without_error_info(
         await server.ingestion.BatchSubmitAlerts(request)
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in (raised.value.details() or "")
-    assert rpc_status.from_call(raised.value) is None  # type: ignore[arg-type]
+    assert rpc_status.from_call(raised.value) is None

@@ -3,7 +3,7 @@
 Imported from here: request builders (`alert`, `new_incident`), the rich error
 details of a failed call (`error_info`, `field_violations`, `status_details`),
 one poll loop (`eventually`), `free_port`, `FakeClock`, the handles on an
-in-process server (`Running`, `StartServer`) and `installed_tool`.
+in-process server (`Running`, `StartServer`, `next_message`) and `installed_tool`.
 
 Imported from their modules, by the tiers that need them:
 `tests.support.processes` (real server processes and blocking clients),
@@ -15,7 +15,7 @@ Imported from their modules, by the tiers that need them:
 from tests.support.builders import alert, new_incident
 from tests.support.clock import FakeClock
 from tests.support.errors import error_info, field_violations, status_details
-from tests.support.inprocess import TEST_SETTINGS, Running, StartServer
+from tests.support.inprocess import TEST_SETTINGS, Running, StartServer, next_message
 from tests.support.polling import eventually
 from tests.support.ports import free_port
 from tests.support.tools import installed_tool
@@ -32,5 +32,6 @@ __all__ = [
     "free_port",
     "installed_tool",
     "new_incident",
+    "next_message",
     "status_details",
 ]

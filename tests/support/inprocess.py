@@ -3,9 +3,10 @@ and `server` fixtures of tests/conftest.py build them)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -41,3 +42,21 @@ class Running:
 
 StartServer = Callable[..., Awaitable[Running]]
 """The `start_server` fixture: keyword arguments choose storage, clock and settings."""
+
+
+Response = TypeVar("Response")
+
+
+@overload
+async def next_message(call: grpc.aio.UnaryStreamCall[Any, Response]) -> Response: ...
+
+
+@overload
+async def next_message(call: grpc.aio.StreamStreamCall[Any, Response]) -> Response: ...
+
+
+async def next_message(call: Any) -> Any:
+    """The next message a server stream sends within 5 s; fails if the stream ended instead."""
+    message = await asyncio.wait_for(call.read(), 5)
+    assert message is not grpc.aio.EOF, "the stream ended before its next message"
+    return message

@@ -23,7 +23,7 @@ so the message can show what was seen last."""
 
 @overload
 def eventually(
-    probe: Callable[[], Awaitable[T]],
+    probe: Callable[[], Awaitable[T | None]],
     *,
     what: Description,
     timeout: float = 10.0,
@@ -33,7 +33,7 @@ def eventually(
 
 @overload
 def eventually(
-    probe: Callable[[], T],
+    probe: Callable[[], T | None],
     *,
     what: Description,
     timeout: float = 10.0,
