@@ -1,5 +1,7 @@
 # Two commands matter: `make run` starts the server on the embedded SQLite
 # database, `make test` runs every check. Both build their own virtualenv.
+# `make check` is the quick loop while editing: lint, types and every test
+# outside tests/process (none of them starts a server process).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +14,7 @@ PROTOS := $(sort $(wildcard protos/incident_manager/v1/*.proto))
 # Where `make generate` writes; the staleness test points it elsewhere.
 GENERATED_DIR ?= generated
 
-.PHONY: run test bench lint typecheck buf-lint generate clean
+.PHONY: run test check bench lint typecheck buf-lint generate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +34,14 @@ run: $(RUN_STAMP)
 test: $(DEV_STAMP)
 	$(MAKE) --no-print-directory lint typecheck buf-lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tiers that start no server process: unit, integration, api and docs.
+# The directory decides, not a marker: a test that starts the server as a
+# process, or runs grpcurl, Node or make, belongs in tests/process, which only
+# `make test` runs.
+check: $(DEV_STAMP)
+	$(MAKE) --no-print-directory lint typecheck
+	$(BIN)/python -m pytest --ignore=tests/process $(PYTEST_ARGS)
 
 # Our server against a bare grpc.aio server, side by side; BENCH_ARGS=--quick
 # for small sizes. h2load comes from Debian's nghttp2-client.

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,41 +25,12 @@ from incident_manager.entrypoints.server import IncidentServer
 from incident_manager.service.manager import IncidentManager
 from incident_manager.service.ports import Storage
 from incident_manager.service.streaming import EventHub
-
-TEST_SETTINGS: dict[str, Any] = {"listen": "127.0.0.1:0", "metrics_listen": "off"}
-"""Servers in tests listen on a free port and serve no /metrics unless a test asks."""
+from tests.support import TEST_SETTINGS, FakeClock, Running, StartServer
 
 
-class FakeClock:
-    """A clock that only moves when a test says so."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
-
-
-@dataclass
-class Running:
-    """A started server with a channel and a stub for every service."""
-
-    server: IncidentServer
-    channel: grpc.aio.Channel
-    incidents: service_grpc.IncidentServiceStub
-    ingestion: ingestion_grpc.AlertIngestionServiceStub
-    health: health_pb2_grpc.HealthStub
-    address: str
-
-    async def close(self, grace: float = 0) -> None:
-        await self.channel.close()
-        await self.server.stop(grace)
-
-
-StartServer = Callable[..., Awaitable[Running]]
+def _clock_argument(clock: Callable[[], datetime] | None) -> dict[str, Any]:
+    """The manager keeps its own clock unless the test passes one."""
+    return {"clock": clock} if clock is not None else {}
 
 
 @pytest.fixture
@@ -98,7 +68,7 @@ async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
             rate_limit=rate_limit,
             global_rate_limit=global_rate_limit,
             observer=metrics,
-            **({"clock": clock} if clock is not None else {}),
+            **_clock_argument(clock),
         )
         server = IncidentServer(manager, Settings(**{**TEST_SETTINGS, **settings}), metrics)
         port = await server.start()

@@ -17,7 +17,8 @@ import time
 import grpc
 
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
-from tests.benchmark.run import ROOT, alert, free_port, h2load, percentile
+from tests.benchmark.run import ROOT, alert, h2load, percentile
+from tests.support import free_port
 
 METHOD = "/incident_manager.v1.AlertIngestionService/SubmitAlert"
 

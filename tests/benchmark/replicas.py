@@ -35,7 +35,7 @@ from tests.benchmark.run import (
     row,
     unary_load,
 )
-from tests.integration.postgres import fresh_database, unreachable_reason
+from tests.support.postgres import fresh_database, unreachable_reason
 
 Load = Callable[[int, str, int, int], Awaitable[tuple[float, list[float]]]]
 """(replica index, address, share of the total, share of the concurrency) -> (rate, latencies)."""

@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
 from generated.incident_manager.v1 import incident_service_pb2_grpc as service_grpc
 from incident_manager.adapters.sqlite import SqliteStorage
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = {
@@ -69,12 +69,6 @@ class Row:
     p99_ms: float | None
     rss_mb: float | None
     ratio: float | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Process:

@@ -30,7 +30,7 @@ from incident_manager.adapters.channels.base import (
     Recipient,
 )
 from incident_manager.adapters.channels.email import EmailChannel, SmtpSettings
-from tests.pages import page
+from tests.support.pages import page
 
 PASSWORD = "correct horse battery staple"
 ALICE = Recipient("alice", "alice@example.com", "Alice Ng")

@@ -16,7 +16,7 @@ from incident_manager.domain.errors import StorageUnavailable, ValidationError
 from incident_manager.domain.model import Alert, IncidentType, RequestRecord, Severity, utc_now
 from incident_manager.service.handlers import submit_alert
 from incident_manager.service.ports import UnitOfWork
-from tests.integration.postgres import fresh_database
+from tests.support.postgres import fresh_database
 
 
 async def test_replicas_starting_together_migrate_the_schema_once() -> None:

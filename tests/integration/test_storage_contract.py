@@ -37,7 +37,7 @@ from incident_manager.domain.query import (
     SortKey,
 )
 from incident_manager.service.ports import Storage, UnitOfWork
-from tests.integration.postgres import fresh_database
+from tests.support.postgres import fresh_database
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 
@@ -317,7 +317,8 @@ async def test_keyset_pages_walk_every_incident_once_in_order(
     after = None
     while True:
         query = IncidentQuery(ordering=ordering, page_size=4, after=after)
-        page = await read(storage, lambda uow, q=query: uow.incidents.list(q))
+        # mypy cannot type a lambda's default argument (it binds the loop's value).
+        page = await read(storage, lambda uow, q=query: uow.incidents.list(q))  # type: ignore[misc]
         assert page.total_size == 23
         seen.extend(page.incidents)
         if not page.has_more:
@@ -474,9 +475,10 @@ async def test_work_abandoned_or_failing_after_commit_leaves_nothing_for_later_w
     with pytest.raises(RuntimeError):
         await storage.write(commit_then_fail)
     for item in (abandoned, committed_then_failed):
-        assert await storage.write(lambda uow, i=item: uow.incidents.get(i.id)) is None
+        # mypy cannot type a lambda's default argument (it binds the loop's value).
+        assert await storage.write(lambda uow, i=item: uow.incidents.get(i.id)) is None  # type: ignore[misc]
         assert (
-            await storage.write(lambda uow, i=item: uow.incidents.find_mergeable(i.fingerprint, T0))
+            await storage.write(lambda uow, i=item: uow.incidents.find_mergeable(i.fingerprint, T0))  # type: ignore[misc]
             is None
         )
     assert heard == []

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from incident_manager.adapters.channels.base import Delivery, Outcome
 from incident_manager.adapters.channels.http import HttpClient
 from incident_manager.adapters.channels.webhook import WebhookChannel, WebhookSettings
-from tests.pages import page
+from tests.support.pages import page
 
 SECRET = "whsec_" + base64.b64encode(b"a-signing-key-of-32-bytes-long!!").decode()
 RAW_SECRET = "not-base64 but a fine secret"

@@ -103,7 +103,7 @@ def is_within(target: str, prefix: str) -> bool:
 
 
 def all_imports() -> list[Import]:
-    found = []
+    found: list[Import] = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if "__pycache__" in path.parts:
             continue

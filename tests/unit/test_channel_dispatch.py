@@ -8,7 +8,7 @@ from incident_manager.adapters.channels.base import AttemptResult, Channel, Deli
 from incident_manager.adapters.channels.dispatch import ChannelDispatcher, default_dispatcher
 from incident_manager.adapters.channels.email import EmailChannel, SmtpSettings
 from incident_manager.adapters.channels.webhook import WebhookChannel, WebhookSettings
-from tests.pages import page
+from tests.support.pages import page
 
 
 @dataclass(frozen=True)

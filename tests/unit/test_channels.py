@@ -36,7 +36,7 @@ from incident_manager.adapters.channels.retry import (
     next_retry,
     parse_retry_after,
 )
-from tests.pages import page
+from tests.support.pages import page
 
 # The contract
 

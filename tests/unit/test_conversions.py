@@ -9,6 +9,7 @@ is a ValidationError naming the field, never another exception.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -277,7 +278,7 @@ def test_every_proto_enum_value_but_unspecified_maps_to_a_domain_member_and_back
 
 @pytest.mark.parametrize(("table", "proto_enum"), ENUM_TABLES)
 def test_every_domain_enum_member_maps_to_a_proto_value_and_back(
-    table: conv.EnumTable[Any], proto_enum: Any
+    table: conv.EnumTable[enum.IntEnum], proto_enum: Any
 ) -> None:
     assert set(table.to_proto) == set(table.domain)
     for member in table.domain:
@@ -596,7 +597,7 @@ def test_unspecified_or_unknown_in_a_repeated_enum_filter_is_refused(
     request_type: Any, name: str, bad: int, data: st.DataObject
 ) -> None:
     valid = [v for v in FILTER_ENUMS[name].values() if v != 0]
-    values = data.draw(st.lists(st.sampled_from(valid), max_size=4), label=name)
+    values: list[int] = list(data.draw(st.lists(st.sampled_from(valid), max_size=4), label=name))
     position = data.draw(st.integers(0, len(values)), label="position")
     values.insert(position, bad)
     request = request_type(**{name: values})

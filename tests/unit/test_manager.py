@@ -36,7 +36,7 @@ from incident_manager.service.commands import (
 )
 from incident_manager.service.manager import IncidentManager, ListRequest
 from incident_manager.service.streaming import EventHub
-from tests.conftest import FakeClock
+from tests.support import FakeClock
 
 _counter = iter(range(1, 1_000_000))
 

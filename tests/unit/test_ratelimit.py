@@ -9,7 +9,7 @@ from incident_manager.domain.ratelimit import (
     RateLimit,
     Throttled,
 )
-from tests.conftest import FakeClock
+from tests.support import FakeClock
 
 
 def test_a_source_may_burst_then_is_limited_until_tokens_refill(clock: FakeClock) -> None:

@@ -21,7 +21,7 @@ from incident_manager.domain.model import (
     Severity,
 )
 from incident_manager.service.manager import IncidentManager
-from tests.conftest import FakeClock
+from tests.support import FakeClock
 
 
 def firing(alert_id: str, source: str = "llm-sentinel") -> Alert:

@@ -46,12 +46,12 @@ WEEKDAYS = frozenset({Weekday.MON, Weekday.TUE, Weekday.WED, Weekday.THU, Weekda
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc, arg-type]
 
 
 def at_local(zone: ZoneInfo, *args: int) -> datetime:
     """An instant given by its (unambiguous) wall-clock time in `zone`."""
-    return datetime(*args, tzinfo=zone).astimezone(UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=zone).astimezone(UTC)  # type: ignore[misc, arg-type]
 
 
 def layer(
