@@ -63,7 +63,7 @@ class Settings:
     health_listen: str = ""
     """Extra plaintext host:port serving only the health service, for probes that
     cannot speak TLS (the kubelet's gRPC probe); empty turns it off."""
-    metrics_listen: str = "0.0.0.0:9090"
+    metrics_listen: str = "0.0.0.0:9002"
     """host:port for Prometheus metrics at /metrics; `off` turns it off."""
     rpc_log: str = "all"
     """One JSON log line per finished call: all, errors (non-OK only) or off."""
