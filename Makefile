@@ -1,5 +1,6 @@
 # Two commands matter: `make run` starts the server on the embedded SQLite
-# database, `make test` runs every check. Both build their own virtualenv.
+# database (and installs grpcurl beside it, for the README's examples),
+# `make test` runs every check. Both build their own virtualenv.
 # `make check` is the quick loop while editing: lint, types and every test
 # outside tests/process (none of them starts a server process).
 PYTHON ?= python3
@@ -21,7 +22,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(RUN_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[run]'
 	touch $@
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/python

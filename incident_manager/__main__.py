@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
+# grpc's C core writes log lines of its own on stderr (a taken port adds an
+# `E1201 ... add_port.cc` line before our message), and they are not the JSON
+# lines the rest of stderr is. It reads GRPC_VERBOSITY when grpc is imported,
+# so this comes before every import that imports grpc; an operator debugging
+# grpc itself can still set GRPC_VERBOSITY=debug.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import asyncio
 import logging
 import signal
@@ -13,12 +22,16 @@ from incident_manager.bootstrap import start_server
 from incident_manager.config import Settings, load_settings
 from incident_manager.domain.errors import StorageUnavailable
 from incident_manager.entrypoints.server import StartupError
+from incident_manager.startup import database_problem
 
 log = logging.getLogger("incident_manager")
 
 
 async def serve(settings: Settings) -> None:
-    server = await start_server(settings)
+    try:
+        server = await start_server(settings)
+    except StorageUnavailable as error:
+        raise StartupError(database_problem(settings.database, error)) from error
     log.info(
         "incident manager started",
         extra={"version": __version__, "database": settings.database, "port": server.port},
@@ -39,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(serve(settings))
     except (StartupError, StorageUnavailable) as error:
         log.error(str(error))
-        print(f"incident-manager: {error}", file=sys.stderr)
+        # Through the log writer: a print here raced its thread and could land
+        # inside the JSON line above.
+        logs.say(f"incident-manager: {error}")
         return 2
     return 0
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
 from incident_manager.domain.access import Credentials, CredentialsFileError
 from incident_manager.domain.autoresolve import AutoResolvePolicies
@@ -66,7 +68,7 @@ class Settings:
     health_listen: str = ""
     """Extra plaintext host:port serving only the health service, for probes that
     cannot speak TLS (the kubelet's gRPC probe); empty turns it off."""
-    metrics_listen: str = "0.0.0.0:9090"
+    metrics_listen: str = "0.0.0.0:9002"
     """host:port for Prometheus metrics at /metrics; `off` turns it off."""
     rpc_log: str = "all"
     """One JSON log line per finished call: all, errors (non-OK only) or off."""
@@ -101,6 +103,26 @@ class Settings:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def format_duration(value: timedelta) -> str:
+    """A duration as people write it and `parse_duration` reads it: `15m`, `10s`, `500ms`."""
+    millis = round(value.total_seconds() * 1000)
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if millis and millis % size == 0:
+            return f"{millis // size}{unit}"
+    return f"{millis}ms" if millis else "0s"
+
+
+def shown(value: object) -> str:
+    """A default as --help and the documents show it: as one would write it on the command line."""
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if value == "":
+        return "empty"
+    return str(value)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -229,6 +251,31 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+FLAGS = {flag: field for flag, field, _, _ in _OPTIONS}
+"""Every flag of the server, with the Settings field it sets."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Says what is wrong in two lines (the mistake, then what to try) instead of the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n{self.prog}: {_hint(message)}\n")
+
+
+def _hint(message: str) -> str:
+    """The nearest flag to an unknown one, if any is near, and where every flag is listed."""
+    listed = "`incident-manager --help` lists every flag"
+    if message.startswith("unrecognized arguments:"):
+        for word in message.removeprefix("unrecognized arguments:").split():
+            flag = word.split("=", 1)[0]
+            if not flag.startswith("-"):
+                continue
+            near = difflib.get_close_matches(flag, FLAGS, n=1, cutoff=0.6)
+            if near:
+                return f"did you mean {near[0]}? {listed}"
+    return f"{listed} and its environment variable"
+
+
 def load_settings(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -238,19 +285,20 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     defaults = Settings()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="incident-manager",
         description="gRPC incident manager for LLM operations.",
         epilog="Every flag can also be set with an environment variable: "
         + ", ".join(f"{flag} as {env_name(field)}" for flag, field, _, _ in _OPTIONS),
     )
 
-    def checked(parse: object, what: str) -> object:
+    def checked(parse: object) -> object:
+        # argparse names the flag itself ("argument --dedup-window: ...").
         def run(text: str) -> object:
             try:
                 return parse(text)  # type: ignore[operator]
             except ValueError as error:
-                raise argparse.ArgumentTypeError(f"{what}: {error}") from error
+                raise argparse.ArgumentTypeError(str(error)) from error
 
         return run
 
@@ -266,9 +314,9 @@ def load_settings(
         parser.add_argument(
             flag,
             dest=field,
-            type=checked(parse, flag),  # type: ignore[arg-type]
+            type=checked(parse),  # type: ignore[arg-type]
             default=default,
-            help=f"{help_text} (env {env_name(field)}; default {getattr(defaults, field)})",
+            help=f"{help_text} (env {env_name(field)}; default {shown(getattr(defaults, field))})",
         )
     namespace = parser.parse_args(argv)
     settings = Settings(**vars(namespace))

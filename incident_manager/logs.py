@@ -12,6 +12,7 @@ import json
 import logging
 import logging.handlers
 import queue
+import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -19,8 +20,14 @@ from typing import TextIO
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "taskName"}
 
 
+PLAIN = "_plain_text"
+"""Marks a record written as its text alone, not as JSON (see `say`)."""
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, PLAIN, False):
+            return record.getMessage()
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
@@ -38,6 +45,11 @@ class JsonFormatter(logging.Formatter):
 
 
 class _Listener(logging.handlers.QueueListener):
+    @property
+    def running(self) -> bool:
+        """True from start() until stop(): while records put on its queue get written."""
+        return self._thread is not None
+
     def stop(self) -> None:
         """Write what is queued and end the thread; once only, however often called."""
         if self._thread is not None:
@@ -56,6 +68,25 @@ class _Enqueue(logging.handlers.QueueHandler):
         return record
 
 
+_writer: _Listener | None = None
+"""The writer thread `configure` started last."""
+
+
+def say(text: str) -> None:
+    """Write `text` on stderr as a plain line for people, through the log writer.
+
+    A print from this thread could land in the middle of a JSON line the
+    writer thread is writing; one writer for both keeps every line whole,
+    and in the order the two were asked for.
+    """
+    if _writer is None or not _writer.running:
+        print(text, file=sys.stderr, flush=True)
+        return
+    record = logging.LogRecord("incident_manager", logging.INFO, "", 0, text, None, None)
+    setattr(record, PLAIN, True)
+    _writer.queue.put_nowait(record)
+
+
 def configure(level: str, stream: TextIO | None = None) -> logging.handlers.QueueListener:
     """Send every record as JSON to `stream` (stderr) from a writer thread; returns its listener."""
     # Nothing we log uses the caller's file and line, or thread and process
@@ -70,6 +101,8 @@ def configure(level: str, stream: TextIO | None = None) -> logging.handlers.Queu
     listener = _Listener(records, writer)
     listener.start()
     atexit.register(listener.stop)  # writes what is queued before the process exits
+    global _writer
+    _writer = listener
     root = logging.getLogger()
     root.handlers[:] = [_Enqueue(records)]
     root.setLevel(level)

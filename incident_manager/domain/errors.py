@@ -181,6 +181,8 @@ class StorageUnavailable(DomainError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"storage is unavailable, nothing was changed: {detail}")
+        self.detail = detail
+        """What failed, without the words for a client ("nothing was changed")."""
 
 
 class ActorMismatch(DomainError):

@@ -148,12 +148,18 @@ class Alert:
 
 @dataclass(frozen=True)
 class AlertAck:
-    """What happened to one submitted alert."""
+    """What happened to one submitted alert: the answer its sender gets (the proto's AlertAck).
+
+    Not to be confused with acknowledging an incident, which people on call do.
+    """
 
     alert_id: str
     status: AckStatus
     incident_id: str = ""
     message: str = ""
+    retry: bool = False
+    """The alert (or resolve signal) was already received: this repeats the first answer,
+    and nothing was stored or counted again."""
 
 
 @dataclass(frozen=True)

@@ -576,6 +576,12 @@ class _FilterFields(Protocol):
     def sources(self) -> Iterable[str]: ...
     @property
     def assignee(self) -> str: ...
+    @property
+    def open(self) -> bool: ...
+
+
+OPEN_STATES = frozenset(state for state in IncidentState if state.is_active)
+"""What `open: true` asks for: the active states, spelled out once here."""
 
 
 def filter_from_proto(request: _FilterFields, incident_id: str = "") -> IncidentFilter:
@@ -584,8 +590,19 @@ def filter_from_proto(request: _FilterFields, incident_id: str = "") -> Incident
         raise ValidationError.single(
             "sources", f"must have at most {MAX_FILTER_VALUES} entries (got {len(sources)})"
         )
+    states = STATE.parse_many(request.states, "states")
+    if request.open:
+        # An empty set would match every state: `open` with only closed states
+        # listed is a mistake to report, not a query for everything.
+        if states and not states & OPEN_STATES:
+            raise ValidationError.single(
+                "states",
+                "lists no open state, so with open=true nothing could match; "
+                "leave states out, or list active states",
+            )
+        states = states & OPEN_STATES if states else OPEN_STATES
     return IncidentFilter(
-        states=STATE.parse_many(request.states, "states"),
+        states=states,
         severities=SEVERITY.parse_many(request.severities, "severities"),
         types=TYPE.parse_many(request.types, "types"),
         sources=frozenset(request.sources),

@@ -34,6 +34,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+RETRY = "RETRY"
+"""The `status` of incident_manager_alerts_total for an exact retry of an alert already received."""
 MAX_SOURCE_LABELS = 1000
 """Distinct `source` label values at most; later sources are counted as `other`."""
 
@@ -100,13 +102,14 @@ class Metrics:
         )  # fmt: skip
         self.alerts = Counter(
             "incident_manager_alerts_total",
-            "Alerts received, by source and by the ack status they got.",
+            "Alerts received, by source and by the status of the answer (ack) each got; "
+            f"exact retries of an alert already received count as {RETRY}, once per retry.",
             ("source", "status"),
             registry=registry,
         )
         self.duplicates = Counter(
             "incident_manager_duplicates_merged_total",
-            "Alerts merged into an incident that was already open (ack DUPLICATE).",
+            "Alerts merged into an incident that was already open (answered DUPLICATE).",
             registry=registry,
         )
         self.open_incidents = Gauge(
@@ -167,8 +170,10 @@ class Metrics:
                     source = "other"
                 else:
                     self._sources.add(source)
-            self.alerts.labels(source, ack.status.name).inc()
-            if ack.status is AckStatus.DUPLICATE:
+            # A retry is the same alert again: counted under its first status, the
+            # metric would count calls, not alerts.
+            self.alerts.labels(source, RETRY if ack.retry else ack.status.name).inc()
+            if ack.status is AckStatus.DUPLICATE and not ack.retry:
                 self.duplicates.inc()
 
     def storage_written(self, seconds: float) -> None:

@@ -262,6 +262,10 @@ class IncidentServer:
             raise
         if self.health_server is not None:
             _bind(self.health_server, self.settings.health_listen, None, "health_listen")
+        if self.settings.metrics_listen != "off":
+            # Before serving, like the gRPC port: a server that quietly ran
+            # without metrics would be invisible to the alerts meant to watch it.
+            self.metrics_port = _serve_metrics(self.metrics, self.settings.metrics_listen)
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
@@ -269,17 +273,6 @@ class IncidentServer:
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
         self._warn_if_exposed()
-        if self.settings.metrics_listen != "off":
-            try:
-                self.metrics_port = self.metrics.serve(self.settings.metrics_listen)
-            except OSError as error:
-                # Metrics matter less than taking alerts: serve on without them.
-                log.error(
-                    "metrics are off: cannot listen on %s: %s; choose another address with "
-                    "--metrics-listen or INCIDENT_MANAGER_METRICS_LISTEN",
-                    self.settings.metrics_listen,
-                    error.strerror,
-                )
         self._tasks = [
             asyncio.create_task(self._watch_storage()),
             asyncio.create_task(self._count_open_incidents()),
@@ -440,6 +433,18 @@ COMPRESSION = {
     "gzip": grpc.Compression.Gzip,
     "deflate": grpc.Compression.Deflate,
 }
+
+
+def _serve_metrics(metrics: Metrics, listen: str) -> int:
+    """Serve /metrics on `listen`; ListenError, as for a taken gRPC port, if it cannot."""
+    try:
+        return metrics.serve(listen)
+    except OSError as error:
+        raise ListenError(
+            f"cannot listen on {listen} for metrics: {error.strerror or error}. Is another "
+            "server already using this port? Choose another with --metrics-listen or "
+            f"{env_name('metrics_listen')}, or turn metrics off with --metrics-listen off."
+        ) from error
 
 
 def _bind(

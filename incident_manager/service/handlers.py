@@ -152,6 +152,7 @@ def _ingest(
                 f"already received at {earlier.receive_time.isoformat()}; "
                 "counted once (this was a retry)"
             ),
+            retry=True,
         )
     if limiter is not None:
         # After the retry check: a retry is answered as before, never limited.
@@ -232,6 +233,7 @@ def _clear(
             AckStatus.CLEARED,
             earlier.incident_id,
             message=f"already cleared at {earlier.cleared_time.isoformat()}",
+            retry=True,
         )
     uow.alerts.clear(signal.source, signal.id, now)
     incident = (touched or {}).get(earlier.incident_id) or uow.incidents.get(earlier.incident_id)

@@ -21,6 +21,7 @@ from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingesti
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
 from incident_manager.entrypoints.metrics import collect
+from incident_manager.entrypoints.server import ListenError
 from incident_manager.logs import JsonFormatter
 from tests.support import Running, StartServer, alert, eventually, next_message
 
@@ -283,23 +284,18 @@ async def test_with_rpc_log_off_no_call_is_logged(
     assert rpc_records(caplog) == []
 
 
-# -- metrics must never cost the alerts -------------------------------------------
+# -- a server nobody can watch must not start quietly -------------------------------
 
 
-async def test_a_taken_metrics_port_leaves_the_server_taking_alerts_and_says_why(
-    start_server: StartServer, caplog: pytest.LogCaptureFixture
+async def test_a_taken_metrics_port_stops_the_start_as_a_taken_grpc_port_does(
+    start_server: StartServer,
 ) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        caplog.set_level(logging.ERROR, logger="incident_manager.entrypoints.server")
-        server = await start_server(metrics_listen=f"127.0.0.1:{taken}")
-        submitted = await server.ingestion.SubmitAlert(
-            ingestion_pb2.SubmitAlertRequest(alert=alert())
-        )
-    assert submitted.ack.status == alert_pb2.ACK_STATUS_ACCEPTED
-    assert server.server.metrics_port == 0
-    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert f"127.0.0.1:{taken}" in error.getMessage()
-    assert "--metrics-listen" in error.getMessage()
+        with pytest.raises(ListenError) as raised:
+            await start_server(metrics_listen=f"127.0.0.1:{taken}")
+    assert f"127.0.0.1:{taken}" in str(raised.value)
+    assert "--metrics-listen" in str(raised.value)
+    assert "--metrics-listen off" in str(raised.value), "it says how to do without metrics"

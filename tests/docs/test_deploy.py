@@ -131,7 +131,7 @@ def test_the_deployment_runs_three_replicas_of_python_m_incident_manager() -> No
     deployment = manifest("Deployment", "incident-manager")
     assert deployment["spec"]["replicas"] == 3
     assert container()["command"] == ["python", "-m", "incident_manager"]
-    assert container_ports() == {"grpc": 9000, "health": 9001, "metrics": 9090}
+    assert container_ports() == {"grpc": 9000, "health": 9001, "metrics": 9002}
 
 
 @pytest.mark.parametrize("probe", ["startupProbe", "readinessProbe", "livenessProbe"])

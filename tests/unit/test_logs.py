@@ -54,3 +54,23 @@ def test_a_record_with_extras_and_a_traceback_is_one_json_line(
     assert entry["logger"] == "incident_manager.rpc"
     assert entry["incident_id"] == "inc_1"
     assert "ValueError: boom" in entry["exception"]
+
+
+def test_a_plain_message_goes_through_the_log_writer_after_the_lines_before_it(
+    configured: logging.handlers.QueueListener, output: io.StringIO
+) -> None:
+    log = logging.getLogger("incident_manager")
+    log.error("cannot listen on 127.0.0.1:9000")
+    logs.say("incident-manager: cannot listen on 127.0.0.1:9000")
+    configured.stop()
+    first, second = output.getvalue().splitlines()
+    assert json.loads(first)["message"] == "cannot listen on 127.0.0.1:9000"
+    assert second == "incident-manager: cannot listen on 127.0.0.1:9000"
+
+
+def test_before_logs_are_configured_a_plain_message_is_printed_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "_writer", None)
+    logs.say("incident-manager: error: unrecognized arguments: --lisen")
+    assert capsys.readouterr().err == "incident-manager: error: unrecognized arguments: --lisen\n"

@@ -158,8 +158,8 @@ class Alert(_message.Message):
     id: _builtins.str
     """The source's own identifier for this alert. Required, at most 256
     characters. Submitting the same `source` and `id` again (a retry) is
-    counted once and acknowledged with the first answer's status and
-    incident; its message says it was a retry.
+    counted once and answered with the first ack's status and incident;
+    its message says it was a retry.
     """
     source: _builtins.str
     """The module that fired it, e.g. `llm-sentinel` or `llm-shield`. Required,
@@ -243,8 +243,9 @@ Global___Alert: _TypeAlias = Alert  # noqa: Y015
 
 @_typing.final
 class AlertAck(_message.Message):
-    """The server's answer to one submitted alert. An ACCEPTED or DUPLICATE ack is
-    sent only after the alert is durably stored.
+    """The server's answer to one submitted alert (its "ack": the sender's
+    receipt, not acknowledging an incident, which people on call do). An
+    ACCEPTED or DUPLICATE ack is sent only after the alert is durably stored.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -430,6 +430,7 @@ class ListIncidentsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
+    OPEN_FIELD_NUMBER: _builtins.int
     assignee: _builtins.str
     """Only incidents assigned to this person or team."""
     page_size: _builtins.int
@@ -446,6 +447,12 @@ class ListIncidentsRequest(_message.Message):
     view: Global___IncidentView.ValueType
     """How much of each incident to return. Default BASIC. With FULL, a page
     holds at most 10 incidents, so that it fits in one response.
+    """
+    open: _builtins.bool
+    """Only open incidents: those in an active state (DETECTED, TRIAGED,
+    INVESTIGATING or REMEDIATING), not RESOLVED or CLOSED. With `states`
+    too, only the active states listed there; `states` listing no active
+    state is INVALID_ARGUMENT.
     """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_incident_pb2.IncidentState.ValueType]:
@@ -475,10 +482,11 @@ class ListIncidentsRequest(_message.Message):
         page_token: _builtins.str = ...,
         order_by: _builtins.str = ...,
         view: Global___IncidentView.ValueType = ...,
+        open: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "severities", b"severities", "sources", b"sources", "states", b"states", "types", b"types", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee", "open", b"open", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "severities", b"severities", "sources", b"sources", "states", b"states", "types", b"types", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -531,6 +539,7 @@ class StreamIncidentsRequest(_message.Message):
     ASSIGNEE_FIELD_NUMBER: _builtins.int
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    OPEN_FIELD_NUMBER: _builtins.int
     assignee: _builtins.str
     """Only events of incidents assigned to this person or team."""
     incident_id: _builtins.str
@@ -539,6 +548,13 @@ class StreamIncidentsRequest(_message.Message):
     """If set, first replay every stored event with a greater sequence (0
     replays everything), then stream live events. If unset, only live
     events are sent.
+    """
+    open: _builtins.bool
+    """Only events of open incidents: those in an active state (DETECTED,
+    TRIAGED, INVESTIGATING or REMEDIATING) right after the event, so the
+    event that resolves an incident is not sent. With `states` too, only
+    the active states listed there; `states` listing no active state is
+    INVALID_ARGUMENT.
     """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_incident_pb2.IncidentState.ValueType]:
@@ -566,10 +582,11 @@ class StreamIncidentsRequest(_message.Message):
         assignee: _builtins.str = ...,
         incident_id: _builtins.str = ...,
         after_sequence: _builtins.int | None = ...,
+        open: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "assignee", b"assignee", "incident_id", b"incident_id", "severities", b"severities", "sources", b"sources", "states", b"states", "types", b"types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "assignee", b"assignee", "incident_id", b"incident_id", "open", b"open", "severities", b"severities", "sources", b"sources", "states", b"states", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
     _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015

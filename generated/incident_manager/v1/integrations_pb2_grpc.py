@@ -29,7 +29,8 @@ class IntegrationServiceStub:
     """Ingests events from LLM monitoring modules in their own terms. Each event
     is turned into an alert by the mapping rules in docs/INTEGRATIONS.md (type,
     severity, title, labels, affected resources, dedup key), then ingested
-    exactly like any alert: deduplicated, idempotent, durably acknowledged.
+    exactly like any alert: deduplicated, idempotent, answered with an ack
+    once durably stored.
     """
 
     def __init__(self, channel):
@@ -54,7 +55,8 @@ class IntegrationServiceServicer:
     """Ingests events from LLM monitoring modules in their own terms. Each event
     is turned into an alert by the mapping rules in docs/INTEGRATIONS.md (type,
     severity, title, labels, affected resources, dedup key), then ingested
-    exactly like any alert: deduplicated, idempotent, durably acknowledged.
+    exactly like any alert: deduplicated, idempotent, answered with an ack
+    once durably stored.
     """
 
     def SubmitModuleEvent(self, request, context):
@@ -98,7 +100,8 @@ class IntegrationService:
     """Ingests events from LLM monitoring modules in their own terms. Each event
     is turned into an alert by the mapping rules in docs/INTEGRATIONS.md (type,
     severity, title, labels, affected resources, dedup key), then ingested
-    exactly like any alert: deduplicated, idempotent, durably acknowledged.
+    exactly like any alert: deduplicated, idempotent, answered with an ack
+    once durably stored.
     """
 
     @staticmethod

@@ -30,7 +30,8 @@ class IntegrationServiceStub:
     """Ingests events from LLM monitoring modules in their own terms. Each event
     is turned into an alert by the mapping rules in docs/INTEGRATIONS.md (type,
     severity, title, labels, affected resources, dedup key), then ingested
-    exactly like any alert: deduplicated, idempotent, durably acknowledged.
+    exactly like any alert: deduplicated, idempotent, answered with an ack
+    once durably stored.
     """
 
     @_typing.overload
@@ -51,7 +52,8 @@ class IntegrationServiceAsyncStub(IntegrationServiceStub):
     """Ingests events from LLM monitoring modules in their own terms. Each event
     is turned into an alert by the mapping rules in docs/INTEGRATIONS.md (type,
     severity, title, labels, affected resources, dedup key), then ingested
-    exactly like any alert: deduplicated, idempotent, durably acknowledged.
+    exactly like any alert: deduplicated, idempotent, answered with an ack
+    once durably stored.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -68,7 +70,8 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Ingests events from LLM monitoring modules in their own terms. Each event
     is turned into an alert by the mapping rules in docs/INTEGRATIONS.md (type,
     severity, title, labels, affected resources, dedup key), then ingested
-    exactly like any alert: deduplicated, idempotent, durably acknowledged.
+    exactly like any alert: deduplicated, idempotent, answered with an ack
+    once durably stored.
     """
 
     @_abc_1.abstractmethod
