@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as pb2
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
-from tests.conftest import Running
+from tests.conftest import FakeClock, Running, StartServer
 from tests.helpers import alert
 
 
@@ -102,3 +103,23 @@ async def test_many_clients_sending_the_same_alerts_at_once_make_one_incident_ea
     incidents = await all_incidents(server)
     assert len(incidents) == 6
     assert sorted(i.alert_count for i in incidents) == [10] * 6
+
+
+async def test_batches_firing_every_ten_minutes_for_two_hours_stay_one_incident(
+    start_server: StartServer, clock: FakeClock
+) -> None:
+    server = await start_server(clock=clock, dedup_window=timedelta(minutes=15))
+    acks: list[alert_pb2.AlertAck] = []
+    for tick in range(13):  # at 0, 10, ..., 120 minutes: the window slides with each batch
+        batch = [alert(id=f"tick-{tick}-{n}") for n in range(3)]
+        response = await server.ingestion.BatchSubmitAlerts(
+            pb2.BatchSubmitAlertsRequest(alerts=batch)
+        )
+        acks += response.acks
+        clock.advance(minutes=10)
+    assert [a.status for a in acks] == [alert_pb2.ACK_STATUS_ACCEPTED] + [
+        alert_pb2.ACK_STATUS_DUPLICATE
+    ] * 38
+    assert {a.incident_id for a in acks} == {acks[0].incident_id}
+    [incident] = await all_incidents(server)
+    assert incident.alert_count == 39
