@@ -123,3 +123,34 @@ async def test_batches_firing_every_ten_minutes_for_two_hours_stay_one_incident(
     assert {a.incident_id for a in acks} == {acks[0].incident_id}
     [incident] = await all_incidents(server)
     assert incident.alert_count == 39
+
+
+async def test_a_batch_that_resolves_an_incident_opens_a_new_one_for_its_later_alerts(
+    server: Running,
+) -> None:
+    resolved = alert_pb2.ALERT_STATUS_RESOLVED
+    response = await server.ingestion.BatchSubmitAlerts(
+        pb2.BatchSubmitAlertsRequest(
+            alerts=[
+                alert(id="a-1"),
+                alert_pb2.Alert(id="a-1", source="llm-sentinel", status=resolved),
+                alert(id="a-2"),
+                alert(id="a-3"),
+            ]
+        )
+    )
+    acks = response.acks
+    assert [a.status for a in acks] == [
+        alert_pb2.ACK_STATUS_ACCEPTED,
+        alert_pb2.ACK_STATUS_CLEARED,
+        alert_pb2.ACK_STATUS_ACCEPTED,
+        alert_pb2.ACK_STATUS_DUPLICATE,
+    ]
+    assert acks[2].incident_id != acks[0].incident_id
+    assert acks[3].incident_id == acks[2].incident_id
+    by_id = {i.id: i for i in await all_incidents(server)}
+    assert by_id[acks[0].incident_id].state == incident_pb2.INCIDENT_STATE_RESOLVED
+    assert (by_id[acks[0].incident_id].alert_count, by_id[acks[2].incident_id].alert_count) == (
+        1,
+        2,
+    )

@@ -683,3 +683,34 @@ async def test_an_alert_after_its_incident_resolved_opens_a_new_incident(
     again = await submit(storage, firing("a-2"), T0 + timedelta(minutes=2))
     assert again.status is AckStatus.ACCEPTED
     assert again.incident_id != first.incident_id
+
+
+async def test_an_alert_after_a_resolve_in_the_same_batch_opens_a_new_incident(
+    storage: Storage,
+) -> None:
+    acks = await submit_batch(
+        storage,
+        [
+            firing("a-1"),
+            firing("a-2"),
+            firing("a-1", status=AlertStatus.RESOLVED),
+            firing("a-2", status=AlertStatus.RESOLVED),
+            firing("a-3"),
+            firing("a-4"),
+        ],
+        T0,
+    )
+    assert [a.status for a in acks] == [
+        AckStatus.ACCEPTED,
+        AckStatus.DUPLICATE,
+        AckStatus.CLEARED,
+        AckStatus.CLEARED,
+        AckStatus.ACCEPTED,
+        AckStatus.DUPLICATE,
+    ]
+    first, second = acks[0].incident_id, acks[4].incident_id
+    assert first != second and acks[5].incident_id == second
+    resolved = await read(storage, lambda uow: uow.incidents.get(first))
+    assert (resolved.state, resolved.alert_count) == (IncidentState.RESOLVED, 2)
+    opened = await read(storage, lambda uow: uow.incidents.get(second))
+    assert (opened.state, opened.alert_count) == (IncidentState.DETECTED, 2)
