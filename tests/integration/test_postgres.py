@@ -131,7 +131,7 @@ async def test_the_dedup_lookup_reads_the_index_on_the_last_alert_time_without_s
                 "acknowledge_time": "NULL",
             }  # fmt: skip
             conn.execute(
-                f"INSERT INTO incidents ({column_list(values)}) "
+                f"INSERT INTO incidents ({column_list(list(values))}) "
                 f"SELECT {', '.join(values.values())} FROM generate_series(1, 20000) AS g"
             )
             conn.execute("ANALYZE incidents")

@@ -145,6 +145,7 @@ async def test_an_acknowledgement_is_stored_and_read_back_with_the_incident(
     await storage.write(acknowledge_again)
     for reading in (storage.read, storage.write):  # SQLite's writer answers from its cache
         again = await reading(lambda uow: uow.incidents.get(item.id))
+        assert again is not None
         assert (again.acknowledged_by, again.acknowledge_time, again.alert_count) == (
             "bob",
             T0 + timedelta(minutes=9),
