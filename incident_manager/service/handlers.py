@@ -259,10 +259,11 @@ def _clear(
         now=now,
         details={"alert_id": signal.id, "policy": policy.value},
     )
+    # Stored now even within a batch: a later alert of the batch with the same
+    # fingerprint must not find it active and merge into it, but open a new one.
+    uow.incidents.save(incident)
     if touched is not None:
         touched[incident.id] = incident
-    else:
-        uow.incidents.save(incident)
     return AlertAck(
         signal.id,
         AckStatus.CLEARED,
