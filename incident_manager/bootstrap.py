@@ -126,6 +126,11 @@ def _paging_config(settings: Settings) -> PagingConfig | None:
     return loaded.config
 
 
+def uses_postgres(database: str) -> bool:
+    """Whether the --database setting names PostgreSQL (a URL) rather than an SQLite file."""
+    return is_postgres_url(database)
+
+
 def open_storage(database: str) -> Storage:
     """PostgreSQL for a database URL, else SQLite on a file path."""
     if is_postgres_url(database):

@@ -29,7 +29,8 @@ class Settings:
     """Path of the SQLite database file (created with its folder if missing), or a
     `postgresql://` URL of a PostgreSQL database that several replicas can share."""
     dedup_window: timedelta = timedelta(minutes=15)
-    """How long after an incident opens alerts with its fingerprint still merge into it."""
+    """How long after an incident's most recent alert (the one that opened it, or the latest
+    merged) alerts with its fingerprint still merge into it; each merge restarts it."""
     log_level: str = "INFO"
     shutdown_grace: timedelta = timedelta(seconds=10)
     """How long in-flight calls get to finish after SIGTERM."""
@@ -190,7 +191,12 @@ _OPTIONS = (
     # flag, field, parser, help
     ("--listen", "listen", _listen, "host:port to serve gRPC on"),
     ("--database", "database", str, "SQLite database file, or a postgresql:// URL"),
-    ("--dedup-window", "dedup_window", _positive_duration, "dedup window, e.g. 15m"),
+    (
+        "--dedup-window",
+        "dedup_window",
+        _positive_duration,
+        "merge an alert into an incident whose last alert is at most this old, e.g. 15m",
+    ),
     ("--log-level", "log_level", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     ("--shutdown-grace", "shutdown_grace", _positive_duration, "grace period on SIGTERM"),
     ("--drain-delay", "drain_delay", parse_duration, "serve on while NOT_SERVING, e.g. 5s"),

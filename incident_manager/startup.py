@@ -11,7 +11,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from incident_manager.adapters.postgres import is_postgres_url
+from incident_manager.bootstrap import uses_postgres
 from incident_manager.config import env_name
 from incident_manager.domain.errors import StorageUnavailable
 
@@ -20,7 +20,7 @@ SETTING = f"--database (or {env_name('database')})"
 
 def database_problem(database: str, error: StorageUnavailable) -> str:
     """The start-up message for a database that could not be opened."""
-    if is_postgres_url(database):
+    if uses_postgres(database):
         return (
             f"cannot open the database: {error.detail}. Check that PostgreSQL is running and "
             f"reachable from here, and the host, port, user, password and database name in "

@@ -90,15 +90,17 @@ class MemoryIncidents(IncidentRepository):
     def _all_events(self) -> list[IncidentEvent]:
         return self._state.events + self._staged.events
 
-    def find_mergeable(self, fingerprint: str, opened_since: datetime) -> Incident | None:
+    def find_mergeable(self, fingerprint: str, last_alert_since: datetime) -> Incident | None:
         candidates = [
             i
             for i in self._merged_view()
-            if i.fingerprint == fingerprint and i.state.is_active and i.create_time >= opened_since
+            if i.fingerprint == fingerprint
+            and i.state.is_active
+            and i.last_alert_time >= last_alert_since
         ]
         if not candidates:
             return None
-        newest = max(candidates, key=lambda i: (i.create_time, i.id))
+        newest = max(candidates, key=lambda i: (i.last_alert_time, i.id))
         return self.get(newest.id)
 
     def _merged_view(self) -> list[Incident]:

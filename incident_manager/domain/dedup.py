@@ -2,8 +2,9 @@
 
 The fingerprint is a SHA-256 over the alert's source, type, title and sorted
 affected resources, or over its dedup key when the source gives one. Alerts
-with the same fingerprint merge into the newest active incident opened within
-the dedup window.
+with the same fingerprint merge into the active incident whose most recent
+alert (the one that opened it, or the latest merged) arrived within the dedup
+window: the window slides, so a source that keeps firing stays one incident.
 """
 
 from __future__ import annotations

@@ -275,6 +275,10 @@ class Incident:
     alert_count: int
     create_time: datetime
     update_time: datetime
+    last_alert_time: datetime
+    """When its most recent alert arrived (the one that opened it, or the latest merged);
+    for an incident created by hand, when it was created. The dedup window is
+    measured from here, so a source that keeps firing stays one incident."""
     resolution: Resolution | None = None
     version: int = 1
     """Bumped once per operation that changes it; the etag is derived from it."""
@@ -284,8 +288,9 @@ class Incident:
     timeline_size: int = 0
     notes_size: int = 0
     acknowledged_by: str = ""
-    """Who acknowledged it most recently; empty if nobody has."""
+    """Who last acknowledged it; empty until someone does."""
     acknowledge_time: datetime | None = None
+    """When it was last acknowledged; None until someone does."""
     timeline: list[TimelineEvent] = field(default_factory=list)
     """The most recent stored events, oldest first (loaded on demand)."""
     notes: list[Note] = field(default_factory=list)
@@ -330,6 +335,7 @@ class Incident:
             alert_count=alert_count,
             create_time=now,
             update_time=now,
+            last_alert_time=now,
             version=0,
         )
         incident._record(
@@ -338,8 +344,13 @@ class Incident:
         return incident
 
     def merge_alert(self, alert: Alert, matched_on: str, now: datetime) -> None:
-        """Count a duplicate alert; the incident takes the most severe severity seen."""
+        """Count a duplicate alert; the incident takes the most severe severity seen.
+
+        The alert's arrival restarts the dedup window (see `last_alert_time`).
+        """
         self.alert_count += 1
+        # Never backwards, even if the clock steps back: dedup indexes rely on it.
+        self.last_alert_time = max(self.last_alert_time, now)
         self._record(
             EventType.ALERT_MERGED,
             alert.actor,

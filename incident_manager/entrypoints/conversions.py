@@ -382,8 +382,13 @@ _ETAG = re.compile(r'^W/"(\d{1,18})"$')
 
 
 def incident_from_proto(message: incident_pb2.Incident) -> Incident:
-    """A full incident as the server sent it (clients and tests use this)."""
+    """A full incident as the server sent it (clients and tests use this).
+
+    The API does not carry when its last alert arrived (a server-side dedup
+    detail); it reads as the open time, the earliest it can be.
+    """
     etag = _ETAG.match(message.etag)
+    create_time = timestamp_from_proto(message.create_time, "incident.create_time")
     return Incident(
         id=message.id,
         title=message.title,
@@ -397,8 +402,9 @@ def incident_from_proto(message: incident_pb2.Incident) -> Incident:
         assignees=list(message.assignees),
         fingerprint=message.fingerprint,
         alert_count=message.alert_count,
-        create_time=timestamp_from_proto(message.create_time, "incident.create_time"),
+        create_time=create_time,
         update_time=timestamp_from_proto(message.update_time, "incident.update_time"),
+        last_alert_time=create_time,
         resolution=(
             resolution_from_proto(message.resolution) if message.HasField("resolution") else None
         ),

@@ -270,10 +270,11 @@ def _clear(
         details={"alert_id": signal.id, "policy": policy.value},
     )
     follow_incident(uow.paging, paging, incident, before, now)
+    # Stored now even within a batch: a later alert of the batch with the same
+    # fingerprint must not find it active and merge into it, but open a new one.
+    uow.incidents.save(incident)
     if touched is not None:
         touched[incident.id] = incident
-    else:
-        uow.incidents.save(incident)
     return AlertAck(
         signal.id,
         AckStatus.CLEARED,

@@ -45,8 +45,10 @@ class IncidentRepository(abc.ABC):
         """The incident, or None. With history, also its latest timeline events and notes."""
 
     @abc.abstractmethod
-    def find_mergeable(self, fingerprint: str, opened_since: datetime) -> Incident | None:
-        """The newest active incident with this fingerprint opened at or after `opened_since`."""
+    def find_mergeable(self, fingerprint: str, last_alert_since: datetime) -> Incident | None:
+        """The active incident with this fingerprint whose last alert arrived at or after
+        `last_alert_since`; of several, the one whose last alert is the latest (then the
+        greatest id)."""
 
     @abc.abstractmethod
     def add(self, incident: Incident) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as pb2
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
-from tests.support import Running, alert, field_violations
+from tests.support import FakeClock, Running, StartServer, alert, field_violations
 
 
 async def submit(server: Running, **fields: object) -> alert_pb2.AlertAck:
@@ -156,3 +157,83 @@ async def test_a_resolve_signal_needs_only_id_and_source_and_resolves_the_incide
     assert incident.state == incident_pb2.INCIDENT_STATE_RESOLVED
     assert incident.resolution.method == incident_pb2.RESOLUTION_METHOD_AUTOMATED
     assert incident.timeline[-1].details["alert_id"] == "clears-later"
+
+
+WINDOW = timedelta(minutes=15)
+
+
+async def incident_of(server: Running, incident_id: str) -> incident_pb2.Incident:
+    response = await server.incidents.GetIncident(service_pb2.GetIncidentRequest(id=incident_id))
+    return response.incident
+
+
+async def test_an_alert_firing_every_ten_minutes_for_two_hours_stays_one_incident(
+    start_server: StartServer, clock: FakeClock
+) -> None:
+    server = await start_server(clock=clock, dedup_window=WINDOW)
+    acks = []
+    for tick in range(13):  # at 0, 10, ..., 120 minutes: the window slides with each alert
+        acks.append(await submit(server, id=f"tick-{tick}"))
+        clock.advance(minutes=10)
+    assert [a.status for a in acks] == [alert_pb2.ACK_STATUS_ACCEPTED] + [
+        alert_pb2.ACK_STATUS_DUPLICATE
+    ] * 12
+    assert {a.incident_id for a in acks} == {acks[0].incident_id}
+    assert "13 alerts so far" in acks[-1].message
+    incident = await incident_of(server, acks[0].incident_id)
+    assert incident.alert_count == 13
+    merged = [e for e in incident.timeline if e.type == incident_pb2.EVENT_TYPE_ALERT_MERGED]
+    assert len(merged) == 12
+    page = await server.incidents.ListIncidents(service_pb2.ListIncidentsRequest())
+    assert page.total_size == 1
+
+
+async def test_an_alert_after_a_quiet_gap_longer_than_the_window_opens_a_new_incident(
+    start_server: StartServer, clock: FakeClock
+) -> None:
+    server = await start_server(clock=clock, dedup_window=WINDOW)
+    first = await submit(server, id="a-1")
+    clock.advance(minutes=10)
+    await submit(server, id="a-2")
+    clock.advance(minutes=15, seconds=1)  # the window counts from a-2, not from the opening
+    later = await submit(server, id="a-3")
+    assert later.status == alert_pb2.ACK_STATUS_ACCEPTED
+    assert later.incident_id != first.incident_id
+    quiet = await incident_of(server, first.incident_id)
+    assert (quiet.alert_count, quiet.state) == (2, incident_pb2.INCIDENT_STATE_DETECTED)
+    clock.advance(minutes=14)
+    assert (await submit(server, id="a-4")).incident_id == later.incident_id
+
+
+async def test_an_alert_after_its_incident_resolved_opens_a_new_incident_even_in_the_window(
+    start_server: StartServer, clock: FakeClock
+) -> None:
+    server = await start_server(clock=clock, dedup_window=WINDOW)
+    first = await submit(server, id="a-1")
+    clock.advance(minutes=1)
+    await server.incidents.ResolveIncident(
+        service_pb2.ResolveIncidentRequest(
+            id=first.incident_id,
+            resolved_by="ana",
+            method=incident_pb2.RESOLUTION_METHOD_MANUAL,
+        )
+    )
+    clock.advance(minutes=1)
+    again = await submit(server, id="a-2")
+    assert again.status == alert_pb2.ACK_STATUS_ACCEPTED
+    assert again.incident_id != first.incident_id
+
+
+async def test_a_restarted_server_keeps_merging_a_problem_that_keeps_firing(
+    start_server: StartServer, clock: FakeClock
+) -> None:
+    before = await start_server(clock=clock, dedup_window=WINDOW)
+    acks = []
+    for tick in range(7):  # an hour, so the incident opened long before the window
+        acks.append(await submit(before, id=f"tick-{tick}"))
+        clock.advance(minutes=10)
+    await before.close()
+    after = await start_server(clock=clock, dedup_window=WINDOW)
+    more = [await submit(after, id=f"tick-{tick}") for tick in range(7, 9)]
+    assert {a.incident_id for a in acks + more} == {acks[0].incident_id}
+    assert (await incident_of(after, acks[0].incident_id)).alert_count == 9

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as pb2
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
-from tests.support import Running, alert
+from tests.support import FakeClock, Running, StartServer, alert
 
 
 async def all_incidents(server: Running) -> list[incident_pb2.Incident]:
@@ -102,3 +103,54 @@ async def test_many_clients_sending_the_same_alerts_at_once_make_one_incident_ea
     incidents = await all_incidents(server)
     assert len(incidents) == 6
     assert sorted(i.alert_count for i in incidents) == [10] * 6
+
+
+async def test_batches_firing_every_ten_minutes_for_two_hours_stay_one_incident(
+    start_server: StartServer, clock: FakeClock
+) -> None:
+    server = await start_server(clock=clock, dedup_window=timedelta(minutes=15))
+    acks: list[alert_pb2.AlertAck] = []
+    for tick in range(13):  # at 0, 10, ..., 120 minutes: the window slides with each batch
+        batch = [alert(id=f"tick-{tick}-{n}") for n in range(3)]
+        response = await server.ingestion.BatchSubmitAlerts(
+            pb2.BatchSubmitAlertsRequest(alerts=batch)
+        )
+        acks += response.acks
+        clock.advance(minutes=10)
+    assert [a.status for a in acks] == [alert_pb2.ACK_STATUS_ACCEPTED] + [
+        alert_pb2.ACK_STATUS_DUPLICATE
+    ] * 38
+    assert {a.incident_id for a in acks} == {acks[0].incident_id}
+    [incident] = await all_incidents(server)
+    assert incident.alert_count == 39
+
+
+async def test_a_batch_that_resolves_an_incident_opens_a_new_one_for_its_later_alerts(
+    server: Running,
+) -> None:
+    resolved = alert_pb2.ALERT_STATUS_RESOLVED
+    response = await server.ingestion.BatchSubmitAlerts(
+        pb2.BatchSubmitAlertsRequest(
+            alerts=[
+                alert(id="a-1"),
+                alert_pb2.Alert(id="a-1", source="llm-sentinel", status=resolved),
+                alert(id="a-2"),
+                alert(id="a-3"),
+            ]
+        )
+    )
+    acks = response.acks
+    assert [a.status for a in acks] == [
+        alert_pb2.ACK_STATUS_ACCEPTED,
+        alert_pb2.ACK_STATUS_CLEARED,
+        alert_pb2.ACK_STATUS_ACCEPTED,
+        alert_pb2.ACK_STATUS_DUPLICATE,
+    ]
+    assert acks[2].incident_id != acks[0].incident_id
+    assert acks[3].incident_id == acks[2].incident_id
+    by_id = {i.id: i for i in await all_incidents(server)}
+    assert by_id[acks[0].incident_id].state == incident_pb2.INCIDENT_STATE_RESOLVED
+    assert (by_id[acks[0].incident_id].alert_count, by_id[acks[2].incident_id].alert_count) == (
+        1,
+        2,
+    )

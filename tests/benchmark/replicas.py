@@ -79,7 +79,8 @@ async def populate(url: str, count: int) -> None:
                             f"inc_{i:024x}", f"synthetic incident {i}", "", rng.randint(1, 5),
                             rng.randint(1, 7), 1 if rng.random() < 0.7 else 5, f"source-{i % 20}",
                             "[]", "{}", '["alice"]' if i % 10 == 0 else "[]", f"{i:064x}", 1,
-                            base + i * 1000, base + i * 1000, None, 1, 1, 0,
+                            base + i * 1000, base + i * 1000, None, 1, 1, 0, base + i * 1000,
+                            "", None,
                         )
                     )  # fmt: skip
         conn.commit()

@@ -34,6 +34,7 @@ from generated.incident_manager.v1 import alert_ingestion_service_pb2_grpc as in
 from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as service_pb2
 from generated.incident_manager.v1 import incident_service_pb2_grpc as service_grpc
+from incident_manager.adapters.sql.rows import INCIDENT_COLUMNS, column_list
 from incident_manager.adapters.sqlite import SqliteStorage
 from tests.support import free_port
 
@@ -332,11 +333,15 @@ async def populate(database: Path, count: int) -> None:
             f"inc_{i:024x}", f"synthetic incident {i}", "", rng.randint(1, 5), rng.randint(1, 7),
             1 if rng.random() < 0.7 else 5, f"source-{i % 20}", "[]", "{}",
             '["alice"]' if i % 10 == 0 else "[]", f"{i:064x}", 1, base + i * 1000,
-            base + i * 1000, None, 1, 1, 0,
+            base + i * 1000, None, 1, 1, 0, base + i * 1000, "", None,
         )
         for i in range(count)
     )  # fmt: skip
-    conn.executemany(f"INSERT INTO incidents VALUES ({', '.join('?' * 18)})", rows)
+    conn.executemany(
+        f"INSERT INTO incidents ({column_list(INCIDENT_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(INCIDENT_COLUMNS))})",
+        rows,
+    )
     conn.commit()
     conn.execute("ANALYZE")
     conn.close()

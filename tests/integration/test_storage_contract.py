@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from incident_manager.domain.errors import ConcurrentModification
 from incident_manager.domain.model import (
     AckStatus,
     Alert,
+    AlertAck,
+    AlertStatus,
     EventType,
     Incident,
     IncidentEvent,
@@ -36,6 +39,7 @@ from incident_manager.domain.query import (
     Ordering,
     SortKey,
 )
+from incident_manager.service.handlers import submit_alert, submit_alerts
 from incident_manager.service.ports import Storage, UnitOfWork
 from tests.support.postgres import fresh_database
 
@@ -105,11 +109,48 @@ async def test_a_stored_incident_reads_back_with_every_field(storage: Storage) -
         "id", "title", "description", "severity", "type", "state", "source",
         "affected_resources", "labels", "assignees", "fingerprint", "alert_count",
         "create_time", "update_time", "resolution", "version", "timeline_size", "notes_size",
+        "last_alert_time", "acknowledged_by", "acknowledge_time",
     ):  # fmt: skip
         assert getattr(loaded, field) == getattr(original, field), field
     assert [e.type for e in loaded.timeline] == [EventType.CREATED, EventType.NOTE_ADDED]
     assert [n.content for n in loaded.notes] == ["looking into it ✓"]
     assert loaded.pending_events == []
+
+
+async def test_an_acknowledgement_is_stored_and_read_back_with_the_incident(
+    storage: Storage,
+) -> None:
+    never = incident("never acknowledged")
+    item = incident()
+    item.acknowledged_by = "alice"
+    item.acknowledge_time = T0 + timedelta(minutes=3, microseconds=7)
+    await store(storage, never, item)
+    loaded = await read(storage, lambda uow: uow.incidents.get(item.id))
+    assert (loaded.acknowledged_by, loaded.acknowledge_time) == ("alice", item.acknowledge_time)
+    unacknowledged = await read(storage, lambda uow: uow.incidents.get(never.id))
+    assert (unacknowledged.acknowledged_by, unacknowledged.acknowledge_time) == ("", None)
+
+    def acknowledge_again(uow: UnitOfWork) -> None:
+        with uow:
+            target = uow.incidents.get(item.id)
+            assert target is not None
+            target.acknowledged_by = "bob"
+            target.acknowledge_time = T0 + timedelta(minutes=9)
+            # Otherwise only counters change: SQLite's writer must not take
+            # its merge shortcut and drop the acknowledgement.
+            target.merge_alert(NOISY, "dedup_key=n", T0 + timedelta(minutes=9))
+            uow.incidents.save(target)
+            uow.commit()
+
+    await storage.write(acknowledge_again)
+    for reading in (storage.read, storage.write):  # SQLite's writer answers from its cache
+        again = await reading(lambda uow: uow.incidents.get(item.id))
+        assert again is not None
+        assert (again.acknowledged_by, again.acknowledge_time, again.alert_count) == (
+            "bob",
+            T0 + timedelta(minutes=9),
+            2,
+        )
 
 
 async def test_an_unknown_incident_reads_as_none(storage: Storage) -> None:
@@ -197,24 +238,30 @@ async def test_a_stale_version_is_refused(storage: Storage) -> None:
     assert [e.actor for e in loaded.timeline] == ["drift-detector", "a"]
 
 
-async def test_mergeable_means_newest_active_with_the_fingerprint_inside_the_window(
+async def test_mergeable_means_the_active_incident_whose_last_alert_is_inside_the_window(
     storage: Storage,
 ) -> None:
-    old = incident(at=T0)
-    newer = incident(at=T0 + timedelta(minutes=5))
-    other = incident(at=T0 + timedelta(minutes=6), fingerprint="fp-2")
-    resolved = incident(at=T0 + timedelta(minutes=7))
+    still_firing = incident(at=T0)
+    still_firing.merge_alert(NOISY, "dedup_key=n", T0 + timedelta(minutes=10))
+    opened_later = incident(at=T0 + timedelta(minutes=5))
+    other = incident(at=T0 + timedelta(minutes=11), fingerprint="fp-2")
+    quiet = incident(at=T0, fingerprint="fp-3")
+    resolved = incident(at=T0 + timedelta(minutes=12))
     resolved.resolve(
         method=ResolutionMethod.MANUAL, root_cause="", notes="", resolved_by="x", now=T0
     )
-    await store(storage, old, newer, other, resolved)
+    await store(storage, still_firing, opened_later, other, quiet, resolved)
 
-    def find(since: datetime) -> Callable[[UnitOfWork], Incident | None]:
-        return lambda uow: uow.incidents.find_mergeable("fp-1", since)
+    def find(since: datetime, fingerprint: str = "fp-1") -> Callable[[UnitOfWork], Incident | None]:
+        return lambda uow: uow.incidents.find_mergeable(fingerprint, since)
 
-    assert (await read(storage, find(T0))).id == newer.id
-    assert (await read(storage, find(T0 + timedelta(minutes=5)))).id == newer.id
-    assert await read(storage, find(T0 + timedelta(minutes=5, microseconds=1))) is None
+    # The window is measured from each incident's last alert, not its opening.
+    assert (await read(storage, find(T0))).id == still_firing.id
+    assert (await read(storage, find(T0 + timedelta(minutes=10)))).id == still_firing.id
+    assert await read(storage, find(T0 + timedelta(minutes=10, microseconds=1))) is None
+    # With no merged alert, that is the alert that opened it.
+    assert (await read(storage, find(T0, "fp-3"))).id == quiet.id
+    assert await read(storage, find(T0 + timedelta(microseconds=1), "fp-3")) is None
 
 
 async def test_a_received_alert_is_found_by_source_and_id(storage: Storage) -> None:
@@ -329,11 +376,13 @@ async def test_keyset_pages_walk_every_incident_once_in_order(
     assert keys == sorted(keys, reverse=ordering.descending)
 
 
+NOISY = Alert(id="n", source="s", title="t", severity=Severity.P4, type=IncidentType.DATA)
+
+
 async def test_a_long_timeline_keeps_its_most_recent_events(storage: Storage) -> None:
     item = incident()
-    noisy = Alert(id="n", source="s", title="t", severity=Severity.P4, type=IncidentType.DATA)
     for _ in range(TIMELINE_LIMIT + 4):
-        item.merge_alert(noisy, "dedup_key=n", T0)
+        item.merge_alert(NOISY, "dedup_key=n", T0)
     await store(storage, item)
     loaded = await read(storage, lambda uow: uow.incidents.get(item.id, with_history=True))
     assert loaded.timeline_size == TIMELINE_LIMIT + 5
@@ -551,3 +600,120 @@ async def test_cleared_alerts_are_counted_and_the_newest_is_known(storage: Stora
     stored = await read(storage, lambda uow: uow.alerts.get("s", "a-1"))
     assert stored.cleared_time == T0 + timedelta(minutes=1)
     assert await read(storage, lambda uow: uow.alerts.latest("inc_none")) is None
+
+
+WINDOW = timedelta(minutes=15)
+
+
+def firing(alert_id: str, **fields: Any) -> Alert:
+    """An alert of one continuing problem: every one has the same fingerprint."""
+    values: dict[str, Any] = {
+        "source": "gpu-watch",
+        "title": "GPU 3 above 90°C",
+        "severity": Severity.P2,
+        "type": IncidentType.INFRASTRUCTURE,
+    } | fields
+    return Alert(id=alert_id, **values)
+
+
+async def submit(storage: Storage, alert: Alert, at: datetime) -> AlertAck:
+    return await storage.write(partial(submit_alert, alert=alert, window=WINDOW, now=at))
+
+
+async def submit_batch(storage: Storage, alerts: list[Alert], at: datetime) -> list[AlertAck]:
+    return await storage.write(partial(submit_alerts, alerts=alerts, window=WINDOW, now=at))
+
+
+async def test_an_alert_firing_every_ten_minutes_for_two_hours_stays_one_incident(
+    storage: Storage,
+) -> None:
+    ticks = [T0 + timedelta(minutes=10 * n) for n in range(13)]  # 0, 10, ..., 120 minutes
+    acks = [await submit(storage, firing(f"tick-{n}"), at) for n, at in enumerate(ticks)]
+    assert [a.status for a in acks] == [AckStatus.ACCEPTED] + [AckStatus.DUPLICATE] * 12
+    assert {a.incident_id for a in acks} == {acks[0].incident_id}
+    stored = await read(storage, lambda uow: uow.incidents.get(acks[0].incident_id))
+    assert stored.alert_count == 13
+    assert (stored.create_time, stored.last_alert_time) == (T0, ticks[-1])
+
+
+async def test_batches_firing_every_ten_minutes_for_two_hours_stay_one_incident(
+    storage: Storage,
+) -> None:
+    ticks = [T0 + timedelta(minutes=10 * n) for n in range(13)]
+    acks: list[AlertAck] = []
+    for n, at in enumerate(ticks):
+        acks += await submit_batch(storage, [firing(f"tick-{n}-a"), firing(f"tick-{n}-b")], at)
+    assert [a.status for a in acks] == [AckStatus.ACCEPTED] + [AckStatus.DUPLICATE] * 25
+    assert {a.incident_id for a in acks} == {acks[0].incident_id}
+    stored = await read(storage, lambda uow: uow.incidents.get(acks[0].incident_id))
+    assert stored.alert_count == 26
+    assert (stored.create_time, stored.last_alert_time) == (T0, ticks[-1])
+
+
+async def test_an_alert_after_a_quiet_gap_longer_than_the_window_opens_a_new_incident(
+    storage: Storage,
+) -> None:
+    first = await submit(storage, firing("a-1"), T0)
+    last_merged = T0 + timedelta(minutes=10)
+    await submit(storage, firing("a-2"), last_merged)
+    at_the_edge = await submit(storage, firing("a-3"), last_merged + WINDOW)
+    assert (at_the_edge.status, at_the_edge.incident_id) == (
+        AckStatus.DUPLICATE,
+        first.incident_id,
+    )
+    after_the_gap = await submit(
+        storage, firing("a-4"), last_merged + 2 * WINDOW + timedelta(microseconds=1)
+    )
+    assert after_the_gap.status is AckStatus.ACCEPTED
+    assert after_the_gap.incident_id != first.incident_id
+    old = await read(storage, lambda uow: uow.incidents.get(first.incident_id))
+    assert (old.alert_count, old.last_alert_time) == (3, last_merged + WINDOW)
+    # The quiet incident stays open; the problem's next alerts go to the new one.
+    follow_up = await submit(
+        storage, firing("a-5"), last_merged + 2 * WINDOW + timedelta(minutes=1)
+    )
+    assert follow_up.incident_id == after_the_gap.incident_id
+
+
+async def test_an_alert_after_its_incident_resolved_opens_a_new_incident(
+    storage: Storage,
+) -> None:
+    first = await submit(storage, firing("a-1"), T0)
+    cleared = await submit(
+        storage, firing("a-1", status=AlertStatus.RESOLVED), T0 + timedelta(minutes=1)
+    )
+    assert cleared.status is AckStatus.CLEARED
+    again = await submit(storage, firing("a-2"), T0 + timedelta(minutes=2))
+    assert again.status is AckStatus.ACCEPTED
+    assert again.incident_id != first.incident_id
+
+
+async def test_an_alert_after_a_resolve_in_the_same_batch_opens_a_new_incident(
+    storage: Storage,
+) -> None:
+    acks = await submit_batch(
+        storage,
+        [
+            firing("a-1"),
+            firing("a-2"),
+            firing("a-1", status=AlertStatus.RESOLVED),
+            firing("a-2", status=AlertStatus.RESOLVED),
+            firing("a-3"),
+            firing("a-4"),
+        ],
+        T0,
+    )
+    assert [a.status for a in acks] == [
+        AckStatus.ACCEPTED,
+        AckStatus.DUPLICATE,
+        AckStatus.CLEARED,
+        AckStatus.CLEARED,
+        AckStatus.ACCEPTED,
+        AckStatus.DUPLICATE,
+    ]
+    first, second = acks[0].incident_id, acks[4].incident_id
+    assert first != second and acks[5].incident_id == second
+    resolved = await read(storage, lambda uow: uow.incidents.get(first))
+    assert (resolved.state, resolved.alert_count) == (IncidentState.RESOLVED, 2)
+    opened = await read(storage, lambda uow: uow.incidents.get(second))
+    assert (opened.state, opened.alert_count) == (IncidentState.DETECTED, 2)

@@ -135,6 +135,7 @@ incidents = st.builds(
     alert_count=int64s,
     create_time=moments,
     update_time=moments,
+    last_alert_time=moments,
     resolution=st.none() | resolutions,
     # The etag carries the version as at most 18 digits.
     version=st.integers(0, 10**18 - 1),
@@ -142,6 +143,9 @@ incidents = st.builds(
     notes_size=int64s,
     timeline=st.lists(timeline_events, max_size=3),
     notes=st.lists(notes, max_size=3),
+).map(
+    # The API does not carry the last alert's time; a client reads it as the open time.
+    lambda incident: dataclasses.replace(incident, last_alert_time=incident.create_time)
 )
 incident_events = st.builds(
     IncidentEvent,
@@ -324,6 +328,7 @@ def _incident_message() -> incident_pb2.Incident:
         alert_count=1,
         create_time=now,
         update_time=now,
+        last_alert_time=now,
         resolution=Resolution(ResolutionMethod.MANUAL, "", "", "ana", now, timedelta(0)),
     )
     return conv.incident_to_proto(incident)

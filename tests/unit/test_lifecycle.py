@@ -181,6 +181,20 @@ def test_a_less_severe_merged_alert_leaves_severity_alone() -> None:
     assert [e.event.type for e in incident.pending_events] == [EventType.ALERT_MERGED]
 
 
+def test_the_last_alert_time_is_the_opening_then_each_merge_but_never_goes_back() -> None:
+    incident = opened()
+    assert incident.last_alert_time == NOW == incident.create_time
+    assert (incident.acknowledged_by, incident.acknowledge_time) == ("", None)
+    minor = Alert(id="a", source="s", title="x", severity=Severity.P4, type=IncidentType.DATA)
+    incident.merge_alert(minor, "fields", NOW + timedelta(minutes=20))
+    assert incident.last_alert_time == NOW + timedelta(minutes=20)
+    incident.merge_alert(minor, "fields", NOW + timedelta(minutes=5))  # the clock stepped back
+    assert incident.last_alert_time == NOW + timedelta(minutes=20)
+    assert incident.alert_count == 3
+    incident.update(actor="ana", now=NOW + timedelta(hours=1), title="renamed")
+    assert incident.last_alert_time == NOW + timedelta(minutes=20)  # people's changes don't count
+
+
 def test_every_change_records_an_event_and_one_operation_bumps_the_version_once() -> None:
     incident = opened()
     version = incident.version

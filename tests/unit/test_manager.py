@@ -91,17 +91,32 @@ async def test_a_duplicate_within_the_window_merges_and_reports_what_matched(
     assert merge_event.details["matched_on"] == "source,type,title,affected_resources"
 
 
-async def test_an_alert_after_the_window_opens_a_new_incident(
+async def test_each_merged_alert_restarts_the_window(
+    manager: IncidentManager, clock: FakeClock
+) -> None:
+    opened = await manager.submit_alert(alert())
+    for _ in range(4):  # 56 minutes after the opening, never more than 14 apart
+        clock.advance(minutes=14)
+        merged = await manager.submit_alert(alert())
+        assert (merged.status, merged.incident_id) == (AckStatus.DUPLICATE, opened.incident_id)
+    incident = await manager.get_incident(opened.incident_id)
+    assert incident.alert_count == 5
+    assert incident.last_alert_time == clock.now
+
+
+async def test_an_alert_after_a_quiet_gap_longer_than_the_window_opens_a_new_incident(
     manager: IncidentManager, clock: FakeClock
 ) -> None:
     first = await manager.submit_alert(alert())
+    clock.advance(minutes=10)
+    await manager.submit_alert(alert())
     clock.advance(minutes=15, seconds=1)
     later = await manager.submit_alert(alert())
     assert later.status is AckStatus.ACCEPTED
     assert later.incident_id != first.incident_id
 
 
-async def test_an_alert_merges_into_the_newest_active_incident_in_the_window(
+async def test_an_alert_merges_into_the_incident_with_the_latest_alert_in_the_window(
     manager: IncidentManager, clock: FakeClock
 ) -> None:
     await manager.submit_alert(alert())

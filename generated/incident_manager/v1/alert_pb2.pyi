@@ -95,8 +95,12 @@ Global___AckStatus: _TypeAlias = AckStatus  # noqa: Y015
 
 @_typing.final
 class Alert(_message.Message):
-    """An alert fired by a monitoring module. Alerts with the same fingerprint
-    that arrive within the dedup window are merged into one incident.
+    """An alert fired by a monitoring module. An alert merges into the active
+    incident with the same fingerprint when it arrives within the dedup window
+    of that incident's most recent alert (the one that opened it, or the latest
+    merged), so a source that keeps firing stays one incident for as long as it
+    fires. After a quiet gap longer than the window, or once the incident is
+    resolved, the next alert opens a new incident.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -63,9 +63,9 @@ class PostgresIncidents(SqlIncidents):
         super().__init__(tx, SQL)
         self._tx = tx
 
-    def find_mergeable(self, fingerprint: str, opened_since: datetime) -> Incident | None:
+    def find_mergeable(self, fingerprint: str, last_alert_since: datetime) -> Incident | None:
         self._tx.lock(lock_key("fingerprint", fingerprint))
-        return super().find_mergeable(fingerprint, opened_since)
+        return super().find_mergeable(fingerprint, last_alert_since)
 
     def _read(self, incident: Incident) -> None:
         self._tx.loaded.add(incident.id)

@@ -96,6 +96,20 @@ MIGRATIONS: tuple[str, ...] = (
         note_id TEXT NOT NULL
     );
     """,
+    # The dedup window slides: it is measured from an incident's last alert,
+    # which the dedup index now orders by (an older incident's last alert is
+    # taken to be its opening one). Acknowledgement: who and when.
+    """
+    ALTER TABLE incidents ADD COLUMN last_alert_time BIGINT;
+    UPDATE incidents SET last_alert_time = create_time;
+    ALTER TABLE incidents ALTER COLUMN last_alert_time SET NOT NULL;
+    DROP INDEX incidents_active_by_fingerprint;
+    CREATE INDEX incidents_active_by_fingerprint ON incidents (fingerprint, last_alert_time, id)
+        WHERE state < 5;
+    ALTER TABLE incidents
+        ADD COLUMN acknowledged_by TEXT NOT NULL DEFAULT '',
+        ADD COLUMN acknowledge_time BIGINT;
+    """,
     PAGING_MIGRATION,
 )
 

@@ -143,14 +143,16 @@ class SqlIncidents(IncidentRepository):
         rows = self._db.execute(self._sql.notes, (incident.id, NOTES_LIMIT)).fetchall()
         incident.notes = [note_from_row(r) for r in rows[::-1]]
 
-    def find_mergeable(self, fingerprint: str, opened_since: datetime) -> Incident | None:
-        incident = self._newest_active(fingerprint, micros(opened_since))
+    def find_mergeable(self, fingerprint: str, last_alert_since: datetime) -> Incident | None:
+        incident = self._newest_active(fingerprint, micros(last_alert_since))
         if incident is not None:
             self._read(incident)
         return incident
 
-    def _newest_active(self, fingerprint: str, opened_since: int) -> Incident | None:
-        row = self._db.execute(self._sql.newest_active, (fingerprint, opened_since)).fetchone()
+    def _newest_active(self, fingerprint: str, last_alert_since: int) -> Incident | None:
+        """The active incident with the fingerprint and the latest last alert, if that is
+        at or after `last_alert_since` (microseconds)."""
+        row = self._db.execute(self._sql.newest_active, (fingerprint, last_alert_since)).fetchone()
         return None if row is None else incident_from_row(row)
 
     def add(self, incident: Incident) -> None:

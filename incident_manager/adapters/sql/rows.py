@@ -36,7 +36,8 @@ from incident_manager.domain.query import IncidentFilter, from_micros, micros
 INCIDENT_COLUMNS = (
     "id", "title", "description", "severity", "type", "state", "source", "affected_resources",
     "labels", "assignees", "fingerprint", "alert_count", "create_time", "update_time",
-    "resolution", "version", "timeline_size", "notes_size",
+    "resolution", "version", "timeline_size", "notes_size", "last_alert_time", "acknowledged_by",
+    "acknowledge_time",
 )  # fmt: skip
 """What `incident_row` writes and `incident_from_row` reads, in order; the id first."""
 EVENT_COLUMNS = (
@@ -120,6 +121,9 @@ def incident_row(incident: Incident) -> tuple[Any, ...]:
         incident.version,
         incident.timeline_size,
         incident.notes_size,
+        micros(incident.last_alert_time),
+        incident.acknowledged_by,
+        None if incident.acknowledge_time is None else micros(incident.acknowledge_time),
     )
 
 
@@ -144,6 +148,9 @@ def incident_from_row(row: Sequence[Any]) -> Incident:
         loaded_version=row[15],
         timeline_size=row[16],
         notes_size=row[17],
+        last_alert_time=from_micros(row[18]),
+        acknowledged_by=row[19],
+        acknowledge_time=None if row[20] is None else from_micros(row[20]),
     )
 
 

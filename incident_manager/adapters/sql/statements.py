@@ -48,9 +48,11 @@ class Statements:
         self.incident = f"SELECT {incident} FROM incidents WHERE id = {m}"
         self.newest_active = (
             f"SELECT {incident} FROM incidents "
-            f"WHERE fingerprint = {m} AND {ACTIVE} AND create_time >= {m} "
-            "ORDER BY create_time DESC, id DESC LIMIT 1"
+            f"WHERE fingerprint = {m} AND {ACTIVE} AND last_alert_time >= {m} "
+            "ORDER BY last_alert_time DESC, id DESC LIMIT 1"
         )
+        """The active incident with the fingerprint whose last alert is the latest, if that
+        is at or after a time; parameters: the fingerprint, the time."""
         self.insert_incident = insert(dialect, "incidents", INCIDENT_COLUMNS)
         self.update_incident = update_incident(dialect, INCIDENT_COLUMNS[1:])
         """Every column but the id; parameters: the values, the id, the version read."""

@@ -1,9 +1,10 @@
 """What the single SQLite writer knows without asking the database.
 
 Only one thread ever writes the database, so it can keep, coherently:
-- the newest active incident for each fingerprint (the dedup index), complete
-  as long as it stays under its size limit, so deciding "duplicate or new" is
-  a dictionary lookup;
+- for each fingerprint, the active incident whose last alert is the latest,
+  with that alert's time (the dedup index, moved forward by every merge),
+  complete as long as it stays under its size limit, so deciding "duplicate
+  or new" is a dictionary lookup;
 - recently written incidents, so merging a duplicate does not read its row;
 - a Bloom filter of every stored (source, alert id), so the retry check of a
   new alert (the common case) is answered without a lookup; a "maybe" still
@@ -115,6 +116,8 @@ class WriterCache:
     # -- the dedup index -------------------------------------------------
 
     def newest_active(self, fingerprint: str) -> tuple[int, str] | None:
+        """(last alert time in microseconds, id) of the fingerprint's active incident
+        with the latest last alert, or None if it has no active incident."""
         return self._newest.get(fingerprint)
 
     def set_newest(self, fingerprint: str, entry: tuple[int, str] | None) -> None:
@@ -131,14 +134,15 @@ class WriterCache:
             self.fingerprints_complete = False
 
     def load_fingerprints(self, entries: list[tuple[str, int, str]]) -> None:
+        """Index (fingerprint, last alert time, id) of every active incident."""
         self._newest.clear()
         if len(entries) > self.max_fingerprints:
             self.fingerprints_complete = False
             return
-        for fingerprint, create_time, incident_id in entries:
+        for fingerprint, last_alert_time, incident_id in entries:
             current = self._newest.get(fingerprint)
-            if current is None or (create_time, incident_id) > current:
-                self._newest[fingerprint] = (create_time, incident_id)
+            if current is None or (last_alert_time, incident_id) > current:
+                self._newest[fingerprint] = (last_alert_time, incident_id)
         self.fingerprints_complete = True
 
     @property

@@ -52,6 +52,7 @@ _COUNTER_COLUMNS = (
     "version",
     "timeline_size",
     "notes_size",
+    "last_alert_time",
 )
 """What a merged alert changes; `_update_counters` gives their values in this order."""
 _UPDATE_COUNTERS = update_incident(DIALECT, _COUNTER_COLUMNS)
@@ -79,14 +80,14 @@ class SqliteIncidents(SqlIncidents):
                 return cached
         return super().get(incident_id, with_history=with_history)
 
-    def find_mergeable(self, fingerprint: str, opened_since: datetime) -> Incident | None:
+    def find_mergeable(self, fingerprint: str, last_alert_since: datetime) -> Incident | None:
         cache = self._cache
         if cache is not None and cache.fingerprints_complete:
             entry = cache.newest_active(fingerprint)
-            if entry is None or entry[0] < micros(opened_since):
+            if entry is None or entry[0] < micros(last_alert_since):
                 return None
             return self.get(entry[1])
-        return super().find_mergeable(fingerprint, opened_since)
+        return super().find_mergeable(fingerprint, last_alert_since)
 
     def _read(self, incident: Incident) -> None:
         if self._cache is not None:
@@ -108,6 +109,7 @@ class SqliteIncidents(SqlIncidents):
                 incident.version,
                 incident.timeline_size,
                 incident.notes_size,
+                micros(incident.last_alert_time),
                 incident.id,
                 incident.loaded_version,
             ),
@@ -126,6 +128,8 @@ class SqliteIncidents(SqlIncidents):
             and stored.affected_resources == incident.affected_resources
             and stored.labels == incident.labels
             and stored.assignees == incident.assignees
+            and stored.acknowledged_by == incident.acknowledged_by
+            and stored.acknowledge_time == incident.acknowledge_time
         )
 
     def _store_events(self, pending: list[IncidentEvent]) -> None:
@@ -143,16 +147,18 @@ class SqliteIncidents(SqlIncidents):
         if not cache.fingerprints_complete:
             return
         current = cache.newest_active(incident.fingerprint)
-        key = (micros(incident.create_time), incident.id)
+        key = (micros(incident.last_alert_time), incident.id)
         if incident.state.is_active:
+            # A merge moves the indexed incident's key forward; a newly opened or
+            # reopened incident takes the place if its last alert is later.
             if current is None or key > current:
                 cache.set_newest(incident.fingerprint, key)
         elif current is not None and current[1] == incident.id:
-            # The indexed incident closed: an older one may still be open.
+            # The indexed incident resolved: an older one may still be open.
             older = self._newest_active(incident.fingerprint, -(2**63))
             cache.set_newest(
                 incident.fingerprint,
-                None if older is None else (micros(older.create_time), older.id),
+                None if older is None else (micros(older.last_alert_time), older.id),
             )
 
 

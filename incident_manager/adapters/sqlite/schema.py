@@ -96,6 +96,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE alerts ADD COLUMN cleared_time INTEGER;
     CREATE INDEX alerts_by_incident ON alerts (incident_id, receive_time);
     """,
+    # The dedup window slides: it is measured from an incident's last alert,
+    # which the dedup index now orders by (an older incident's last alert is
+    # taken to be its opening one). Acknowledgement: who and when.
+    """
+    ALTER TABLE incidents ADD COLUMN last_alert_time INTEGER NOT NULL DEFAULT 0;
+    UPDATE incidents SET last_alert_time = create_time;
+    DROP INDEX incidents_active_by_fingerprint;
+    CREATE INDEX incidents_active_by_fingerprint ON incidents (fingerprint, last_alert_time, id)
+        WHERE state < 5;
+    ALTER TABLE incidents ADD COLUMN acknowledged_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE incidents ADD COLUMN acknowledge_time INTEGER;
+    """,
     PAGING_MIGRATION,
 )
 

@@ -177,7 +177,7 @@ class SqliteStorage(Storage):
         began = time.monotonic()
         cache = self._cache
         rows = self._write_conn.execute(
-            "SELECT fingerprint, create_time, id FROM incidents WHERE state < 5 LIMIT ?",
+            "SELECT fingerprint, last_alert_time, id FROM incidents WHERE state < 5 LIMIT ?",
             (cache.max_fingerprints + 1,),
         ).fetchall()
         cache.load_fingerprints(rows)
