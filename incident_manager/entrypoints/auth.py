@@ -45,6 +45,13 @@ INGESTION_SERVICE = alert_ingestion_service_pb2.DESCRIPTOR.services_by_name[
 ].full_name
 INTEGRATION_SERVICE = integrations_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name
 PAGING_SERVICE = paging_service_pb2.DESCRIPTOR.services_by_name["PagingService"].full_name
+SERVED_FILES = (
+    incident_service_pb2,
+    alert_ingestion_service_pb2,
+    integrations_pb2,
+    paging_service_pb2,
+)
+"""The proto files whose services the server serves (and whose methods need a role)."""
 
 READER_METHODS = frozenset({"GetIncident", "ListIncidents", "StreamIncidents"})
 """IncidentService methods a reader may call; the others change incidents."""
@@ -113,7 +120,7 @@ class MethodPolicy:
 def method_policies(settings: Settings) -> Callable[[str], MethodPolicy]:
     """Who may call each method, by its full name (`/package.Service/Method`)."""
     table: dict[str, MethodPolicy] = {}
-    for file in (incident_service_pb2, alert_ingestion_service_pb2, integrations_pb2):
+    for file in SERVED_FILES:
         for service in file.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 role = ROLE_OF.get(f"{service.full_name}/{method.name}", Role.ADMIN)

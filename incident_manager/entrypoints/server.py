@@ -18,13 +18,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from generated.incident_manager.v1 import (
-    alert_ingestion_service_pb2,
     alert_ingestion_service_pb2_grpc,
-    incident_service_pb2,
     incident_service_pb2_grpc,
-    integrations_pb2,
     integrations_pb2_grpc,
-    paging_service_pb2,
     paging_service_pb2_grpc,
 )
 from incident_manager.config import Settings, TokensFileError, env_name, read_tokens_file
@@ -34,6 +30,7 @@ from incident_manager.entrypoints.auth import (
     INGESTION_SERVICE,
     INTEGRATION_SERVICE,
     PAGING_SERVICE,
+    SERVED_FILES,
     Authenticator,
     method_policies,
 )
@@ -78,12 +75,7 @@ class ListenError(StartupError):
 def concurrency_limits(settings: Settings) -> Callable[[str], ConcurrencyLimit | None]:
     """How many calls of each of our methods may run at once; None for the others."""
     table: dict[str, ConcurrencyLimit] = {}
-    for file in (
-        incident_service_pb2,
-        alert_ingestion_service_pb2,
-        integrations_pb2,
-        paging_service_pb2,
-    ):
+    for file in SERVED_FILES:
         for service in file.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 if method.name == "StreamIncidents":
