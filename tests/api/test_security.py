@@ -68,8 +68,7 @@ CHANGES = {
         "AcknowledgeIncident",
     )
 } | {
-    f"{PAGING}/{m}"
-    for m in ("CreateOverride", "DeleteOverride", "CreateSilence", "ExpireSilence")
+    f"{PAGING}/{m}" for m in ("CreateOverride", "DeleteOverride", "CreateSilence", "ExpireSilence")
 }
 FILES = (incident_service_pb2, alert_ingestion_service_pb2, integrations_pb2, paging_service_pb2)
 EVERY_METHOD = {
