@@ -40,6 +40,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_paging)
     await stopping.wait()
     await server.stop(settings.shutdown_grace.total_seconds(), settings.drain_delay.total_seconds())
 

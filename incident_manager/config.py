@@ -81,6 +81,12 @@ class Settings:
     """StreamIncidents subscribers at most, over all connections."""
     max_ingest_streams: int = 200
     """StreamAlerts streams at most, over all connections."""
+    paging_config: str = ""
+    """The paging configuration file (YAML: users, channels, schedules, escalation
+    policies, routes; docs/PAGING.md); empty means nobody is paged. SIGHUP reloads it."""
+    paging_lease: timedelta = timedelta(seconds=60)
+    """How long a replica may take to send one page before another replica takes the
+    delivery over (sending it again, with the same id)."""
     keepalive_time: timedelta = timedelta(seconds=60)
     """How often the server pings an idle connection to find dead peers."""
     keepalive_timeout: timedelta = timedelta(seconds=20)
@@ -242,6 +248,8 @@ _OPTIONS = (
         "least time between client pings",
     ),
     ("--compression", "compression", _choice("none", "gzip", "deflate"), "response compression"),
+    ("--paging-config", "paging_config", str, "paging configuration file; empty = nobody paged"),
+    ("--paging-lease", "paging_lease", _positive_duration, "time one page may take to send"),
 )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
+from incident_manager.adapters.memory_paging import MemoryPaging, PagingStaged, PagingState
 from incident_manager.domain.errors import ConcurrentModification
 from incident_manager.domain.model import (
     Incident,
@@ -41,6 +42,7 @@ class _State:
         self.notes: dict[str, list[Note]] = {}
         self.alerts: dict[tuple[str, str], ReceivedAlert] = {}
         self.requests: dict[str, RequestRecord] = {}
+        self.paging = PagingState()
 
 
 class _Staged:
@@ -229,6 +231,8 @@ class MemoryUnitOfWork(UnitOfWork):
         self.alerts = MemoryAlerts(state, self._staged)
         self.events = MemoryEvents(state, self._staged)
         self.requests = MemoryRequests(state, self._staged)
+        self._paging_staged = PagingStaged()
+        self.paging = MemoryPaging(state.paging, self._paging_staged)
 
     def commit(self) -> None:
         """Mark the work as wanted; the storage applies it once the work has returned."""
@@ -243,6 +247,7 @@ class MemoryUnitOfWork(UnitOfWork):
             self._state.notes.setdefault(incident_id, []).append(note)
         self._state.alerts.update(self._staged.alerts)
         self._state.requests.update(self._staged.requests)
+        self._paging_staged.apply(self._state.paging)
         self.committed_events = list(self._staged.events)
         self._done = True
 

@@ -210,3 +210,52 @@ class SourceNotAllowed(DomainError):
             f"only as: {listed}",
             metadata={"source": source[:256], "principal": principal[:256]},
         )
+
+
+class NotAcknowledgeable(DomainError):
+    """Only an active incident can be acknowledged."""
+
+    reason = "INCIDENT_NOT_ACTIVE"
+
+    def __init__(self, incident_id: str, state: str) -> None:
+        super().__init__(
+            f"incident {quoted(incident_id)} is {state}, so there is nothing to acknowledge;"
+            " reopen it with UpdateIncident if the problem is back",
+            metadata={"incident_id": incident_id[:256], "state": state},
+        )
+
+
+class PagingNotConfigured(DomainError):
+    """A paging RPC was called on a server started without a paging configuration."""
+
+    reason = "PAGING_NOT_CONFIGURED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "paging is not configured on this server: start it with --paging-config FILE"
+            " (or INCIDENT_MANAGER_PAGING_CONFIG)"
+        )
+
+
+class PagingObjectNotFound(DomainError):
+    """No schedule, user, silence or override has the given id."""
+
+    reason = "PAGING_OBJECT_NOT_FOUND"
+
+    def __init__(self, kind: str, object_id: str, where: str = "") -> None:
+        super().__init__(
+            f"{kind} {quoted(object_id)} does not exist" + (f" {where}" if where else ""),
+            metadata={"kind": kind, "id": object_id[:256]},
+        )
+
+
+class SilenceEnded(DomainError):
+    """An ended silence cannot be expired again."""
+
+    reason = "SILENCE_ENDED"
+
+    def __init__(self, silence_id: str, end: str) -> None:
+        super().__init__(
+            f"silence {quoted(silence_id)} already ended at {end}",
+            metadata={"silence_id": silence_id[:256]},
+        )

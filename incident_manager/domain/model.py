@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from incident_manager.domain.errors import IncidentClosed, InvalidTransition
+from incident_manager.domain.errors import IncidentClosed, InvalidTransition, NotAcknowledgeable
 
 Clock = Callable[[], datetime]
 
@@ -76,6 +76,7 @@ class EventType(enum.IntEnum):
     NOTIFICATION_SENT = 9
     RESOLVED = 10
     UPDATED = 11
+    ACKNOWLEDGED = 12
 
 
 class AckStatus(enum.IntEnum):
@@ -238,6 +239,10 @@ class IncidentEvent:
 
     def with_sequence(self, sequence: int) -> IncidentEvent:
         return replace(self, event=replace(self.event, sequence=sequence))
+
+
+PAGING_ACTOR = "paging"
+"""The actor of the timeline events paging records (ESCALATED, NOTIFICATION_SENT)."""
 
 
 def new_incident_id() -> str:
@@ -413,6 +418,11 @@ class Incident:
                 {"from": before, "to": after},
             )
         if state is not None and state is not self.state:
+            if self.state is IncidentState.DETECTED and state.is_active:
+                # Moving past DETECTED means someone is on it: it counts as an
+                # acknowledgement, so paging stops.
+                self.acknowledged_by = actor
+                self.acknowledge_time = now
             self._change_state(state, actor, now)
 
     def resolve(
@@ -446,6 +456,17 @@ class Incident:
             | dict(details or {}),
         )
 
+    def acknowledge(self, *, actor: str, now: datetime) -> None:
+        """Someone is on it: a DETECTED incident becomes TRIAGED. Allowed again later,
+        which re-arms the acknowledgement timeout."""
+        if not self.state.is_active:
+            raise NotAcknowledgeable(self.id, self.state.name)
+        self.acknowledged_by = actor
+        self.acknowledge_time = now
+        self._record(EventType.ACKNOWLEDGED, actor, f"{actor} acknowledged it", now, {"by": actor})
+        if self.state is IncidentState.DETECTED:
+            self._change_state(IncidentState.TRIAGED, actor, now)
+
     def add_note(self, *, author: str, content: str, now: datetime) -> Note:
         note = Note(id=new_note_id(), author=author, content=content, create_time=now)
         self.pending_notes.append(note)
@@ -454,6 +475,12 @@ class Incident:
             EventType.NOTE_ADDED, author, f"{author} added a note", now, {"note_id": note.id}
         )
         return note
+
+    def record_paging(
+        self, type: EventType, message: str, now: datetime, details: Mapping[str, str]
+    ) -> None:
+        """A paging step or delivery outcome, on the timeline with the actor `paging`."""
+        self._record(type, PAGING_ACTOR, message, now, details)
 
     def check_transition(self, target: IncidentState) -> None:
         """Raise InvalidTransition unless the lifecycle allows moving to `target`."""

@@ -31,6 +31,7 @@ from generated.incident_manager.v1 import (
     alert_ingestion_service_pb2,
     incident_service_pb2,
     integrations_pb2,
+    paging_service_pb2,
 )
 from incident_manager.config import Settings
 from incident_manager.domain.access import ROLE_NAMES, Credentials, Principal, Role
@@ -43,6 +44,14 @@ INGESTION_SERVICE = alert_ingestion_service_pb2.DESCRIPTOR.services_by_name[
     "AlertIngestionService"
 ].full_name
 INTEGRATION_SERVICE = integrations_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name
+PAGING_SERVICE = paging_service_pb2.DESCRIPTOR.services_by_name["PagingService"].full_name
+SERVED_FILES = (
+    incident_service_pb2,
+    alert_ingestion_service_pb2,
+    integrations_pb2,
+    paging_service_pb2,
+)
+"""The proto files whose services the server serves (and whose methods need a role)."""
 
 READER_METHODS = frozenset({"GetIncident", "ListIncidents", "StreamIncidents"})
 """IncidentService methods a reader may call; the others change incidents."""
@@ -50,7 +59,26 @@ ROLE_OF: dict[str, Role] = {
     **{f"{INCIDENT_SERVICE}/{name}": Role.READER for name in READER_METHODS},
     **{
         f"{INCIDENT_SERVICE}/{name}": Role.RESPONDER
-        for name in ("CreateIncident", "UpdateIncident", "ResolveIncident", "AddNote")
+        for name in (
+            "CreateIncident",
+            "UpdateIncident",
+            "ResolveIncident",
+            "AddNote",
+            "AcknowledgeIncident",
+        )
+    },
+    **{
+        f"{PAGING_SERVICE}/{name}": Role.READER
+        for name in ("ListNotifications", "TestRoute", "GetOnCall", "ListOverrides", "ListSilences")
+    },
+    **{
+        f"{PAGING_SERVICE}/{name}": Role.RESPONDER
+        for name in (
+            "CreateOverride",
+            "DeleteOverride",
+            "CreateSilence",
+            "ExpireSilence",
+        )
     },
     **{
         f"{INGESTION_SERVICE}/{name}": Role.INGEST
@@ -92,7 +120,7 @@ class MethodPolicy:
 def method_policies(settings: Settings) -> Callable[[str], MethodPolicy]:
     """Who may call each method, by its full name (`/package.Service/Method`)."""
     table: dict[str, MethodPolicy] = {}
-    for file in (incident_service_pb2, alert_ingestion_service_pb2, integrations_pb2):
+    for file in SERVED_FILES:
         for service in file.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 role = ROLE_OF.get(f"{service.full_name}/{method.name}", Role.ADMIN)

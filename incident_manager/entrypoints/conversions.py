@@ -32,6 +32,7 @@ from generated.incident_manager.v1 import (
     incident_service_pb2,
     integrations_pb2,
 )
+from generated.incident_manager.v1 import paging_service_pb2 as paging_pb2
 from incident_manager.domain.errors import FieldViolation, ValidationError, quoted
 from incident_manager.domain.integrations import (
     KINDS,
@@ -56,6 +57,10 @@ from incident_manager.domain.model import (
     Severity,
     TimelineEvent,
 )
+from incident_manager.domain.paging.escalation import Delivery
+from incident_manager.domain.paging.ledger import Notification, NotificationState
+from incident_manager.domain.paging.model import Matcher, Override, Silence, TargetKind
+from incident_manager.domain.paging.schedules import OnCall
 from incident_manager.domain.query import IncidentFilter
 from incident_manager.domain.validation import MAX_FILTER_VALUES, Checker, validate_alert
 from incident_manager.service.commands import (
@@ -67,6 +72,7 @@ from incident_manager.service.commands import (
     UpdateIncident,
 )
 from incident_manager.service.handlers import check_create_incident
+from incident_manager.service.pager import RoutePlan
 
 E = TypeVar("E", bound=enum.IntEnum)
 T = TypeVar("T")
@@ -363,7 +369,10 @@ def incident_to_proto(incident: Incident) -> incident_pb2.Incident:
         etag=incident.etag,
         timeline_size=incident.timeline_size,
         notes_size=incident.notes_size,
+        acknowledged_by=incident.acknowledged_by,
     )
+    if incident.acknowledge_time is not None:
+        message.acknowledge_time.CopyFrom(timestamp_to_proto(incident.acknowledge_time))
     if incident.resolution is not None:
         message.resolution.CopyFrom(resolution_to_proto(incident.resolution))
     return message
@@ -727,3 +736,150 @@ def module_event_from_proto(
         event.validate(checker)
         raise ValidationError(violations + checker.violations)
     return event
+
+
+# ---------------------------------------------------------------- paging
+
+NOTIFICATION_STATE = EnumTable(
+    NotificationState, paging_pb2.NotificationState, "NOTIFICATION_STATE_"
+)
+TARGET_KINDS: dict[TargetKind, int] = {
+    kind: paging_pb2.TargetKind.Value(f"TARGET_KIND_{kind.name}") for kind in TargetKind
+}
+"""Target kinds are named in the file (`user`, `schedule`, `channel`), so this table maps by
+name; building it fails at import if the proto lacks one."""
+SILENCE_STATES = {
+    name: paging_pb2.SilenceState.Value(f"SILENCE_STATE_{name}")
+    for name in ("PENDING", "ACTIVE", "EXPIRED")
+}
+
+
+def optional_time(message: Any, name: str, field: str) -> datetime | None:
+    """A Timestamp field that may be unset."""
+    if not message.HasField(name):
+        return None
+    return timestamp_from_proto(getattr(message, name), field)
+
+
+def notification_to_proto(n: Notification) -> paging_pb2.Notification:
+    message = paging_pb2.Notification(
+        id=n.id,
+        incident_id=n.incident_id,
+        policy_id=n.policy_id,
+        level=n.level,
+        round=n.round,
+        target_kind=TARGET_KINDS[n.target_kind],  # type: ignore[arg-type]
+        target_id=n.target_id,
+        user_id=n.user_id,
+        channel_id=n.channel_id,
+        channel_type=n.channel_type,
+        recipient=n.recipient,
+        state=NOTIFICATION_STATE.to_proto[n.state],  # type: ignore[arg-type]
+        attempts=n.attempts,
+        last_error=n.last_error,
+        reason=n.reason,
+        create_time=timestamp_to_proto(n.create_time),
+    )
+    if n.update_time is not None:
+        message.update_time.CopyFrom(timestamp_to_proto(n.update_time))
+    if n.send_time is not None:
+        message.send_time.CopyFrom(timestamp_to_proto(n.send_time))
+    if n.next_attempt_time is not None and n.state is NotificationState.PENDING:
+        message.next_attempt_time.CopyFrom(timestamp_to_proto(n.next_attempt_time))
+    return message
+
+
+def silence_matcher_from_proto(message: paging_pb2.SilenceMatchers) -> Matcher:
+    """What a silence matches; the values are checked by the pager."""
+    return Matcher(
+        sources=frozenset(message.sources),
+        types=TYPE.parse_many(message.types, "silence.matchers.types"),
+        severities=SEVERITY.parse_many(message.severities, "silence.matchers.severities"),
+        labels=dict(message.labels),
+    )
+
+
+def silence_to_proto(silence: Silence, state: str) -> paging_pb2.Silence:
+    matcher = silence.matcher
+    message = paging_pb2.Silence(
+        id=silence.id,
+        matchers=paging_pb2.SilenceMatchers(
+            sources=sorted(matcher.sources),
+            types=[TYPE.to_proto[t] for t in sorted(matcher.types)],  # type: ignore[misc]
+            severities=[SEVERITY.to_proto[v] for v in sorted(matcher.severities)],  # type: ignore[misc]
+            labels=dict(matcher.labels),
+        ),
+        start_time=timestamp_to_proto(silence.start),
+        end_time=timestamp_to_proto(silence.end),
+        created_by=silence.created_by,
+        comment=silence.comment,
+        state=SILENCE_STATES[state],
+        expired_by=silence.expired_by,
+    )
+    if silence.create_time is not None:
+        message.create_time.CopyFrom(timestamp_to_proto(silence.create_time))
+    return message
+
+
+def override_to_proto(override: Override) -> paging_pb2.Override:
+    message = paging_pb2.Override(
+        id=override.id,
+        schedule_id=override.schedule_id,
+        user_id=override.user_id,
+        start_time=timestamp_to_proto(override.start),
+        end_time=timestamp_to_proto(override.end),
+        created_by=override.created_by,
+        reason=override.reason,
+    )
+    if override.create_time is not None:
+        message.create_time.CopyFrom(timestamp_to_proto(override.create_time))
+    return message
+
+
+def on_call_to_proto(answer: OnCall, user_name: str) -> paging_pb2.GetOnCallResponse:
+    message = paging_pb2.GetOnCallResponse(
+        schedule_id=answer.schedule_id,
+        user_id=answer.user_id or "",
+        user_name=user_name,
+        layer=answer.layer + 1 if answer.layer is not None else 0,
+        override_id=answer.override_id or "",
+    )
+    if answer.since is not None:
+        message.start_time.CopyFrom(timestamp_to_proto(answer.since))
+    if answer.until is not None:
+        message.end_time.CopyFrom(timestamp_to_proto(answer.until))
+    return message
+
+
+def _planned_delivery(delivery: Delivery) -> paging_pb2.PlannedDelivery:
+    return paging_pb2.PlannedDelivery(
+        target_kind=TARGET_KINDS[delivery.target.kind],  # type: ignore[arg-type]
+        target_id=delivery.target.id,
+        user_id=delivery.user_id or "",
+        channel_id=delivery.channel_id,
+        recipient=delivery.address or delivery.channel_id,
+    )
+
+
+def route_plan_to_proto(
+    plan: RoutePlan, silences: list[paging_pb2.Silence]
+) -> paging_pb2.TestRouteResponse:
+    response = paging_pb2.TestRouteResponse(
+        matched=plan.matched, route=plan.route, policy_id=plan.policy_id, silences=silences
+    )
+    for step in plan.steps:
+        level = response.levels.add(
+            level=step.level, round=step.round, notify_time=timestamp_to_proto(step.at)
+        )
+        level.deliveries.extend(_planned_delivery(d) for d in step.deliveries)
+        level.deliveries.extend(
+            paging_pb2.PlannedDelivery(
+                target_kind=TARGET_KINDS[missed.target.kind],  # type: ignore[arg-type]
+                target_id=missed.target.id,
+                problem=missed.reason,
+            )
+            for missed in step.unreached
+        )
+    if plan.ack_timeout:
+        response.ack_timeout.CopyFrom(duration_to_proto(plan.ack_timeout))
+    return response

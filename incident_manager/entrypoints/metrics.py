@@ -135,6 +135,20 @@ class Metrics:
             registry=registry,
         )
         self.storage_available.set(1)
+        self.notifications = Counter(
+            "incident_manager_notifications_total",
+            "Page delivery attempts by channel type and outcome: sent, retry (tried again"
+            " later) or failed (given up on).",
+            ("channel_type", "outcome"),
+            registry=registry,
+        )
+        self.paging_reloads = Counter(
+            "incident_manager_paging_reloads_total",
+            "Reloads of the paging configuration on SIGHUP: applied, or refused (the old"
+            " configuration stays in force).",
+            ("result",),
+            registry=registry,
+        )
         self._sources: set[str] = set()
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -164,6 +178,10 @@ class Metrics:
 
     def storage_written(self, seconds: float) -> None:
         self.storage_write.observe(seconds)
+
+    # The paging worker's observer.
+    def delivery_finished(self, channel_type: str, outcome: str) -> None:
+        self.notifications.labels(channel_type or "none", outcome).inc()
 
     def serve(self, listen: str) -> int:
         """Serve /metrics on host:port in a thread; returns the bound port."""

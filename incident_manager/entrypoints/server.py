@@ -18,12 +18,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from generated.incident_manager.v1 import (
-    alert_ingestion_service_pb2,
     alert_ingestion_service_pb2_grpc,
-    incident_service_pb2,
     incident_service_pb2_grpc,
-    integrations_pb2,
     integrations_pb2_grpc,
+    paging_service_pb2_grpc,
 )
 from incident_manager.config import Settings, TokensFileError, env_name, read_tokens_file
 from incident_manager.domain.model import IncidentState, Severity
@@ -31,6 +29,8 @@ from incident_manager.entrypoints.auth import (
     INCIDENT_SERVICE,
     INGESTION_SERVICE,
     INTEGRATION_SERVICE,
+    PAGING_SERVICE,
+    SERVED_FILES,
     Authenticator,
     method_policies,
 )
@@ -41,12 +41,16 @@ from incident_manager.entrypoints.servicers import (
     AlertIngestionServicer,
     IncidentServicer,
     IntegrationServicer,
+    PagingServicer,
 )
+from incident_manager.paging import PagingFileError, load_paging_file
+from incident_manager.paging.file import config_summary
 from incident_manager.service.manager import IncidentManager
+from incident_manager.service.scheduler import PagingWorker
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (INCIDENT_SERVICE, INGESTION_SERVICE, INTEGRATION_SERVICE)
+SERVICE_NAMES = (INCIDENT_SERVICE, INGESTION_SERVICE, INTEGRATION_SERVICE, PAGING_SERVICE)
 LIVENESS = "liveness"
 """A health service name that is SERVING while the process runs, even while the
 database is unavailable: for liveness probes, which should not restart a server
@@ -71,7 +75,7 @@ class ListenError(StartupError):
 def concurrency_limits(settings: Settings) -> Callable[[str], ConcurrencyLimit | None]:
     """How many calls of each of our methods may run at once; None for the others."""
     table: dict[str, ConcurrencyLimit] = {}
-    for file in (incident_service_pb2, alert_ingestion_service_pb2, integrations_pb2):
+    for file in SERVED_FILES:
         for service in file.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 if method.name == "StreamIncidents":
@@ -139,8 +143,17 @@ class IncidentServer:
     the alert and storage-write metrics stay at zero.
     """
 
-    def __init__(self, manager: IncidentManager, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        manager: IncidentManager,
+        settings: Settings,
+        metrics: Metrics,
+        worker: PagingWorker | None = None,
+    ) -> None:
         self.manager = manager
+        self.pager = manager.pager
+        self.worker = worker
+        """Runs due paging steps and deliveries; None when paging is off."""
         self.settings = settings
         self.listen = settings.listen
         try:
@@ -194,6 +207,9 @@ class IncidentServer:
         )
         integrations_pb2_grpc.add_IntegrationServiceServicer_to_server(
             IntegrationServicer(manager), self.server
+        )
+        paging_service_pb2_grpc.add_PagingServiceServicer_to_server(
+            PagingServicer(self.pager), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection != "off":
@@ -253,6 +269,7 @@ class IncidentServer:
             asyncio.create_task(self._watch_storage()),
             asyncio.create_task(self._count_open_incidents()),
         ]
+        self._start_paging()
         log.info(
             "serving",
             extra={
@@ -324,6 +341,47 @@ class IncidentServer:
                 await self.refresh_gauges()
             await asyncio.sleep(GAUGE_REFRESH_SECONDS)
 
+    def _start_paging(self) -> None:
+        config = self.pager.rules.current
+        if self.worker is None or config is None:
+            log.warning(
+                "paging is off: no --paging-config (INCIDENT_MANAGER_PAGING_CONFIG) was given,"
+                " so incidents are stored and streamed but nobody will be paged"
+            )
+            return
+        self.worker.start()
+        log.info(
+            "paging is on",
+            extra={"paging_config": self.settings.paging_config, "summary": config_summary(config)},
+        )
+
+    def reload_paging(self) -> bool:
+        """Read the paging file again (SIGHUP); a bad file is refused and the old one stays."""
+        path = self.settings.paging_config
+        if not path or self.worker is None:
+            log.warning("SIGHUP: there is no paging configuration file to reload")
+            return False
+        try:
+            loaded = load_paging_file(path)
+        except PagingFileError as error:
+            self.metrics.paging_reloads.labels("refused").inc()
+            log.error(
+                "SIGHUP: the paging configuration was NOT reloaded; the previous one stays in"
+                " force:\n%s",
+                "\n".join(error.messages),
+            )
+            return False
+        for warning in loaded.warnings:
+            log.warning("paging configuration: %s", warning)
+        self.pager.rules.replace(loaded.config)
+        self.worker.wake()
+        self.metrics.paging_reloads.labels("applied").inc()
+        log.info(
+            "SIGHUP: paging configuration reloaded",
+            extra={"paging_config": path, "summary": config_summary(loaded.config)},
+        )
+        return True
+
     async def refresh_gauges(self) -> None:
         """Recount open incidents by severity and state (also done every 15 s)."""
         counts = await self.manager.count_open_incidents()
@@ -352,6 +410,8 @@ class IncidentServer:
         await self.server.stop(grace)
         if self.health_server is not None:
             await self.health_server.stop(0)
+        if self.worker is not None:
+            await self.worker.stop()
         self.metrics.stop()
         await self.manager.close()
         log.info("stopped")

@@ -30,6 +30,8 @@ from generated.incident_manager.v1 import (
 from generated.incident_manager.v1 import (
     integrations_pb2_grpc as integrations_grpc,
 )
+from generated.incident_manager.v1 import paging_service_pb2 as paging_pb2
+from generated.incident_manager.v1 import paging_service_pb2_grpc as paging_grpc
 from incident_manager import __version__
 from incident_manager.domain.errors import (
     RateLimited,
@@ -42,6 +44,7 @@ from incident_manager.entrypoints import conversions as conv
 from incident_manager.entrypoints.auth import acting_as, caller
 from incident_manager.entrypoints.status import streaming, unary
 from incident_manager.service.manager import IncidentManager, ListRequest
+from incident_manager.service.pager import Pager
 from incident_manager.service.pagination import parse_order_by
 
 log = logging.getLogger(__name__)
@@ -98,6 +101,15 @@ class IncidentServicer(service_grpc.IncidentServiceServicer):
         return service_pb2.AddNoteResponse(
             note=conv.note_to_proto(note), incident=conv.incident_to_proto(incident)
         )
+
+    @unary
+    async def AcknowledgeIncident(
+        self, request: service_pb2.AcknowledgeIncidentRequest, context: Context
+    ) -> service_pb2.AcknowledgeIncidentResponse:
+        incident = await self.manager.acknowledge_incident(
+            request.id, acting_as("actor", request.actor)
+        )
+        return service_pb2.AcknowledgeIncidentResponse(incident=conv.incident_to_proto(incident))
 
     @unary
     async def ListIncidents(
@@ -249,4 +261,120 @@ class IntegrationServicer(integrations_grpc.IntegrationServiceServicer):
         acks = await self.manager.submit_module_events(items, caller())
         return integrations_pb2.BatchSubmitModuleEventsResponse(
             acks=[conv.ack_to_proto(a) for a in acks]
+        )
+
+
+class PagingServicer(paging_grpc.PagingServiceServicer):
+    def __init__(self, pager: Pager) -> None:
+        self.pager = pager
+
+    @unary
+    async def ListNotifications(
+        self, request: paging_pb2.ListNotificationsRequest, context: Context
+    ) -> paging_pb2.ListNotificationsResponse:
+        rows, token = await self.pager.list_notifications(
+            request.incident_id, request.page_size, request.page_token
+        )
+        return paging_pb2.ListNotificationsResponse(
+            notifications=[conv.notification_to_proto(n) for n in rows], next_page_token=token
+        )
+
+    @unary
+    async def TestRoute(
+        self, request: paging_pb2.TestRouteRequest, context: Context
+    ) -> paging_pb2.TestRouteResponse:
+        type = conv.TYPE.parse(request.type, "type") if request.type else None
+        severity = conv.SEVERITY.parse(request.severity, "severity") if request.severity else None
+        plan = await self.pager.test_route(
+            request.source,
+            type,
+            severity,
+            dict(request.labels),
+            conv.optional_time(request, "time", "time"),
+        )
+        silences = [conv.silence_to_proto(s, self.pager.silence_state(s)) for s in plan.silences]
+        return conv.route_plan_to_proto(plan, silences)
+
+    @unary
+    async def GetOnCall(
+        self, request: paging_pb2.GetOnCallRequest, context: Context
+    ) -> paging_pb2.GetOnCallResponse:
+        answer = await self.pager.on_call(
+            request.schedule_id, conv.optional_time(request, "time", "time")
+        )
+        return conv.on_call_to_proto(answer, self.pager.user_name(answer.user_id))
+
+    @unary
+    async def CreateOverride(
+        self, request: paging_pb2.CreateOverrideRequest, context: Context
+    ) -> paging_pb2.CreateOverrideResponse:
+        given = request.override
+        override = await self.pager.create_override(
+            given.schedule_id,
+            given.user_id,
+            conv.optional_time(given, "start_time", "override.start_time"),
+            conv.optional_time(given, "end_time", "override.end_time"),
+            acting_as("override.created_by", given.created_by),
+            given.reason,
+        )
+        return paging_pb2.CreateOverrideResponse(override=conv.override_to_proto(override))
+
+    @unary
+    async def ListOverrides(
+        self, request: paging_pb2.ListOverridesRequest, context: Context
+    ) -> paging_pb2.ListOverridesResponse:
+        rows, token = await self.pager.list_overrides(
+            request.schedule_id, request.include_ended, request.page_size, request.page_token
+        )
+        return paging_pb2.ListOverridesResponse(
+            overrides=[conv.override_to_proto(o) for o in rows], next_page_token=token
+        )
+
+    @unary
+    async def DeleteOverride(
+        self, request: paging_pb2.DeleteOverrideRequest, context: Context
+    ) -> paging_pb2.DeleteOverrideResponse:
+        await self.pager.delete_override(request.id)
+        return paging_pb2.DeleteOverrideResponse()
+
+    @unary
+    async def CreateSilence(
+        self, request: paging_pb2.CreateSilenceRequest, context: Context
+    ) -> paging_pb2.CreateSilenceResponse:
+        given = request.silence
+        if not given.HasField("matchers"):
+            raise ValidationError.single(
+                "silence.matchers",
+                "is required: say which sources, types, severities or labels to silence",
+            )
+        silence = await self.pager.create_silence(
+            conv.silence_matcher_from_proto(given.matchers),
+            conv.optional_time(given, "start_time", "silence.start_time"),
+            conv.optional_time(given, "end_time", "silence.end_time"),
+            acting_as("silence.created_by", given.created_by),
+            given.comment,
+        )
+        return paging_pb2.CreateSilenceResponse(
+            silence=conv.silence_to_proto(silence, self.pager.silence_state(silence))
+        )
+
+    @unary
+    async def ListSilences(
+        self, request: paging_pb2.ListSilencesRequest, context: Context
+    ) -> paging_pb2.ListSilencesResponse:
+        rows, token = await self.pager.list_silences(
+            request.include_expired, request.page_size, request.page_token
+        )
+        return paging_pb2.ListSilencesResponse(
+            silences=[conv.silence_to_proto(s, self.pager.silence_state(s)) for s in rows],
+            next_page_token=token,
+        )
+
+    @unary
+    async def ExpireSilence(
+        self, request: paging_pb2.ExpireSilenceRequest, context: Context
+    ) -> paging_pb2.ExpireSilenceResponse:
+        silence = await self.pager.expire_silence(request.id, acting_as("actor", request.actor))
+        return paging_pb2.ExpireSilenceResponse(
+            silence=conv.silence_to_proto(silence, self.pager.silence_state(silence))
         )

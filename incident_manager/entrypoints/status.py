@@ -28,6 +28,7 @@ from incident_manager.domain.errors import (
     EtagMismatch,
     IncidentNotFound,
     InvalidTransition,
+    PagingObjectNotFound,
     RateLimited,
     SequenceOutOfRange,
     ShuttingDown,
@@ -46,6 +47,7 @@ ERROR_DOMAIN = "incident-manager.llmops"
 STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
     ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
     IncidentNotFound: grpc.StatusCode.NOT_FOUND,
+    PagingObjectNotFound: grpc.StatusCode.NOT_FOUND,
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
     EtagMismatch: grpc.StatusCode.ABORTED,
     ConcurrentModification: grpc.StatusCode.ABORTED,

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from incident_manager.paging.file import (
+    LoadedPagingConfig,
     PagingConfigError,
     config_summary,
     read_paging_config,
@@ -51,6 +52,24 @@ def read_text(path: str) -> str:
             f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); save the file as "
             "UTF-8"
         ) from None
+
+
+class PagingFileError(Exception):
+    """The paging file cannot be used; `messages` say where and why, one per mistake."""
+
+    def __init__(self, messages: Sequence[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = list(messages)
+
+
+def load_paging_file(path: str) -> LoadedPagingConfig:
+    """The checked configuration in the file at `path` (the server's start and SIGHUP)."""
+    try:
+        return read_paging_config(read_text(path), path)
+    except Unreadable as error:
+        raise PagingFileError([str(error)]) from None
+    except PagingConfigError as error:
+        raise PagingFileError(error.messages) from None
 
 
 def check(path: str) -> int:

@@ -30,6 +30,7 @@ from incident_manager.domain.model import (
     RequestRecord,
     ResolutionMethod,
 )
+from incident_manager.domain.paging.model import PagingConfig
 from incident_manager.domain.query import IncidentPage, IncidentQuery
 from incident_manager.domain.ratelimit import AlertRateLimiter
 from incident_manager.domain.validation import (
@@ -50,6 +51,7 @@ from incident_manager.service.commands import (
     ResolveIncident,
     UpdateIncident,
 )
+from incident_manager.service.paging import Before, follow_incident
 from incident_manager.service.ports import UnitOfWork
 
 DEFAULT_POLICIES = AutoResolvePolicies()
@@ -62,6 +64,7 @@ def submit_alert(
     now: datetime,
     limiter: AlertRateLimiter | None = None,
     policies: AutoResolvePolicies = DEFAULT_POLICIES,
+    paging: PagingConfig | None = None,
 ) -> AlertAck:
     """Store an alert: merge it into a matching active incident, or open a new one.
 
@@ -73,7 +76,7 @@ def submit_alert(
     validate_alert(alert, checker, resolve_signal=alert.is_resolve_signal(now))
     checker.raise_if_any()
     with uow:
-        ack = _ingest(uow, alert, window, now, limiter=limiter, policies=policies)
+        ack = _ingest(uow, alert, window, now, limiter=limiter, policies=policies, paging=paging)
         uow.commit()
     return ack
 
@@ -85,6 +88,7 @@ def submit_alerts(
     now: datetime,
     limiter: AlertRateLimiter | None = None,
     policies: AutoResolvePolicies = DEFAULT_POLICIES,
+    paging: PagingConfig | None = None,
 ) -> list[AlertAck]:
     """Store a batch in one unit of work; invalid alerts get REJECTED acks, in place.
 
@@ -111,7 +115,7 @@ def submit_alerts(
                 )
                 continue
             try:
-                acks.append(_ingest(uow, item, window, now, touched, limiter, policies))
+                acks.append(_ingest(uow, item, window, now, touched, limiter, policies, paging))
             except RateLimited as limited:
                 acks.append(AlertAck(item.id, AckStatus.RATE_LIMITED, message=limited.message))
         for incident in touched.values():
@@ -129,6 +133,7 @@ def _ingest(
     touched: dict[str, Incident] | None = None,
     limiter: AlertRateLimiter | None = None,
     policies: AutoResolvePolicies = DEFAULT_POLICIES,
+    paging: PagingConfig | None = None,
 ) -> AlertAck:
     """Merge, open, or clear; with `touched`, incidents are left for the caller to save.
 
@@ -136,7 +141,7 @@ def _ingest(
     source is over its limit.
     """
     if alert.is_resolve_signal(now):
-        return _clear(uow, alert, now, policies, touched)
+        return _clear(uow, alert, now, policies, touched, paging)
     earlier = uow.alerts.get(alert.source, alert.id)
     if earlier is not None:
         return AlertAck(
@@ -159,7 +164,9 @@ def _ingest(
     if incident is not None and touched is not None:
         incident = touched.setdefault(incident.id, incident)
     if incident is not None:
+        before = Before.of(incident)
         incident.merge_alert(alert, fingerprint.matched_on, now)
+        follow_incident(uow.paging, paging, incident, before, now)
         if touched is None:
             uow.incidents.save(incident)
         status = AckStatus.DUPLICATE
@@ -184,6 +191,7 @@ def _ingest(
             details={"alert_id": alert.id, "source": alert.source},
         )
         uow.incidents.add(incident)
+        follow_incident(uow.paging, paging, incident, None, now)
         if touched is not None:
             touched[incident.id] = incident
         status = AckStatus.ACCEPTED
@@ -206,6 +214,7 @@ def _clear(
     now: datetime,
     policies: AutoResolvePolicies,
     touched: dict[str, Incident] | None,
+    paging: PagingConfig | None = None,
 ) -> AlertAck:
     """Apply a resolve signal: clear the alert, then resolve its incident if the policy says so."""
     earlier = uow.alerts.get(signal.source, signal.id)
@@ -251,6 +260,7 @@ def _clear(
             f"alert cleared; incident stays {incident.state.name} "
             f"({still} alerts still firing, policy {policy.value} for {signal.source})",
         )
+    before = Before.of(incident)
     incident.resolve(
         method=ResolutionMethod.AUTOMATED,
         root_cause="",
@@ -259,6 +269,7 @@ def _clear(
         now=now,
         details={"alert_id": signal.id, "policy": policy.value},
     )
+    follow_incident(uow.paging, paging, incident, before, now)
     # Stored now even within a batch: a later alert of the batch with the same
     # fingerprint must not find it active and merge into it, but open a new one.
     uow.incidents.save(incident)
@@ -286,7 +297,9 @@ def check_create_incident(command: CreateIncident) -> Checker:
     return checker
 
 
-def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> Incident:
+def create_incident(
+    uow: UnitOfWork, command: CreateIncident, now: datetime, paging: PagingConfig | None = None
+) -> Incident:
     check_create_incident(command).raise_if_any()
     incident = Incident.open(
         title=command.title,
@@ -308,6 +321,7 @@ def create_incident(uow: UnitOfWork, command: CreateIncident, now: datetime) -> 
         if earlier is not None:
             return _load_with_history(uow, earlier.incident_id)
         uow.incidents.add(incident)
+        follow_incident(uow.paging, paging, incident, None, now)
         if command.request_id:
             uow.requests.add(command.request_id, RequestRecord("CreateIncident", incident.id))
         stored = _load_with_history(uow, incident.id)
@@ -320,7 +334,9 @@ def get_incident(uow: UnitOfWork, incident_id: str) -> Incident:
     return _load_with_history(uow, incident_id)
 
 
-def update_incident(uow: UnitOfWork, command: UpdateIncident, now: datetime) -> Incident:
+def update_incident(
+    uow: UnitOfWork, command: UpdateIncident, now: datetime, paging: PagingConfig | None = None
+) -> Incident:
     changes = command.changes
     checker = Checker("incident.")
     checker.required("id", command.incident_id, MAX_ID)
@@ -342,6 +358,7 @@ def update_incident(uow: UnitOfWork, command: UpdateIncident, now: datetime) -> 
     with uow:
         incident = _load(uow, command.incident_id)
         _check_etag(incident, command.etag)
+        before = Before.of(incident)
         incident.update(
             actor=command.actor,
             now=now,
@@ -355,13 +372,16 @@ def update_incident(uow: UnitOfWork, command: UpdateIncident, now: datetime) -> 
             assignees=changes.assignees,
         )
         if incident.pending_events:
+            follow_incident(uow.paging, paging, incident, before, now, by_person=True)
             uow.incidents.save(incident)
         stored = _load_with_history(uow, incident.id)
         uow.commit()
     return stored
 
 
-def resolve_incident(uow: UnitOfWork, command: ResolveIncident, now: datetime) -> Incident:
+def resolve_incident(
+    uow: UnitOfWork, command: ResolveIncident, now: datetime, paging: PagingConfig | None = None
+) -> Incident:
     checker = Checker()
     checker.required("id", command.incident_id, MAX_ID)
     checker.at_most("etag", command.etag, MAX_ETAG)
@@ -372,6 +392,7 @@ def resolve_incident(uow: UnitOfWork, command: ResolveIncident, now: datetime) -
     with uow:
         incident = _load(uow, command.incident_id)
         _check_etag(incident, command.etag)
+        before = Before.of(incident)
         incident.resolve(
             method=command.method,
             root_cause=command.root_cause,
@@ -379,13 +400,16 @@ def resolve_incident(uow: UnitOfWork, command: ResolveIncident, now: datetime) -
             resolved_by=command.resolved_by,
             now=now,
         )
+        follow_incident(uow.paging, paging, incident, before, now)
         uow.incidents.save(incident)
         stored = _load_with_history(uow, incident.id)
         uow.commit()
     return stored
 
 
-def add_note(uow: UnitOfWork, command: AddNote, now: datetime) -> tuple[Note, Incident]:
+def add_note(
+    uow: UnitOfWork, command: AddNote, now: datetime, paging: PagingConfig | None = None
+) -> tuple[Note, Incident]:
     checker = Checker()
     checker.required("incident_id", command.incident_id, MAX_ID)
     checker.required("author", command.author, MAX_NAME)
@@ -400,7 +424,9 @@ def add_note(uow: UnitOfWork, command: AddNote, now: datetime) -> tuple[Note, In
                 raise IncidentNotFound(earlier.incident_id)
             return noted, _load_with_history(uow, earlier.incident_id)
         incident = _load(uow, command.incident_id)
+        before = Before.of(incident)
         note = incident.add_note(author=command.author, content=command.content, now=now)
+        follow_incident(uow.paging, paging, incident, before, now, by_person=True)
         uow.incidents.save(incident)
         if command.request_id:
             uow.requests.add(
@@ -409,6 +435,30 @@ def add_note(uow: UnitOfWork, command: AddNote, now: datetime) -> tuple[Note, In
         stored = _load_with_history(uow, incident.id)
         uow.commit()
     return note, stored
+
+
+def acknowledge_incident(
+    uow: UnitOfWork,
+    incident_id: str,
+    actor: str,
+    now: datetime,
+    paging: PagingConfig | None = None,
+) -> Incident:
+    """Someone is on it: stop paging; DETECTED becomes TRIAGED. Allowed again later, which
+    re-arms the policy's acknowledgement timeout."""
+    checker = Checker()
+    checker.required("id", incident_id, MAX_ID)
+    checker.required("actor", actor, MAX_NAME)
+    checker.raise_if_any()
+    with uow:
+        incident = _load(uow, incident_id)
+        before = Before.of(incident)
+        incident.acknowledge(actor=actor, now=now)
+        follow_incident(uow.paging, paging, incident, before, now, by_person=True)
+        uow.incidents.save(incident)
+        stored = _load_with_history(uow, incident.id)
+        uow.commit()
+    return stored
 
 
 def list_incidents(uow: UnitOfWork, query: IncidentQuery) -> IncidentPage:

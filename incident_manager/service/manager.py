@@ -52,6 +52,7 @@ from incident_manager.service.commands import (
     ResolveIncident,
     UpdateIncident,
 )
+from incident_manager.service.pager import Pager, RulesHolder
 from incident_manager.service.pagination import (
     decode_page_token,
     encode_page_token,
@@ -116,6 +117,8 @@ class IncidentManager:
         max_pending_alerts: int = 0,
         auto_resolve: AutoResolvePolicies | None = None,
         observer: Observer | None = None,
+        paging: RulesHolder | None = None,
+        wake_paging: Callable[[], None] = lambda: None,
     ) -> None:
         self.storage = storage
         self.dedup_window = dedup_window
@@ -129,6 +132,11 @@ class IncidentManager:
         """Alerts handed to storage and not yet stored (or refused)."""
         self.auto_resolve = auto_resolve or AutoResolvePolicies()
         self.hub = hub or EventHub()
+        self.paging = paging or RulesHolder()
+        """The paging configuration in force (None: nobody is paged); read per request,
+        so a reload applies to the next one."""
+        self.pager = Pager(storage, self.paging, clock, wake_paging)
+        """The PagingService use cases."""
         self.started = time.monotonic()
         storage.add_listener(self.hub.publish)
 
@@ -154,6 +162,7 @@ class IncidentManager:
                         now=self.clock(),
                         limiter=self.rate_limiter,
                         policies=self.auto_resolve,
+                        paging=self.paging(),
                     )
                 )
             finally:
@@ -248,7 +257,9 @@ class IncidentManager:
 
     async def create_incident(self, command: CreateIncident) -> Incident:
         return await self._write(
-            partial(handlers.create_incident, command=command, now=self.clock())
+            partial(
+                handlers.create_incident, command=command, now=self.clock(), paging=self.paging()
+            )
         )
 
     async def get_incident(self, incident_id: str) -> Incident:
@@ -256,16 +267,33 @@ class IncidentManager:
 
     async def update_incident(self, command: UpdateIncident) -> Incident:
         return await self._write(
-            partial(handlers.update_incident, command=command, now=self.clock())
+            partial(
+                handlers.update_incident, command=command, now=self.clock(), paging=self.paging()
+            )
         )
 
     async def resolve_incident(self, command: ResolveIncident) -> Incident:
         return await self._write(
-            partial(handlers.resolve_incident, command=command, now=self.clock())
+            partial(
+                handlers.resolve_incident, command=command, now=self.clock(), paging=self.paging()
+            )
         )
 
     async def add_note(self, command: AddNote) -> tuple[Note, Incident]:
-        return await self._write(partial(handlers.add_note, command=command, now=self.clock()))
+        return await self._write(
+            partial(handlers.add_note, command=command, now=self.clock(), paging=self.paging())
+        )
+
+    async def acknowledge_incident(self, incident_id: str, actor: str) -> Incident:
+        return await self._write(
+            partial(
+                handlers.acknowledge_incident,
+                incident_id=incident_id,
+                actor=actor,
+                now=self.clock(),
+                paging=self.paging(),
+            )
+        )
 
     async def list_incidents(self, request: ListRequest) -> ListResult:
         page_size = page_size_or_default(request.page_size)

@@ -37,6 +37,7 @@ from generated.incident_manager.v1 import (
     incident_service_pb2_grpc,
     integrations_pb2,
     integrations_pb2_grpc,
+    paging_service_pb2,
 )
 from incident_manager.adapters.memory import MemoryStorage
 from incident_manager.config import Settings
@@ -52,11 +53,24 @@ ROLES = ("ingest", "reader", "responder", "admin")
 INCIDENTS = "incident_manager.v1.IncidentService"
 INGESTION = "incident_manager.v1.AlertIngestionService"
 INTEGRATIONS = "incident_manager.v1.IntegrationService"
-READS = {f"{INCIDENTS}/{m}" for m in ("GetIncident", "ListIncidents", "StreamIncidents")}
-CHANGES = {
-    f"{INCIDENTS}/{m}" for m in ("CreateIncident", "UpdateIncident", "ResolveIncident", "AddNote")
+PAGING = "incident_manager.v1.PagingService"
+READS = {f"{INCIDENTS}/{m}" for m in ("GetIncident", "ListIncidents", "StreamIncidents")} | {
+    f"{PAGING}/{m}"
+    for m in ("ListNotifications", "TestRoute", "GetOnCall", "ListOverrides", "ListSilences")
 }
-FILES = (incident_service_pb2, alert_ingestion_service_pb2, integrations_pb2)
+CHANGES = {
+    f"{INCIDENTS}/{m}"
+    for m in (
+        "CreateIncident",
+        "UpdateIncident",
+        "ResolveIncident",
+        "AddNote",
+        "AcknowledgeIncident",
+    )
+} | {
+    f"{PAGING}/{m}" for m in ("CreateOverride", "DeleteOverride", "CreateSilence", "ExpireSilence")
+}
+FILES = (incident_service_pb2, alert_ingestion_service_pb2, integrations_pb2, paging_service_pb2)
 EVERY_METHOD = {
     f"{service.full_name}/{method.name}": method
     for module in FILES

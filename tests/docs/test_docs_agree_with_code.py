@@ -189,6 +189,8 @@ def label_names() -> dict[str, set[str]]:
         [AlertAck("a-1", AckStatus.ACCEPTED)], [AlertAck("a-1", AckStatus.ACCEPTED)]
     )
     metrics.open_incidents.labels("P0", "DETECTED").set(1)
+    metrics.delivery_finished("webhook", "sent")
+    metrics.paging_reloads.labels("applied").inc()
     labels: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:

@@ -3,21 +3,16 @@ with STARTTLS on a self-signed certificate made here and AUTH where a test asks 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import email
-import email.policy
 import ipaddress
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,73 +26,9 @@ from incident_manager.adapters.channels.base import (
 )
 from incident_manager.adapters.channels.email import EmailChannel, SmtpSettings
 from tests.support.pages import page
+from tests.support.receivers import PASSWORD, LoopbackController, Mailbox
 
-PASSWORD = "correct horse battery staple"
 ALICE = Recipient("alice", "alice@example.com", "Alice Ng")
-
-
-@dataclass
-class Received:
-    """One message as the server accepted it."""
-
-    mail_from: str
-    rcpt_tos: list[str]
-    message: EmailMessage
-    over_tls: bool
-    authenticated: bool
-
-
-@dataclass
-class Mailbox:
-    """An aiosmtpd handler that records accepted messages and can refuse on cue."""
-
-    received: list[Received] = field(default_factory=list)
-    refuse_recipients: dict[str, str] = field(default_factory=dict)
-    data_replies: list[str] = field(default_factory=list)
-    logins: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
-    ) -> str:
-        if address in self.refuse_recipients:
-            return self.refuse_recipients[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.data_replies:
-            return self.data_replies.pop(0)
-        message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        self.received.append(
-            Received(
-                envelope.mail_from,
-                list(envelope.rcpt_tos),
-                message,
-                over_tls=session.ssl is not None,
-                authenticated=bool(session.authenticated),
-            )
-        )
-        return "250 OK queued as 4F2A1"
-
-    def authenticate(
-        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
-    ) -> AuthResult:
-        assert isinstance(auth_data, LoginPassword)
-        self.logins.append((auth_data.login, auth_data.password))
-        ok = auth_data.login == b"pager" and auth_data.password == PASSWORD.encode()
-        # handled=False: aiosmtpd answers a failure with 535 itself.
-        return AuthResult(success=ok, handled=False)
-
-
-class LoopbackController(Controller):
-    """aiosmtpd's Controller on a port the OS chooses: it learns the port before its
-    start-up probe connects."""
-
-    def _trigger_server(self) -> None:
-        assert isinstance(self.server, asyncio.Server)
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:

@@ -145,7 +145,7 @@ async def test_the_dedup_lookup_reads_the_index_on_the_last_alert_time_without_s
 
 async def test_a_database_at_the_previous_schema_version_upgrades_and_keeps_its_incidents() -> None:
     previous = 1
-    assert len(MIGRATIONS) == previous + 1
+    assert len(MIGRATIONS) > previous
     firing = Incident.open(
         title="fan 2 stopped", description="", severity=Severity.P2, type=IncidentType.DATA,
         source="rack-7", affected_resources=[], labels={"dc": "fra"}, assignees=["ops"],
@@ -188,4 +188,4 @@ async def test_a_database_at_the_previous_schema_version_upgrades_and_keeps_its_
             await storage.close()
         with psycopg.connect(url) as conn:
             row = conn.execute("SELECT version FROM schema_version").fetchone()
-            assert row == (previous + 1,)
+            assert row == (len(MIGRATIONS),)

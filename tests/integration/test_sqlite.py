@@ -186,7 +186,7 @@ async def test_a_database_at_the_previous_schema_version_upgrades_and_keeps_its_
 ) -> None:
     path = tmp_path / "v5.db"
     previous = 5
-    assert len(MIGRATIONS) == previous + 1
+    assert len(MIGRATIONS) > previous
     firing = Incident.open(
         title="fan 2 stopped", description="", severity=Severity.P2, type=IncidentType.DATA,
         source="rack-7", affected_resources=[], labels={"dc": "fra"}, assignees=["ops"],
@@ -229,7 +229,7 @@ async def test_a_database_at_the_previous_schema_version_upgrades_and_keeps_its_
     assert (await manager.get_incident(firing.id)).alert_count == 5
     await manager.storage.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == previous + 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert "incidents_active_by_fingerprint (fingerprint=? AND last_alert_time>?)" in (
             query_plan(conn)
         )

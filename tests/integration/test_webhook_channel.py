@@ -6,121 +6,37 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from incident_manager.adapters.channels.base import Delivery, Outcome
 from incident_manager.adapters.channels.http import HttpClient
 from incident_manager.adapters.channels.webhook import WebhookChannel, WebhookSettings
 from tests.support.pages import page
+from tests.support.receivers import (
+    Behaviour,
+    Receiver,
+    drop_connection,
+    hang,
+    status,
+    verify_standard_webhook,
+    webhook_receiver,
+)
 
 SECRET = "whsec_" + base64.b64encode(b"a-signing-key-of-32-bytes-long!!").decode()
 RAW_SECRET = "not-base64 but a fine secret"
 
 
-def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """Standard Webhooks 1.0, "Verifying signatures": the three headers must be present, the
-    timestamp within 5 minutes, and one `v1,` signature in the space-separated list must be
-    the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`, compared in constant time."""
-    msg_id = headers.get("webhook-id")
-    stamp = headers.get("webhook-timestamp")
-    signatures = headers.get("webhook-signature")
-    if not (msg_id and stamp and signatures) or not stamp.isdigit():
-        return False
-    if abs(time.time() - int(stamp)) > 5 * 60:
-        return False
-    # The spec's secrets are `whsec_` + base64; this project also takes a plain secret as bytes.
-    prefix = "whsec_"
-    key = base64.b64decode(secret[len(prefix) :]) if secret.startswith(prefix) else secret.encode()
-    expected = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
-    for entry in signatures.split(" "):
-        version, _, value = entry.partition(",")
-        if version == "v1" and hmac.compare_digest(base64.b64decode(value), expected):
-            return True
-    return False
-
-
-@dataclass
-class Received:
-    """One request as the receiver saw it."""
-
-    headers: dict[str, str]
-    body: bytes
-    path: str
-
-
-Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver: answers each request with the next scripted behaviour (then 200)
-    and records what it got."""
-
-    received: list[Received] = field(default_factory=list)
-    script: list[Behaviour] = field(default_factory=list)
-    url: str = ""
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        self.received.append(Received(headers, body, request.path_qs))
-        if self.script:
-            return await self.script.pop(0)(request)
-        return web.Response(status=200, text="thanks")
-
-    def then(self, *behaviours: Behaviour) -> None:
-        self.script.extend(behaviours)
-
-
-def status(code: int, **headers: str) -> Behaviour:
-    async def answer(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=code, headers=headers, text=f"answer {code}")
-
-    return answer
-
-
-def hang(seconds: float) -> Behaviour:
-    async def answer(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(seconds)
-        return web.Response(status=200)
-
-    return answer
-
-
-def drop_connection() -> Behaviour:
-    async def answer(request: web.Request) -> web.StreamResponse:
-        assert request.transport is not None
-        request.transport.close()
-        # Never answered: the client sees the connection end mid-request.
-        await asyncio.sleep(5)
-        return web.Response(status=200)
-
-    return answer
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    recorder = Receiver()
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", recorder.handle)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    recorder.url = str(server.make_url("/hook"))
-    try:
+    async with webhook_receiver() as recorder:
         yield recorder
-    finally:
-        await server.close()
 
 
 @pytest.fixture

@@ -195,16 +195,28 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     `matched_on` (the fingerprint fields or the dedup key that matched).
     """
     EVENT_TYPE_ESCALATED: _EventType.ValueType  # 7
-    """The incident was escalated."""
+    """A paging step started: an escalation level began notifying its
+    targets, or the incident moved to another escalation policy, or paging
+    was held by a silence. Details hold `policy`, `level`, `round`,
+    `targets` and `reason` (and `late_by` when the step ran after its due
+    time, e.g. after the server was down).
+    """
     EVENT_TYPE_ACTION_EXECUTED: _EventType.ValueType  # 8
     """An automated action ran against the incident."""
     EVENT_TYPE_NOTIFICATION_SENT: _EventType.ValueType  # 9
-    """Someone was notified about the incident."""
+    """A page was delivered, or finally failed to be delivered. Details hold
+    `notification_id`, `target`, `channel`, `outcome` (SENT or FAILED) and
+    `attempts`.
+    """
     EVENT_TYPE_RESOLVED: _EventType.ValueType  # 10
     """The incident was resolved; details hold the resolution method."""
     EVENT_TYPE_UPDATED: _EventType.ValueType  # 11
     """Title, description, type, labels or affected resources changed;
     details hold `fields`, the names of the changed fields.
+    """
+    EVENT_TYPE_ACKNOWLEDGED: _EventType.ValueType  # 12
+    """Someone acknowledged the incident: paging stops, and starts again only
+    if the acknowledgement times out. Details hold `by`.
     """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
@@ -227,16 +239,28 @@ EVENT_TYPE_ALERT_MERGED: EventType.ValueType  # 6
 `matched_on` (the fingerprint fields or the dedup key that matched).
 """
 EVENT_TYPE_ESCALATED: EventType.ValueType  # 7
-"""The incident was escalated."""
+"""A paging step started: an escalation level began notifying its
+targets, or the incident moved to another escalation policy, or paging
+was held by a silence. Details hold `policy`, `level`, `round`,
+`targets` and `reason` (and `late_by` when the step ran after its due
+time, e.g. after the server was down).
+"""
 EVENT_TYPE_ACTION_EXECUTED: EventType.ValueType  # 8
 """An automated action ran against the incident."""
 EVENT_TYPE_NOTIFICATION_SENT: EventType.ValueType  # 9
-"""Someone was notified about the incident."""
+"""A page was delivered, or finally failed to be delivered. Details hold
+`notification_id`, `target`, `channel`, `outcome` (SENT or FAILED) and
+`attempts`.
+"""
 EVENT_TYPE_RESOLVED: EventType.ValueType  # 10
 """The incident was resolved; details hold the resolution method."""
 EVENT_TYPE_UPDATED: EventType.ValueType  # 11
 """Title, description, type, labels or affected resources changed;
 details hold `fields`, the names of the changed fields.
+"""
+EVENT_TYPE_ACKNOWLEDGED: EventType.ValueType  # 12
+"""Someone acknowledged the incident: paging stops, and starts again only
+if the acknowledgement times out. Details hold `by`.
 """
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
@@ -440,6 +464,8 @@ class Incident(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     TIMELINE_SIZE_FIELD_NUMBER: _builtins.int
     NOTES_SIZE_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier, e.g. `inc_01J9Z3...`. Ignored on create."""
     title: _builtins.str
@@ -474,6 +500,10 @@ class Incident(_message.Message):
     """Output only. Total number of timeline events of this incident."""
     notes_size: _builtins.int
     """Output only. Total number of notes on this incident."""
+    acknowledged_by: _builtins.str
+    """Output only. Who acknowledged the incident most recently (with
+    AcknowledgeIncident, or by moving it past DETECTED); empty if nobody has.
+    """
     @_builtins.property
     def affected_resources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Resources affected: models, endpoints, hosts. At most 64 entries."""
@@ -512,6 +542,10 @@ class Incident(_message.Message):
         the FULL view is asked for.
         """
 
+    @_builtins.property
+    def acknowledge_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When it was acknowledged most recently; unset if never."""
+
     def __init__(
         self,
         *,
@@ -535,10 +569,12 @@ class Incident(_message.Message):
         etag: _builtins.str = ...,
         timeline_size: _builtins.int = ...,
         notes_size: _builtins.int = ...,
+        acknowledged_by: _builtins.str = ...,
+        acknowledge_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "resolution", b"resolution", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "create_time", b"create_time", "resolution", b"resolution", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_resources", b"affected_resources", "alert_count", b"alert_count", "assignees", b"assignees", "create_time", b"create_time", "description", b"description", "etag", b"etag", "fingerprint", b"fingerprint", "id", b"id", "labels", b"labels", "notes", b"notes", "notes_size", b"notes_size", "resolution", b"resolution", "severity", b"severity", "source", b"source", "state", b"state", "timeline", b"timeline", "timeline_size", b"timeline_size", "title", b"title", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "acknowledged_by", b"acknowledged_by", "affected_resources", b"affected_resources", "alert_count", b"alert_count", "assignees", b"assignees", "create_time", b"create_time", "description", b"description", "etag", b"etag", "fingerprint", b"fingerprint", "id", b"id", "labels", b"labels", "notes", b"notes", "notes_size", b"notes_size", "resolution", b"resolution", "severity", b"severity", "source", b"source", "state", b"state", "timeline", b"timeline", "timeline_size", b"timeline_size", "title", b"title", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

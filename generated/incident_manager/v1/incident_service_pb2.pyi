@@ -360,6 +360,60 @@ class AddNoteResponse(_message.Message):
 Global___AddNoteResponse: _TypeAlias = AddNoteResponse  # noqa: Y015
 
 @_typing.final
+class AcknowledgeIncidentRequest(_message.Message):
+    """Request for AcknowledgeIncident."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The incident's id. Required."""
+    actor: _builtins.str
+    """Who acknowledges it. Required, unless the server authenticates callers:
+    then it is the caller's principal, as for CreateIncidentRequest.actor.
+    """
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeIncidentRequest: _TypeAlias = AcknowledgeIncidentRequest  # noqa: Y015
+
+@_typing.final
+class AcknowledgeIncidentResponse(_message.Message):
+    """Response for AcknowledgeIncident."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCIDENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def incident(self) -> _incident_pb2.Incident:
+        """The incident after the acknowledgement, with `acknowledged_by` and
+        `acknowledge_time` set.
+        """
+
+    def __init__(
+        self,
+        *,
+        incident: _incident_pb2.Incident | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident", b"incident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeIncidentResponse: _TypeAlias = AcknowledgeIncidentResponse  # noqa: Y015
+
+@_typing.final
 class ListIncidentsRequest(_message.Message):
     """Request for ListIncidents. Filters of different kinds are ANDed; values of
     one repeated filter are ORed. Empty filters match everything.

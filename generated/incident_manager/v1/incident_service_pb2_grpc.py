@@ -60,6 +60,11 @@ class IncidentServiceStub:
                 request_serializer=incident__manager_dot_v1_dot_incident__service__pb2.AddNoteRequest.SerializeToString,
                 response_deserializer=incident__manager_dot_v1_dot_incident__service__pb2.AddNoteResponse.FromString,
                 _registered_method=True)
+        self.AcknowledgeIncident = channel.unary_unary(
+                '/incident_manager.v1.IncidentService/AcknowledgeIncident',
+                request_serializer=incident__manager_dot_v1_dot_incident__service__pb2.AcknowledgeIncidentRequest.SerializeToString,
+                response_deserializer=incident__manager_dot_v1_dot_incident__service__pb2.AcknowledgeIncidentResponse.FromString,
+                _registered_method=True)
         self.ListIncidents = channel.unary_unary(
                 '/incident_manager.v1.IncidentService/ListIncidents',
                 request_serializer=incident__manager_dot_v1_dot_incident__service__pb2.ListIncidentsRequest.SerializeToString,
@@ -116,6 +121,16 @@ class IncidentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcknowledgeIncident(self, request, context):
+        """Acknowledges an incident: somebody is on it, so paging stops. A DETECTED
+        incident moves to TRIAGED; acknowledging an incident already TRIAGED or
+        later is allowed and re-arms its policy's acknowledgement timeout.
+        FAILED_PRECONDITION if it is RESOLVED or CLOSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListIncidents(self, request, context):
         """Lists incidents matching the filters, a page at a time. Pages stay
         consistent while new incidents are being created.
@@ -164,6 +179,11 @@ def add_IncidentServiceServicer_to_server(servicer, server):
                     servicer.AddNote,
                     request_deserializer=incident__manager_dot_v1_dot_incident__service__pb2.AddNoteRequest.FromString,
                     response_serializer=incident__manager_dot_v1_dot_incident__service__pb2.AddNoteResponse.SerializeToString,
+            ),
+            'AcknowledgeIncident': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeIncident,
+                    request_deserializer=incident__manager_dot_v1_dot_incident__service__pb2.AcknowledgeIncidentRequest.FromString,
+                    response_serializer=incident__manager_dot_v1_dot_incident__service__pb2.AcknowledgeIncidentResponse.SerializeToString,
             ),
             'ListIncidents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListIncidents,
@@ -312,6 +332,33 @@ class IncidentService:
             '/incident_manager.v1.IncidentService/AddNote',
             incident__manager_dot_v1_dot_incident__service__pb2.AddNoteRequest.SerializeToString,
             incident__manager_dot_v1_dot_incident__service__pb2.AddNoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeIncident(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/incident_manager.v1.IncidentService/AcknowledgeIncident',
+            incident__manager_dot_v1_dot_incident__service__pb2.AcknowledgeIncidentRequest.SerializeToString,
+            incident__manager_dot_v1_dot_incident__service__pb2.AcknowledgeIncidentResponse.FromString,
             options,
             channel_credentials,
             insecure,

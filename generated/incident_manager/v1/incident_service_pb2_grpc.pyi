@@ -52,6 +52,12 @@ class IncidentServiceStub:
     """
     AddNote: _grpc.UnaryUnaryMultiCallable[_incident_service_pb2.AddNoteRequest, _incident_service_pb2.AddNoteResponse]
     """Adds a note to an incident's timeline."""
+    AcknowledgeIncident: _grpc.UnaryUnaryMultiCallable[_incident_service_pb2.AcknowledgeIncidentRequest, _incident_service_pb2.AcknowledgeIncidentResponse]
+    """Acknowledges an incident: somebody is on it, so paging stops. A DETECTED
+    incident moves to TRIAGED; acknowledging an incident already TRIAGED or
+    later is allowed and re-arms its policy's acknowledgement timeout.
+    FAILED_PRECONDITION if it is RESOLVED or CLOSED.
+    """
     ListIncidents: _grpc.UnaryUnaryMultiCallable[_incident_service_pb2.ListIncidentsRequest, _incident_service_pb2.ListIncidentsResponse]
     """Lists incidents matching the filters, a page at a time. Pages stay
     consistent while new incidents are being created.
@@ -90,6 +96,12 @@ class IncidentServiceAsyncStub(IncidentServiceStub):
     """
     AddNote: _aio.UnaryUnaryMultiCallable[_incident_service_pb2.AddNoteRequest, _incident_service_pb2.AddNoteResponse]  # type: ignore[assignment]
     """Adds a note to an incident's timeline."""
+    AcknowledgeIncident: _aio.UnaryUnaryMultiCallable[_incident_service_pb2.AcknowledgeIncidentRequest, _incident_service_pb2.AcknowledgeIncidentResponse]  # type: ignore[assignment]
+    """Acknowledges an incident: somebody is on it, so paging stops. A DETECTED
+    incident moves to TRIAGED; acknowledging an incident already TRIAGED or
+    later is allowed and re-arms its policy's acknowledgement timeout.
+    FAILED_PRECONDITION if it is RESOLVED or CLOSED.
+    """
     ListIncidents: _aio.UnaryUnaryMultiCallable[_incident_service_pb2.ListIncidentsRequest, _incident_service_pb2.ListIncidentsResponse]  # type: ignore[assignment]
     """Lists incidents matching the filters, a page at a time. Pages stay
     consistent while new incidents are being created.
@@ -155,6 +167,18 @@ class IncidentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_incident_service_pb2.AddNoteResponse, _abc.Awaitable[_incident_service_pb2.AddNoteResponse]]:
         """Adds a note to an incident's timeline."""
+
+    @_abc_1.abstractmethod
+    def AcknowledgeIncident(
+        self,
+        request: _incident_service_pb2.AcknowledgeIncidentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_incident_service_pb2.AcknowledgeIncidentResponse, _abc.Awaitable[_incident_service_pb2.AcknowledgeIncidentResponse]]:
+        """Acknowledges an incident: somebody is on it, so paging stops. A DETECTED
+        incident moves to TRIAGED; acknowledging an incident already TRIAGED or
+        later is allowed and re-arms its policy's acknowledgement timeout.
+        FAILED_PRECONDITION if it is RESOLVED or CLOSED.
+        """
 
     @_abc_1.abstractmethod
     def ListIncidents(

@@ -9,11 +9,14 @@ be undone; timeline events are staged and numbered just before COMMIT.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from incident_manager.adapters.postgres.transaction import RaceLost, Transaction, lock_key
 from incident_manager.adapters.sql.dialect import Dialect
+from incident_manager.adapters.sql.paging import SqlPaging
 from incident_manager.adapters.sql.repositories import (
     SqlAlerts,
     SqlEvents,
@@ -138,6 +141,14 @@ class PostgresUnitOfWork(UnitOfWork):
         self.alerts = PostgresAlerts(tx)
         self.events = PostgresEvents(tx, SQL)
         self.requests = PostgresRequests(tx)
+        # Due rows are locked with SKIP LOCKED, so replicas claim different ones; an
+        # escalation changed by another replica since it was read reruns the unit.
+        self.paging = SqlPaging(
+            functools.partial(_paging_statement, tx),
+            DIALECT,
+            lock_rows=" FOR UPDATE SKIP LOCKED",
+            race=RaceLost,
+        )
 
     def commit(self) -> None:
         if not self.tx.write:
@@ -146,6 +157,12 @@ class PostgresUnitOfWork(UnitOfWork):
 
     def rollback(self) -> None:
         return None  # the storage rolls back unless the work committed and returned
+
+
+def _paging_statement(tx: Transaction, query: str, params: Sequence[Any]) -> Any:
+    if not query.startswith("SELECT"):
+        tx.writing()
+    return tx.execute(query, params)
 
 
 def number_and_store(tx: Transaction) -> list[IncidentEvent]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from incident_manager.adapters.sql.paging import PAGING_MIGRATION
 from incident_manager.domain.errors import StorageUnavailable
 
 log = logging.getLogger("incident_manager.adapters.postgres")
@@ -109,6 +110,7 @@ MIGRATIONS: tuple[str, ...] = (
         ADD COLUMN acknowledged_by TEXT NOT NULL DEFAULT '',
         ADD COLUMN acknowledge_time BIGINT;
     """,
+    PAGING_MIGRATION,
 )
 
 

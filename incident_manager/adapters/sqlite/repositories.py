@@ -10,6 +10,7 @@ import sqlite3
 from datetime import datetime
 
 from incident_manager.adapters.sql.dialect import Dialect
+from incident_manager.adapters.sql.paging import SqlPaging
 from incident_manager.adapters.sql.repositories import (
     Cursor,
     SqlAlerts,
@@ -209,6 +210,8 @@ class SqliteUnitOfWork(UnitOfWork):
         self.alerts = SqliteAlerts(conn, cache)
         self.events = SqliteEvents(conn, SQL)
         self.requests = SqlRequests(conn, SQL)
+        # One writer: a due row it reads is claimed, no lock needed.
+        self.paging = SqlPaging(conn.execute, DIALECT)
         if not write:
             conn.execute("BEGIN")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+from incident_manager.adapters.sql.paging import PAGING_MIGRATION
 from incident_manager.domain.errors import StorageUnavailable
 
 log = logging.getLogger("incident_manager.adapters.sqlite")
@@ -107,6 +108,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE incidents ADD COLUMN acknowledged_by TEXT NOT NULL DEFAULT '';
     ALTER TABLE incidents ADD COLUMN acknowledge_time INTEGER;
     """,
+    PAGING_MIGRATION,
 )
 
 

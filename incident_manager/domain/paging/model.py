@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 from typing import ClassVar
 from zoneinfo import ZoneInfo
@@ -375,6 +375,8 @@ class Override:
     end: datetime
     created_by: str
     reason: str = ""
+    create_time: datetime | None = None
+    """When it was made; None only for overrides not stored yet."""
 
     def __post_init__(self) -> None:
         wrong = _require_aware("an override", start=self.start, end=self.end)
@@ -402,6 +404,10 @@ class Silence:
     end: datetime
     created_by: str
     comment: str = ""
+    create_time: datetime | None = None
+    """When it was made; None only for silences not stored yet."""
+    expired_by: str = ""
+    """Who ended it early (ExpireSilence); empty if it ran, or runs, to its end."""
 
     def __post_init__(self) -> None:
         wrong = _require_aware("a silence", start=self.start, end=self.end)
@@ -417,7 +423,7 @@ class Silence:
         """Whether it holds matching incidents at that moment."""
         return self.start <= at < self.end
 
-    def expired(self, at: datetime) -> Silence:
-        """This silence ended at `at` (or not begun, if it had not started)."""
+    def expired(self, at: datetime, by: str = "") -> Silence:
+        """This silence ended at `at` (or not begun, if it had not started), by `by`."""
         end = min(self.end, max(self.start, at))
-        return Silence(self.id, self.matcher, self.start, end, self.created_by, self.comment)
+        return replace(self, end=end, expired_by=by or self.expired_by)

@@ -1,0 +1,300 @@
+"""How paging state is stored as rows, shared by SQLite and PostgreSQL.
+
+Same conventions as the incident rows: times are integer microseconds since
+the epoch, structures are compact JSON, enums their values. Each column
+tuple names the order in which its row functions read and write.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from incident_manager.domain.model import IncidentType, Severity
+from incident_manager.domain.paging.ledger import (
+    Escalation,
+    EscalationStatus,
+    Notification,
+    NotificationState,
+)
+from incident_manager.domain.paging.model import (
+    EscalationPolicy,
+    Level,
+    Matcher,
+    Override,
+    Silence,
+    Target,
+    TargetKind,
+)
+from incident_manager.domain.query import from_micros, micros
+
+ESCALATION_COLUMNS = (
+    "incident_id",
+    "policy_id",
+    "route",
+    "policy",
+    "status",
+    "started_at",
+    "next_level",
+    "next_round",
+    "due_at",
+    "reason",
+    "silenced_by",
+    "fence",
+)
+NOTIFICATION_COLUMNS = (
+    "id",
+    "incident_id",
+    "policy_id",
+    "level",
+    "round",
+    "ordinal",
+    "target_kind",
+    "target_id",
+    "user_id",
+    "channel_id",
+    "channel_type",
+    "recipient",
+    "reason",
+    "create_time",
+    "content",
+    "state",
+    "attempts",
+    "last_error",
+    "update_time",
+    "send_time",
+    "next_attempt_time",
+    "claimed_by",
+    "claim_until",
+)
+SILENCE_COLUMNS = (
+    "id",
+    "matchers",
+    "start_time",
+    "end_time",
+    "created_by",
+    "comment",
+    "create_time",
+    "expired_by",
+)
+OVERRIDE_COLUMNS = (
+    "id",
+    "schedule_id",
+    "user_id",
+    "start_time",
+    "end_time",
+    "created_by",
+    "reason",
+    "create_time",
+)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _micros_or_none(moment: datetime | None) -> int | None:
+    return None if moment is None else micros(moment)
+
+
+def _time_or_none(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
+def _span(delta: timedelta | None) -> int | None:
+    return None if delta is None else delta // timedelta(microseconds=1)
+
+
+def policy_to_json(policy: EscalationPolicy) -> str:
+    return _dumps(
+        {
+            "id": policy.id,
+            "levels": [
+                {
+                    "after": _span(level.after),
+                    "targets": [[t.kind.value, t.id] for t in level.targets],
+                }
+                for level in policy.levels
+            ],
+            "repeat": policy.repeat,
+            "repeat_after": _span(policy.repeat_after),
+            "ack_timeout": _span(policy.ack_timeout),
+        }
+    )
+
+
+def policy_from_json(text: str) -> EscalationPolicy:
+    data = json.loads(text)
+    return EscalationPolicy(
+        id=data["id"],
+        levels=tuple(
+            Level(
+                timedelta(microseconds=level["after"]),
+                tuple(Target(TargetKind(kind), target) for kind, target in level["targets"]),
+            )
+            for level in data["levels"]
+        ),
+        repeat=data["repeat"],
+        repeat_after=timedelta(microseconds=data["repeat_after"]),
+        ack_timeout=(
+            None if data["ack_timeout"] is None else timedelta(microseconds=data["ack_timeout"])
+        ),
+    )
+
+
+def escalation_row(escalation: Escalation, fence: int) -> tuple[Any, ...]:
+    return (
+        escalation.incident_id,
+        escalation.policy.id,
+        escalation.route,
+        policy_to_json(escalation.policy),
+        escalation.status.value,
+        micros(escalation.started_at),
+        escalation.next_level,
+        escalation.next_round,
+        _micros_or_none(escalation.due_at),
+        escalation.reason,
+        escalation.silenced_by,
+        fence,
+    )
+
+
+def escalation_from_row(row: Sequence[Any]) -> Escalation:
+    return Escalation(
+        incident_id=row[0],
+        route=row[2],
+        policy=policy_from_json(row[3]),
+        status=EscalationStatus(row[4]),
+        started_at=from_micros(row[5]),
+        next_level=row[6],
+        next_round=row[7],
+        due_at=_time_or_none(row[8]),
+        reason=row[9],
+        silenced_by=row[10],
+        fence=row[11],
+        loaded_fence=row[11],
+    )
+
+
+def notification_row(n: Notification) -> tuple[Any, ...]:
+    return (
+        n.id,
+        n.incident_id,
+        n.policy_id,
+        n.level,
+        n.round,
+        n.ordinal,
+        n.target_kind.value,
+        n.target_id,
+        n.user_id,
+        n.channel_id,
+        n.channel_type,
+        n.recipient,
+        n.reason,
+        micros(n.create_time),
+        _dumps(dict(n.content)),
+        int(n.state),
+        n.attempts,
+        n.last_error,
+        _micros_or_none(n.update_time),
+        _micros_or_none(n.send_time),
+        _micros_or_none(n.next_attempt_time),
+        n.claimed_by,
+        _micros_or_none(n.claim_until),
+    )
+
+
+def notification_from_row(row: Sequence[Any]) -> Notification:
+    return Notification(
+        id=row[0],
+        incident_id=row[1],
+        policy_id=row[2],
+        level=row[3],
+        round=row[4],
+        ordinal=row[5],
+        target_kind=TargetKind(row[6]),
+        target_id=row[7],
+        user_id=row[8],
+        channel_id=row[9],
+        channel_type=row[10],
+        recipient=row[11],
+        reason=row[12],
+        create_time=from_micros(row[13]),
+        content=json.loads(row[14]),
+        state=NotificationState(row[15]),
+        attempts=row[16],
+        last_error=row[17],
+        update_time=_time_or_none(row[18]),
+        send_time=_time_or_none(row[19]),
+        next_attempt_time=_time_or_none(row[20]),
+        claimed_by=row[21],
+        claim_until=_time_or_none(row[22]),
+    )
+
+
+def silence_row(s: Silence) -> tuple[Any, ...]:
+    matcher = s.matcher
+    return (
+        s.id,
+        _dumps(
+            {
+                "sources": sorted(matcher.sources),
+                "types": sorted(t.name for t in matcher.types),
+                "severities": sorted(v.name for v in matcher.severities),
+                "labels": dict(matcher.labels),
+            }
+        ),
+        micros(s.start),
+        micros(s.end),
+        s.created_by,
+        s.comment,
+        micros(s.create_time or s.start),
+        s.expired_by,
+    )
+
+
+def silence_from_row(row: Sequence[Any]) -> Silence:
+    matcher = json.loads(row[1])
+    return Silence(
+        id=row[0],
+        matcher=Matcher(
+            sources=frozenset(matcher["sources"]),
+            types=frozenset(IncidentType[name] for name in matcher["types"]),
+            severities=frozenset(Severity[name] for name in matcher["severities"]),
+            labels=matcher["labels"],
+        ),
+        start=from_micros(row[2]),
+        end=from_micros(row[3]),
+        created_by=row[4],
+        comment=row[5],
+        create_time=from_micros(row[6]),
+        expired_by=row[7],
+    )
+
+
+def override_row(o: Override) -> tuple[Any, ...]:
+    return (
+        o.id,
+        o.schedule_id,
+        o.user_id,
+        micros(o.start),
+        micros(o.end),
+        o.created_by,
+        o.reason,
+        micros(o.create_time or o.start),
+    )
+
+
+def override_from_row(row: Sequence[Any]) -> Override:
+    return Override(
+        id=row[0],
+        schedule_id=row[1],
+        user_id=row[2],
+        start=from_micros(row[3]),
+        end=from_micros(row[4]),
+        created_by=row[5],
+        reason=row[6],
+        create_time=from_micros(row[7]),
+    )

@@ -1,0 +1,444 @@
+"""Paging use cases: keep each incident's escalation in step with the incident,
+run the steps that are due, and record what became of each delivery.
+
+Every function here runs inside a unit of work, so a page that becomes due
+is written in the same transaction as the change that caused it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from incident_manager.domain.model import EventType, Incident, IncidentState, Severity
+from incident_manager.domain.paging.escalation import Delivery, resolve_level
+from incident_manager.domain.paging.ledger import (
+    Escalation,
+    EscalationStatus,
+    Notification,
+    NotificationState,
+    new_notification_id,
+)
+from incident_manager.domain.paging.model import Override, PagingConfig, Silence, TargetKind
+from incident_manager.domain.paging.routing import PagingSubject, choose_route, silences_holding
+from incident_manager.service.ports import DeliveryOutcome, PagingRepository, RetrySchedule
+
+LATE = timedelta(seconds=2)
+"""A step that runs this much after its due time says how late it was."""
+
+
+@dataclass(frozen=True)
+class Before:
+    """What an incident was before a change, to tell what the change means for paging."""
+
+    severity: Severity
+    state: IncidentState
+    acknowledge_time: datetime | None
+
+    @classmethod
+    def of(cls, incident: Incident) -> Before:
+        return cls(incident.severity, incident.state, incident.acknowledge_time)
+
+
+def follow_incident(
+    paging: PagingRepository,
+    config: PagingConfig | None,
+    incident: Incident,
+    before: Before | None,
+    now: datetime,
+    *,
+    by_person: bool = False,
+) -> None:
+    """Bring the incident's escalation in step with a change to the incident.
+
+    `before` is None for a new incident. `by_person` marks changes made by a
+    person (updates, notes), which re-arm an acknowledgement's timeout.
+    """
+    if config is None:
+        return
+    if before is not None and not _may_matter(incident, before, by_person):
+        return  # the hot path: a duplicate alert that raised nothing
+    escalation = paging.escalation(incident.id) if before is not None else None
+    if not incident.state.is_active:
+        if escalation is not None and escalation.status is not EscalationStatus.STOPPED:
+            escalation.stop()
+            paging.save_escalation(escalation)
+            _suppress_pending(paging, incident.id, f"incident {incident.state.name.lower()}", now)
+        return
+    acknowledged = incident.acknowledge_time is not None and (
+        before is None or incident.acknowledge_time != before.acknowledge_time
+    )
+    match = choose_route(config, PagingSubject.of(incident))
+    if escalation is None:
+        rose = before is not None and incident.severity.is_more_severe_than(before.severity)
+        if match is None or (before is not None and not rose):
+            # Never paged (it matched no route, or paging was off when it opened):
+            # only a severity rise that now matches a route starts paging.
+            return
+        reason = (
+            "new incident"
+            if before is None
+            else f"severity {incident.severity.name} now matches route {match.index + 1}"
+        )
+        escalation = Escalation.start(incident.id, match.policy, match.index + 1, now, reason)
+        if before is not None:
+            _escalated(incident, escalation, now, f"routed to policy {match.policy.id}")
+    elif escalation.status is EscalationStatus.STOPPED:
+        if match is None:
+            return
+        escalation.restart(match.policy, match.index + 1, now, "incident reopened")
+    elif (
+        before is not None
+        and incident.severity.is_more_severe_than(before.severity)
+        and match is not None
+        and match.policy.id != escalation.policy.id
+    ):
+        why = (
+            f"severity rose to {incident.severity.name}: route {match.index + 1} now applies,"
+            f" moving from policy {escalation.policy.id} to {match.policy.id}"
+        )
+        if escalation.status is EscalationStatus.ACKNOWLEDGED:
+            escalation.policy, escalation.route = match.policy, match.index + 1
+            escalation.acknowledge(incident.acknowledge_time or now)
+        else:
+            escalation.restart(match.policy, match.index + 1, now, why)
+            _suppress_pending(paging, incident.id, "moved to another escalation policy", now)
+        _escalated(incident, escalation, now, why)
+    if acknowledged:
+        escalation.acknowledge(now)
+        _suppress_pending(paging, incident.id, f"acknowledged by {incident.acknowledged_by}", now)
+    elif by_person and escalation.status is EscalationStatus.ACKNOWLEDGED:
+        escalation.acknowledge(now)  # a person is still working on it: re-arm the timeout
+    paging.save_escalation(escalation)
+
+
+def _may_matter(incident: Incident, before: Before, by_person: bool) -> bool:
+    return (
+        by_person
+        or incident.severity is not before.severity
+        or incident.state is not before.state
+        or incident.acknowledge_time != before.acknowledge_time
+    )
+
+
+def _suppress_pending(paging: PagingRepository, incident_id: str, why: str, now: datetime) -> None:
+    for notification in paging.pending_notifications(incident_id):
+        if notification.claimed_by:
+            continue  # already being sent; its outcome is recorded when it returns
+        notification.suppress(why, now)
+        paging.save_notification(notification)
+
+
+def _escalated(incident: Incident, escalation: Escalation, now: datetime, message: str) -> None:
+    incident.record_paging(
+        EventType.ESCALATED,
+        message,
+        now,
+        {
+            "policy": escalation.policy.id,
+            "route": str(escalation.route),
+            "level": str(escalation.next_level + 1),
+            "round": str(escalation.next_round + 1),
+            "reason": escalation.reason,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one pass of the scheduler did."""
+
+    steps: int
+    notifications: int
+
+
+def run_due_steps(
+    uow_paging: PagingRepository,
+    load: _IncidentAccess,
+    config: PagingConfig | None,
+    now: datetime,
+    limit: int,
+) -> StepReport:
+    """Run every escalation step due at `now` (up to `limit`), earliest first."""
+    steps = notified = 0
+    for escalation in uow_paging.claim_due_escalations(now, limit):
+        incident = load.get(escalation.incident_id)
+        steps += 1
+        if incident is None or not incident.state.is_active or config is None:
+            escalation.stop()
+            uow_paging.save_escalation(escalation)
+            continue
+        notified += _run_step(uow_paging, config, incident, escalation, now)
+        uow_paging.save_escalation(escalation)
+        load.save(incident)
+    return StepReport(steps, notified)
+
+
+class _IncidentAccess(Protocol):
+    def get(self, incident_id: str, *, with_history: bool = False) -> Incident | None: ...
+
+    def save(self, incident: Incident) -> None: ...
+
+
+def _run_step(
+    paging: PagingRepository,
+    config: PagingConfig,
+    incident: Incident,
+    escalation: Escalation,
+    now: datetime,
+) -> int:
+    due = escalation.due_at or now
+    late = now - due
+    if escalation.status is EscalationStatus.ACKNOWLEDGED:
+        escalation.restart(escalation.policy, escalation.route, now, "acknowledgement timed out")
+        _escalated(incident, escalation, now, "acknowledgement timed out: paging again")
+        if escalation.due_at and escalation.due_at > now:
+            return 0
+    elif escalation.status is EscalationStatus.SILENCED:
+        silences = _holding(paging, incident, now)
+        if silences:
+            _hold(incident, escalation, silences[0], now)
+            return 0
+        ended = escalation.silenced_by
+        escalation.restart(escalation.policy, escalation.route, now, f"silence {ended} ended")
+        if escalation.due_at and escalation.due_at > now:
+            return 0
+    elif escalation.status is not EscalationStatus.ACTIVE:
+        escalation.due_at = None
+        return 0
+    silences = _holding(paging, incident, now)
+    if silences:
+        _hold(incident, escalation, silences[0], now)
+        return 0
+    return _page_level(paging, config, incident, escalation, now, late if late > LATE else None)
+
+
+def _holding(paging: PagingRepository, incident: Incident, now: datetime) -> list[Silence]:
+    """The silences holding the incident now, the one that lasts longest first."""
+    found = silences_holding(paging.silences_active(now), PagingSubject.of(incident), now)
+    return sorted(found, key=lambda silence: silence.end, reverse=True)
+
+
+def _hold(incident: Incident, escalation: Escalation, silence: Silence, now: datetime) -> None:
+    already = (
+        escalation.status is EscalationStatus.SILENCED and escalation.silenced_by == silence.id
+    )
+    escalation.hold(silence.id, silence.end)
+    if not already:
+        incident.record_paging(
+            EventType.ESCALATED,
+            f"paging held by silence {silence.id} until {silence.end.isoformat()}"
+            f" ({silence.created_by}: {silence.comment})",
+            now,
+            {"policy": escalation.policy.id, "silence": silence.id, "reason": "silenced"},
+        )
+
+
+def _page_level(
+    paging: PagingRepository,
+    config: PagingConfig,
+    incident: Incident,
+    escalation: Escalation,
+    now: datetime,
+    late: timedelta | None,
+) -> int:
+    level_index, round = escalation.next_level, escalation.next_round
+    level = escalation.policy.levels[level_index]
+    overrides: list[Override] = []
+    for schedule_id in {t.id for t in level.targets if t.kind is TargetKind.SCHEDULE}:
+        overrides += paging.overrides_between(schedule_id, now, now + timedelta(microseconds=1))
+    resolved = resolve_level(config, level, now, overrides)
+    content = page_content(config, incident, escalation, now, resolved.deliveries)
+    notifications = [
+        _notification(config, incident, escalation, delivery, now, ordinal, content)
+        for ordinal, delivery in enumerate(resolved.deliveries)
+    ]
+    for missed in resolved.unreached:
+        notification = Notification(
+            id=new_notification_id(),
+            incident_id=incident.id,
+            policy_id=escalation.policy.id,
+            level=level_index + 1,
+            round=round + 1,
+            target_kind=missed.target.kind,
+            target_id=missed.target.id,
+            user_id="",
+            channel_id="",
+            channel_type="",
+            recipient="",
+            reason=escalation.reason,
+            create_time=now,
+            ordinal=len(notifications),
+            content=content,
+        )
+        notification.suppress(missed.reason, now)
+        notifications.append(notification)
+    paging.add_notifications(notifications)
+    names = ", ".join(n.target for n in notifications) or "nobody"
+    details = {
+        "policy": escalation.policy.id,
+        "route": str(escalation.route),
+        "level": str(level_index + 1),
+        "round": str(round + 1),
+        "targets": names,
+        "reason": escalation.reason,
+    }
+    message = (
+        f"level {level_index + 1}, round {round + 1} of policy {escalation.policy.id}:"
+        f" paging {names} ({escalation.reason})"
+    )
+    if late is not None:
+        details["late_by"] = f"{late.total_seconds():.1f}s"
+        message += f", {late.total_seconds():.1f}s late"
+    incident.record_paging(EventType.ESCALATED, message, now, details)
+    escalation.advance()
+    return sum(1 for n in notifications if n.state is NotificationState.PENDING)
+
+
+def _notification(
+    config: PagingConfig,
+    incident: Incident,
+    escalation: Escalation,
+    delivery: Delivery,
+    now: datetime,
+    ordinal: int,
+    content: Mapping[str, object],
+) -> Notification:
+    channel = config.channel(delivery.channel_id)
+    return Notification(
+        id=new_notification_id(),
+        incident_id=incident.id,
+        policy_id=escalation.policy.id,
+        level=escalation.next_level + 1,
+        round=escalation.next_round + 1,
+        target_kind=delivery.target.kind,
+        target_id=delivery.target.id,
+        user_id=delivery.user_id or "",
+        channel_id=delivery.channel_id,
+        channel_type=channel.type if channel is not None else "",
+        recipient=delivery.address or delivery.channel_id,
+        reason=escalation.reason,
+        create_time=now,
+        update_time=now,
+        next_attempt_time=now,
+        ordinal=ordinal,
+        content=content,
+    )
+
+
+def page_content(
+    config: PagingConfig,
+    incident: Incident,
+    escalation: Escalation,
+    now: datetime,
+    deliveries: Sequence[Delivery],
+) -> dict[str, object]:
+    """What a page says, fixed when it becomes due so every retry says the same.
+
+    The keys are those of the channels' `PageContent` (adapters/channels/base.py).
+    """
+    targets: dict[tuple[str, str, str | None], dict[str, str | None]] = {}
+    for delivery in deliveries:
+        target = delivery.target
+        if delivery.user_id is not None:
+            user = config.user(delivery.user_id)
+            via = target.id if target.kind is TargetKind.SCHEDULE else None
+            entry = {
+                "kind": "user",
+                "id": delivery.user_id,
+                "name": (user.name or None) if user is not None else None,
+                "via": via,
+            }
+            targets.setdefault(("user", delivery.user_id, via), entry)
+        else:
+            entry = {"kind": "channel", "id": target.id, "name": None, "via": None}
+            targets.setdefault(("channel", target.id, None), entry)
+    return {
+        "incident_id": incident.id,
+        "title": incident.title,
+        "severity": incident.severity.name,
+        "state": incident.state.name,
+        "source": incident.source,
+        "incident_type": incident.type.name,
+        "opened_at": escalation.started_at.isoformat(),
+        "occurred_at": now.isoformat(),
+        "event": "paged",
+        "alert_count": incident.alert_count,
+        "level": escalation.next_level + 1,
+        "round": escalation.next_round + 1,
+        "reason": escalation.reason,
+        "targets": list(targets.values()),
+        "assignees": list(incident.assignees),
+        "labels": dict(incident.labels),
+        "runbook_url": None,
+        "links": [],
+    }
+
+
+def record_delivery(
+    paging: PagingRepository,
+    load: _IncidentAccess,
+    notification_id: str,
+    worker: str,
+    attempt: int,
+    outcome: DeliveryOutcome,
+    retries: RetrySchedule,
+    now: datetime,
+) -> bool:
+    """Store what attempt `attempt` of a claimed delivery came to.
+
+    Returns False, changing nothing, when the claim is no longer ours (its
+    lease ran out and another worker took it over): the fencing token is the
+    (worker, attempt) pair.
+    """
+    notification = paging.notification(notification_id)
+    if (
+        notification is None
+        or notification.state is not NotificationState.PENDING
+        or notification.claimed_by != worker
+        or notification.attempts != attempt
+    ):
+        return False
+    final = None
+    if outcome.sent:
+        notification.sent(now)
+        final = "SENT"
+    else:
+        delay = (
+            retries.delay(attempt, outcome.retry_after, now - notification.create_time)
+            if outcome.retry
+            else None
+        )
+        if delay is None:
+            why = outcome.detail or "refused"
+            notification.failed(
+                why if not outcome.retry else f"gave up after {attempt} attempts: {why}", now
+            )
+            final = "FAILED"
+        else:
+            notification.retry_at(now + delay, outcome.detail, now)
+    paging.save_notification(notification)
+    if final is not None:
+        incident = load.get(notification.incident_id)
+        if incident is not None:
+            verb = "paged" if final == "SENT" else "could not page"
+            suffix = "" if final == "SENT" else f": {notification.last_error}"
+            incident.record_paging(
+                EventType.NOTIFICATION_SENT,
+                f"{verb} {notification.target} through {notification.channel_type}"
+                f" {notification.channel_id}{suffix}",
+                now,
+                {
+                    "notification_id": notification.id,
+                    "target": notification.target,
+                    "channel": notification.channel_id,
+                    "outcome": final,
+                    "attempts": str(attempt),
+                    "level": str(notification.level),
+                    "round": str(notification.round),
+                },
+            )
+            load.save(incident)
+    return True

@@ -1,0 +1,211 @@
+"""The paging worker: wakes for the earliest due step, runs it, and delivers pages.
+
+Nothing here holds a page only in memory. Due steps are rows with a due
+time, claimed inside the unit of work that runs them (a replica that dies
+mid-step rolls back and releases them). Deliveries are claimed with a lease
+and one more attempt in one commit, sent outside any transaction, and their
+outcome is stored only if the claim is still ours, so a stale worker whose
+lease ran out changes nothing. A page is sent twice only when a process dies
+between sending and recording the send; the retry carries the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
+
+from incident_manager.domain.errors import StorageUnavailable
+from incident_manager.domain.paging.ledger import Notification
+from incident_manager.domain.paging.model import PagingConfig
+from incident_manager.service import paging
+from incident_manager.service.ports import (
+    DeliveryOutcome,
+    Dispatcher,
+    RetrySchedule,
+    Storage,
+    UnitOfWork,
+)
+
+log = logging.getLogger("incident_manager.paging")
+T = TypeVar("T")
+
+
+class PagingObserver(Protocol):
+    def delivery_finished(self, channel_type: str, outcome: str) -> None: ...
+
+
+class _NoObserver:
+    def delivery_finished(self, channel_type: str, outcome: str) -> None:
+        pass
+
+
+class PagingWorker:
+    """One per server process; several replicas each run one against the same database."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        rules: Callable[[], PagingConfig | None],
+        dispatcher: Dispatcher,
+        retries: RetrySchedule,
+        clock: Callable[[], datetime],
+        *,
+        lease: timedelta = timedelta(seconds=60),
+        batch: int = 200,
+        concurrency: int = 64,
+        idle_poll: float = 1.0,
+        observer: PagingObserver | None = None,
+        release_claims_at_start: bool = False,
+    ) -> None:
+        self.storage = storage
+        self.rules = rules
+        self.dispatcher = dispatcher
+        self.retries = retries
+        self.clock = clock
+        self.lease = lease
+        self.batch = batch
+        self.concurrency = concurrency
+        self.idle_poll = idle_poll
+        self.observer: PagingObserver = observer or _NoObserver()
+        self.release_claims_at_start = release_claims_at_start
+        self.worker_id = f"w_{secrets.token_hex(6)}"
+        """The claim owner written on deliveries; new for every process start."""
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        self.passes = 0
+
+    def wake(self) -> None:
+        """New work may be due (called after commits); safe to call often."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self.storage.add_listener(lambda events: self.wake())
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="paging-worker")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming, give deliveries in flight `grace` seconds, then cancel them.
+
+        A cancelled delivery keeps its claim until the lease runs out; then
+        another worker (or this one after a restart) sends it again.
+        """
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sending:
+            _, late = await asyncio.wait(self._sending, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        await self.dispatcher.close()
+
+    async def _run(self) -> None:
+        if self.release_claims_at_start:
+            released = await self.storage.write(_kept(lambda uow: uow.paging.release_claims()))
+            if released:
+                log.warning(
+                    "paging: %d deliveries were being sent when the server last stopped;"
+                    " sending them again (with the same ids, so receivers can drop duplicates)",
+                    released,
+                )
+        while True:
+            try:
+                busy = await self._pass()
+            except StorageUnavailable as error:
+                log.warning("paging: storage unavailable, retrying in 1s: %s", error.message)
+                busy = False
+                await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("paging: a scheduler pass failed; retrying in 1s")
+                busy = False
+                await asyncio.sleep(1.0)
+            if busy:
+                await asyncio.sleep(0)
+                continue
+            await self._idle()
+
+    async def _pass(self) -> bool:
+        """Run due steps and claim due deliveries; True if there may be more right away."""
+        self.passes += 1
+        rules = self.rules()
+        now = self.clock()
+        report = await self.storage.write(
+            _kept(
+                lambda uow: paging.run_due_steps(uow.paging, uow.incidents, rules, now, self.batch)
+            )
+        )
+        room = self.concurrency - len(self._sending)
+        claimed: list[Notification] = []
+        if room > 0:
+            now = self.clock()
+            until = now + self.lease
+            claimed = await self.storage.write(
+                _kept(lambda uow: uow.paging.claim_notifications(self.worker_id, now, until, room))
+            )
+            for notification in claimed:
+                task = asyncio.get_running_loop().create_task(self._deliver(notification))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+        return report.steps >= self.batch or (room > 0 and len(claimed) >= room)
+
+    async def _idle(self) -> None:
+        next_due = await self.storage.read(lambda uow: uow.paging.next_due())
+        timeout = self.idle_poll
+        if next_due is not None:
+            timeout = min(timeout, max((next_due - self.clock()).total_seconds(), 0.0))
+        if timeout <= 0:
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _deliver(self, notification: Notification) -> None:
+        try:
+            outcome = await self.dispatcher.send(notification)
+        except Exception as error:  # a channel bug must not lose the page
+            log.exception("paging: channel %s raised", notification.channel_id)
+            outcome = DeliveryOutcome(sent=False, retry=True, detail=type(error).__name__)
+        now = self.clock()
+        attempt = notification.attempts
+        try:
+            stored = await self.storage.write(
+                _kept(
+                    lambda uow: paging.record_delivery(
+                        uow.paging,
+                        uow.incidents,
+                        notification.id,
+                        self.worker_id,
+                        attempt,
+                        outcome,
+                        self.retries,
+                        now,
+                    )
+                )
+            )
+        except StorageUnavailable:
+            # The claim stays; when its lease runs out the page is tried again,
+            # with the same id, so a receiver can drop the duplicate.
+            log.warning("paging: could not record delivery %s; it will be retried", notification.id)
+            return
+        if stored:
+            result = "sent" if outcome.sent else ("retry" if outcome.retry else "failed")
+            self.observer.delivery_finished(notification.channel_type, result)
+        self.wake()
+
+
+def _kept(work: Callable[[UnitOfWork], T]) -> Callable[[UnitOfWork], T]:
+    """`work` as a unit of work that is kept (committed) when it returns normally."""
+
+    def unit(uow: UnitOfWork) -> T:
+        with uow:
+            value = work(uow)
+            uow.commit()
+        return value
+
+    return unit
