@@ -8,12 +8,12 @@ is written in the same transaction as the change that caused it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from incident_manager.domain.model import EventType, Incident, IncidentState, Severity
-from incident_manager.domain.paging.escalation import Delivery, resolve_level
+from incident_manager.domain.paging.escalation import Delivery, Unreached, resolve_level
 from incident_manager.domain.paging.ledger import (
     Escalation,
     EscalationStatus,
@@ -21,7 +21,13 @@ from incident_manager.domain.paging.ledger import (
     NotificationState,
     new_notification_id,
 )
-from incident_manager.domain.paging.model import Override, PagingConfig, Silence, TargetKind
+from incident_manager.domain.paging.model import (
+    Override,
+    PagingConfig,
+    Silence,
+    Target,
+    TargetKind,
+)
 from incident_manager.domain.paging.routing import PagingSubject, choose_route, silences_holding
 from incident_manager.service.ports import DeliveryOutcome, PagingRepository, RetrySchedule
 
@@ -245,17 +251,28 @@ def _page_level(
     late: timedelta | None,
 ) -> int:
     level_index, round = escalation.next_level, escalation.next_round
-    level = escalation.policy.levels[level_index]
+    # The policy is the snapshot taken when paging started; a reload since may have
+    # removed a user, schedule or channel it names. Those are recorded as unreached.
+    snapshot = escalation.policy.levels[level_index]
+    gone = [t for t in snapshot.targets if not _configured(config, t)]
+    level = replace(snapshot, targets=tuple(t for t in snapshot.targets if t not in gone))
     overrides: list[Override] = []
     for schedule_id in {t.id for t in level.targets if t.kind is TargetKind.SCHEDULE}:
         overrides += paging.overrides_between(schedule_id, now, now + timedelta(microseconds=1))
     resolved = resolve_level(config, level, now, overrides)
+    unreached = [
+        *(
+            Unreached(t, f"{t} is no longer in the paging configuration (removed by a reload)")
+            for t in gone
+        ),
+        *resolved.unreached,
+    ]
     content = page_content(config, incident, escalation, now, resolved.deliveries)
     notifications = [
         _notification(config, incident, escalation, delivery, now, ordinal, content)
         for ordinal, delivery in enumerate(resolved.deliveries)
     ]
-    for missed in resolved.unreached:
+    for missed in unreached:
         notification = Notification(
             id=new_notification_id(),
             incident_id=incident.id,
@@ -295,6 +312,14 @@ def _page_level(
     incident.record_paging(EventType.ESCALATED, message, now, details)
     escalation.advance()
     return sum(1 for n in notifications if n.state is NotificationState.PENDING)
+
+
+def _configured(config: PagingConfig, target: Target) -> bool:
+    if target.kind is TargetKind.USER:
+        return config.user(target.id) is not None
+    if target.kind is TargetKind.SCHEDULE:
+        return config.schedule(target.id) is not None
+    return config.channel(target.id) is not None
 
 
 def _notification(

@@ -338,3 +338,39 @@ async def test_an_override_pages_whoever_covers_the_schedule() -> None:
     incident_id = await _open(storage)
     await _steps(storage, T0)
     assert (await _ledger(storage, incident_id))[0] == (1, 1, "schedule primary (bob)", "PENDING")
+
+
+async def test_a_target_removed_by_a_reload_is_recorded_as_unreached_and_the_rest_is_paged() -> (
+    None
+):
+    storage = MemoryStorage()
+    incident_id = await _open(storage)  # snapshots `critical`: schedule primary + ops-hook
+    reloaded = load_paging_config(
+        """
+users:
+  - {id: bob, email: bob@example.com}
+channels:
+  - {id: ops-hook, type: webhook, url: "http://127.0.0.1:9/hook"}
+  - {id: mail, type: email, smtp: {host: 127.0.0.1, port: 2525, from: pager@example.com}}
+escalation_policies:
+  - id: default
+    levels:
+      - {after: 0s, notify: [{channel: ops-hook}]}
+routes:
+  - policy: default
+""",
+        "reloaded.yaml",
+    )
+
+    def step(uow: UnitOfWork) -> None:
+        with uow:
+            paging.run_due_steps(uow.paging, uow.incidents, reloaded, T0, 100)
+            uow.commit()
+
+    await storage.write(step)
+    rows = await storage.read(lambda uow: uow.paging.list_notifications(incident_id, None, 10))
+    assert [(n.target, n.state.name) for n in rows] == [
+        ("channel ops-hook", "PENDING"),
+        ("schedule primary", "SUPPRESSED"),
+    ]
+    assert "no longer in the paging configuration" in rows[1].last_error
