@@ -31,6 +31,8 @@ from tests.support.receivers import (
     LoopbackController,
     Mailbox,
     Receiver,
+    drop_connection,
+    hang,
     status,
     verify_standard_webhook,
     webhook_receiver,
@@ -46,9 +48,9 @@ STATE = paging_pb2.NotificationState
 def paging_file(hook_url: str, smtp_port: int) -> str:
     """The issue's sample configuration, pointed at this test's receivers."""
     sample = (Path(__file__).resolve().parents[2] / "examples" / "paging.yaml").read_text()
-    return sample.replace("http://127.0.0.1:8099/hook", hook_url).replace(
-        "port: 2525", f"port: {smtp_port}"
-    )
+    return sample.replace(
+        "url: http://127.0.0.1:8099/hook", f"url: {hook_url}\n    timeout: 1s"
+    ).replace("port: 2525", f"port: {smtp_port}")
 
 
 @dataclass
@@ -308,6 +310,28 @@ async def test_failing_receivers_are_retried_or_given_up_on_as_they_answer(
     assert rows[1].attempts == 1 and "400" in rows[1].last_error
     health = await pager.ingestion.HealthCheck(ingestion_pb2.HealthCheckRequest())
     assert health.status == ingestion_pb2.SERVING_STATUS_SERVING
+
+
+async def test_a_receiver_that_times_out_or_drops_the_connection_is_tried_again(
+    pager: Paging,
+) -> None:
+    pager.hook.then(hang(3), drop_connection())
+    incident_id = await pager.fire("gpu-11")
+    rows = await eventually(
+        lambda: _attempted(pager, incident_id, 1), what="the first attempt to time out", timeout=15
+    )
+    assert rows[1].state == STATE.NOTIFICATION_STATE_PENDING
+    assert rows[1].last_error == "no answer within 1s"
+    pager.tick(seconds=30)
+    rows = await eventually(
+        lambda: _attempted(pager, incident_id, 2), what="the second attempt to lose its connection"
+    )
+    assert rows[1].state == STATE.NOTIFICATION_STATE_PENDING
+    pager.tick(seconds=60)
+    rows = await eventually(lambda: _sent(pager, incident_id), what="the third attempt to land")
+    assert rows[1].attempts == 3
+    assert len({r.headers["webhook-id"] for r in pager.hook.received}) == 1
+    assert rows[0].state == STATE.NOTIFICATION_STATE_SENT  # the email went out meanwhile
 
 
 async def _attempted(pager: Paging, incident_id: str, attempts: int) -> Any:
