@@ -19,10 +19,12 @@ from generated.incident_manager.v1 import (
 )
 from incident_manager.adapters.sqlite import SqliteStorage
 from incident_manager.config import Settings
+from incident_manager.domain.paging.model import PagingConfig
 from incident_manager.domain.ratelimit import RateLimit
 from incident_manager.entrypoints.metrics import Metrics
 from incident_manager.entrypoints.server import IncidentServer
 from incident_manager.service.manager import IncidentManager
+from incident_manager.service.pager import RulesHolder
 from incident_manager.service.ports import Storage
 from incident_manager.service.streaming import EventHub
 from tests.support import TEST_SETTINGS, FakeClock, Running, StartServer
@@ -57,6 +59,7 @@ async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
         path: Path | None = None,
         rate_limit: RateLimit | None = None,
         global_rate_limit: RateLimit | None = None,
+        paging: PagingConfig | None = None,
         **settings: Any,
     ) -> Running:
         # Wired as bootstrap wires it: the server's metrics observe the manager.
@@ -68,6 +71,7 @@ async def start_server(db_path: Path) -> AsyncIterator[StartServer]:
             rate_limit=rate_limit,
             global_rate_limit=global_rate_limit,
             observer=metrics,
+            paging=RulesHolder(paging),
             **_clock_argument(clock),
         )
         server = IncidentServer(manager, Settings(**{**TEST_SETTINGS, **settings}), metrics)

@@ -72,6 +72,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -90,7 +91,11 @@ from hypothesis.strategies import SearchStrategy
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
 from generated.incident_manager.v1 import incident_pb2, integrations_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
-from tests.support import Running, alert, new_incident
+from generated.incident_manager.v1 import paging_service_pb2 as paging_pb2
+from incident_manager.paging.file import load_paging_config
+from tests.support import Running, StartServer, alert, new_incident
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------- the RPCs
 
@@ -129,6 +134,7 @@ FUZZED_SERVICES = {
     pb2.DESCRIPTOR.services_by_name["IncidentService"],
     ingestion_pb2.DESCRIPTOR.services_by_name["AlertIngestionService"],
     integrations_pb2.DESCRIPTOR.services_by_name["IntegrationService"],
+    paging_pb2.DESCRIPTOR.services_by_name["PagingService"],
 }
 RPCS = sorted(
     (Rpc(method) for service in FUZZED_SERVICES for method in service.methods),
@@ -883,8 +889,11 @@ class Target:
 
 
 @pytest.fixture
-async def target(server: Running) -> AsyncIterator[Target]:
-    """The server with one incident to aim at; afterwards it must still serve."""
+async def target(start_server: StartServer) -> AsyncIterator[Target]:
+    """The server, paging with the sample configuration, with one incident to aim at;
+    afterwards it must still serve."""
+    sample = ROOT / "examples" / "paging.yaml"
+    server = await start_server(paging=load_paging_config(sample.read_text(), str(sample)))
     created = await server.incidents.CreateIncident(
         pb2.CreateIncidentRequest(incident=new_incident(title="The incident fuzzing comes back to"))
     )
@@ -918,11 +927,12 @@ def by_name(rpc: Rpc) -> str:
 # ---------------------------------------------------------------- the tests
 
 
-def test_every_rpc_of_the_three_services_is_fuzzed() -> None:
+def test_every_rpc_of_the_four_services_is_fuzzed() -> None:
     assert {rpc.method.containing_service.name for rpc in RPCS} == {
         "IncidentService",
         "AlertIngestionService",
         "IntegrationService",
+        "PagingService",
     }
     assert {rpc.name for rpc in RPCS} >= {"StreamIncidents", "StreamAlerts", "SubmitModuleEvent"}
 
