@@ -870,3 +870,10 @@ async def test_the_next_due_time_is_read_from_the_partial_indexes(sqlite_file: P
     assert not [
         plan for plan in plans if "SCAN escalations" in plan or "SCAN notifications" in plan
     ]
+
+
+async def test_finding_what_a_silence_holds_reads_the_partial_silence_index(
+    sqlite_file: Path,
+) -> None:
+    [plan] = sqlite_plans(sqlite_file, lambda p: p.held_by("sil_1"))
+    assert "USING INDEX escalations_by_silence (silenced_by=?)" in plan
