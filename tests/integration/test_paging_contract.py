@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -519,7 +520,8 @@ async def test_a_silence_reads_back_and_is_active_until_it_ends(storage: Storage
             severities=frozenset({Severity.P0, Severity.P1}),
             types=frozenset({IncidentType.SECURITY}),
             sources=frozenset({"llm-shield", "llm-sentinel"}),
-            labels={"région": "eu-west-1", "model": "gpt-4o"},
+            labels={"région": "eu-west-1", "tenant": "acme"},
+            labels_regex={"model": re.compile("gpt-4.*"), "zone": re.compile(r"eu-\w+-\d")},
         ),
         comment="upgrade of the shield ✓",
     )
