@@ -879,3 +879,21 @@ async def test_finding_what_a_silence_holds_reads_the_partial_silence_index(
 ) -> None:
     [plan] = sqlite_plans(sqlite_file, lambda p: p.held_by("sil_1"))
     assert "USING INDEX escalations_by_silence (silenced_by=?)" in plan
+
+
+async def test_a_silence_stored_before_label_patterns_were_kept_reads_back_without_any(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    storage = SqliteStorage(path)
+    try:
+        made = silence("sil_old", T0, T0 + timedelta(hours=1))
+        await write(storage, lambda p: p.add_silence(made))
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute(
+                "UPDATE silences SET matchers = ?",
+                ('{"sources":["llm-shield"],"types":[],"severities":[],"labels":{}}',),
+            )
+        assert await read(storage, lambda p: p.silence("sil_old")) == made
+    finally:
+        await storage.close()
