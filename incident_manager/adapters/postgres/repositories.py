@@ -143,10 +143,12 @@ class PostgresUnitOfWork(UnitOfWork):
         self.requests = PostgresRequests(tx)
         # Due rows are locked with SKIP LOCKED, so replicas claim different ones; an
         # escalation changed by another replica since it was read reruns the unit.
+        # A read-only transaction may not lock rows (PostgreSQL refuses FOR UPDATE
+        # there), and it changes nothing the lock would protect.
         self.paging = SqlPaging(
             functools.partial(_paging_statement, tx),
             DIALECT,
-            lock_rows=" FOR UPDATE SKIP LOCKED",
+            lock_rows=" FOR UPDATE SKIP LOCKED" if tx.write else "",
             race=RaceLost,
         )
 

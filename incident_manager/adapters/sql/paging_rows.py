@@ -8,6 +8,7 @@ tuple names the order in which its row functions read and write.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -244,6 +245,7 @@ def silence_row(s: Silence) -> tuple[Any, ...]:
                 "types": sorted(t.name for t in matcher.types),
                 "severities": sorted(v.name for v in matcher.severities),
                 "labels": dict(matcher.labels),
+                "labels_regex": {key: p.pattern for key, p in matcher.labels_regex.items()},
             }
         ),
         micros(s.start),
@@ -264,6 +266,10 @@ def silence_from_row(row: Sequence[Any]) -> Silence:
             types=frozenset(IncidentType[name] for name in matcher["types"]),
             severities=frozenset(Severity[name] for name in matcher["severities"]),
             labels=matcher["labels"],
+            # Rows written before patterns were stored have none.
+            labels_regex={
+                key: re.compile(pattern) for key, pattern in matcher.get("labels_regex", {}).items()
+            },
         ),
         start=from_micros(row[2]),
         end=from_micros(row[3]),
