@@ -172,6 +172,21 @@ async def test_slack_answers_are_final_or_retried_as_slack_documents_them(
     assert not result.disable_channel
 
 
+async def test_a_huge_page_is_cut_to_slacks_limits(slack: Fake, client: HttpClient) -> None:
+    content = page(
+        title="t" * 5000,
+        reason="r" * 5000,
+        labels={f"label{i}": "v" * 200 for i in range(60)},
+        assignees=tuple(f"user{i}" for i in range(500)),
+    )
+    result = await SlackChannel(client, environ={"SLACK_URL": slack.url}).send(
+        slack_delivery(content)
+    )
+    assert (result.outcome, slack.problems) == (Outcome.SENT, [])
+    header = slack.last["attachments"][0]["blocks"][0]["text"]["text"]
+    assert len(header) == 150 and header.endswith("…")
+
+
 async def test_a_slack_429_carries_its_retry_after(slack: Fake, client: HttpClient) -> None:
     slack.then(text_answer(429, "rate_limited", **{"Retry-After": "30"}))
     result = await SlackChannel(client, environ={"SLACK_URL": slack.url}).send(slack_delivery())

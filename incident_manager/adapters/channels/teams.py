@@ -90,19 +90,17 @@ def adaptive_card(content: PageContent, wording: Wording | None = None) -> dict[
         ],
     }
     if wording.body is None:
-        middle: list[dict[str, Any]] = [_text(_cut(headline(content), MAX_TEXT), weight="Bolder")]
-        if content.targets:
-            paging = ", ".join(t.display for t in content.targets)
-            middle.append(_text(_cut(f"Paging: {paging}", MAX_TEXT)))
-        middle.append(
+        # Whom this pages is the FactSet's `Paging` row.
+        middle: list[dict[str, Any]] = [
+            _text(_cut(headline(content), MAX_TEXT), weight="Bolder"),
             {
                 "type": "FactSet",
                 "facts": [
                     {"title": label, "value": _cut(value, MAX_FACT)}
                     for label, value in facts(content)
                 ],
-            }
-        )
+            },
+        ]
     else:
         middle = [_text(_cut(wording.body, MAX_TEXT))]
     links = [("Runbook", content.runbook_url)] if content.runbook_url else []
