@@ -31,7 +31,6 @@ from incident_manager.domain.paging.checks import config_problems, config_warnin
 from incident_manager.domain.paging.model import (
     CHANNEL_TYPES,
     DEFAULT_REPEAT_AFTER,
-    PLANNED_CHANNEL_TYPES,
     Channel,
     ConfigPath,
     ConfigProblem,
@@ -41,13 +40,17 @@ from incident_manager.domain.paging.model import (
     Layer,
     Level,
     Matcher,
+    MessageTemplate,
+    PagerDutyChannel,
     PagingConfig,
     Restriction,
     Route,
     Schedule,
+    SlackChannel,
     SmtpServer,
     Target,
     TargetKind,
+    TeamsChannel,
     User,
     WebhookChannel,
     Weekday,
@@ -76,7 +79,11 @@ _USER_KEYS = ("id", "name", "email", "time_zone", "channels")
 _CHANNEL_KEYS: Mapping[str, tuple[str, ...]] = {
     WebhookChannel.type: ("id", "type", "url", "secret_env", "timeout", "headers"),
     EmailChannel.type: ("id", "type", "smtp", "to"),
+    SlackChannel.type: ("id", "type", "url_env", "timeout", "template"),
+    TeamsChannel.type: ("id", "type", "url_env", "timeout", "template"),
+    PagerDutyChannel.type: ("id", "type", "routing_key_env", "url", "timeout", "template"),
 }
+_TEMPLATE_KEYS = ("title", "body")
 _SMTP_KEYS = ("host", "port", "from", "starttls", "username", "password_env", "timeout")
 _SCHEDULE_KEYS = ("id", "time_zone", "layers")
 _LAYER_KEYS = ("users", "rotation", "handoff", "restrict")
@@ -92,6 +99,10 @@ FILE_KEYS: Mapping[str, tuple[str, ...]] = {
     "users": _USER_KEYS,
     "webhook channels": _CHANNEL_KEYS[WebhookChannel.type],
     "email channels": _CHANNEL_KEYS[EmailChannel.type],
+    "slack channels": _CHANNEL_KEYS[SlackChannel.type],
+    "teams channels": _CHANNEL_KEYS[TeamsChannel.type],
+    "pagerduty channels": _CHANNEL_KEYS[PagerDutyChannel.type],
+    "template": _TEMPLATE_KEYS,
     "smtp": _SMTP_KEYS,
     "schedules": _SCHEDULE_KEYS,
     "layers": _LAYER_KEYS,
@@ -378,6 +389,8 @@ class _Reader:
                 self.hide((*path, key))
             elif any(_suggest(other, [key]) for other in unknown):
                 self.hide((*path, key))  # misspelt: the unknown key's message says so
+            elif any((inline_secrets or {}).get(given) == key for given in seen):
+                self.hide((*path, key))  # the secret itself was given: its message says so
             else:
                 self.fail((*path, key), f"missing required key {key!r}; expected {hint}")
         return entries
@@ -627,12 +640,7 @@ def _channel(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Channel]:
             key_node, value_node = keys["type"]
             r.lines[(*path, "type")] = key_node.start_mark.line + 1
             kind = r.string(value_node, (*path, "type"), f"a channel type ({_one_of(types)})")
-            if kind in PLANNED_CHANNEL_TYPES:
-                r.fail(
-                    (*path, "type"),
-                    f"{kind} channels are not supported yet; expected {_one_of(types)}",
-                )
-            elif kind is not None and kind not in CHANNEL_TYPES:
+            if kind is not None and kind not in CHANNEL_TYPES:
                 r.fail(
                     (*path, "type"),
                     f"unknown channel type {kind!r}{_suggest(kind, types)}; expected "
@@ -642,6 +650,10 @@ def _channel(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Channel]:
             return _webhook(r, node, path)
         if kind == EmailChannel.type:
             return _email(r, node, path)
+        if kind in (SlackChannel.type, TeamsChannel.type):
+            return _chat(r, node, path, SlackChannel if kind == SlackChannel.type else TeamsChannel)
+        if kind == PagerDutyChannel.type:
+            return _pagerduty(r, node, path)
         # Keep the id, so that references to the channel are not reported too.
         r.hide(path)
         channel_id = ""
@@ -696,6 +708,83 @@ def _email(r: _Reader, node: yaml.Node, path: ConfigPath) -> Channel:
         to = r.strings(entries["to"], (*path, "to"), "[oncall@example.com]")
         channel = replace(channel, to=tuple(to))
     return channel
+
+
+def _chat(
+    r: _Reader, node: yaml.Node, path: ConfigPath, kind: type[SlackChannel | TeamsChannel]
+) -> Channel:
+    """A Slack or Teams channel: both are a webhook URL from the environment."""
+    service = "Slack incoming webhook" if kind is SlackChannel else "Teams Workflows webhook"
+    entries = r.mapping(
+        node,
+        path,
+        _CHANNEL_KEYS[kind.type],
+        required={
+            "id": "the channel's id",
+            "url_env": f"the environment variable holding the {service} URL",
+        },
+        # The URL is the credential: whoever has it can post to the channel.
+        inline_secrets={"url": "url_env"},
+    )
+    entries = entries or {}
+    channel = kind(id=_id(r, entries, path))
+    if "url_env" in entries:
+        name = r.string(entries["url_env"], (*path, "url_env"), "an environment variable name")
+        channel = replace(channel, url_env=name if name is not None else "")
+    return _common(r, entries, path, channel)
+
+
+def _pagerduty(r: _Reader, node: yaml.Node, path: ConfigPath) -> Channel:
+    entries = r.mapping(
+        node,
+        path,
+        _CHANNEL_KEYS[PagerDutyChannel.type],
+        required={
+            "id": "the channel's id",
+            "routing_key_env": "the environment variable holding the integration's routing key",
+        },
+        inline_secrets={"routing_key": "routing_key_env", "integration_key": "routing_key_env"},
+    )
+    entries = entries or {}
+    channel = PagerDutyChannel(id=_id(r, entries, path))
+    if "routing_key_env" in entries:
+        name = r.string(
+            entries["routing_key_env"], (*path, "routing_key_env"), "an environment variable name"
+        )
+        channel = replace(channel, routing_key_env=name if name is not None else "")
+    if "url" in entries:
+        url = r.string(entries["url"], (*path, "url"), "a URL")
+        channel = replace(channel, url=url if url is not None else "")
+    return _common(r, entries, path, channel)
+
+
+_C = TypeVar("_C", bound=SlackChannel | TeamsChannel | PagerDutyChannel)
+
+
+def _common(r: _Reader, entries: Mapping[str, yaml.Node], path: ConfigPath, channel: _C) -> _C:
+    """The keys Slack, Teams and PagerDuty channels share: `timeout` and `template`."""
+    if "timeout" in entries:
+        timeout = r.duration(entries["timeout"], (*path, "timeout"))
+        if timeout is not None:
+            channel = replace(channel, timeout=timeout)
+    if "template" in entries:
+        template = _template(r, entries["template"], (*path, "template"))
+        if template is not None:
+            channel = replace(channel, template=template)
+    return channel
+
+
+def _template(r: _Reader, node: yaml.Node, path: ConfigPath) -> MessageTemplate | None:
+    expected = "a Jinja2 template (a string)"
+    entries = r.mapping(node, path, _TEMPLATE_KEYS)
+    if entries is None:
+        return None
+    title = r.string(entries["title"], (*path, "title"), expected) if "title" in entries else None
+    body = r.string(entries["body"], (*path, "body"), expected) if "body" in entries else None
+    if ("title" in entries and title is None) or ("body" in entries and body is None):
+        r.hide(path)  # reported above; "no title or body" would only repeat it
+        return MessageTemplate(title=title or "", body=body)
+    return MessageTemplate(title=title, body=body)
 
 
 def _smtp(r: _Reader, node: yaml.Node, path: ConfigPath) -> SmtpServer:

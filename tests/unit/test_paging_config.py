@@ -529,13 +529,10 @@ def test_smtp_login_needs_both_username_and_password_env() -> None:
     ]
 
 
-def test_an_unknown_or_planned_channel_type_is_refused() -> None:
+def test_an_unknown_channel_type_is_refused() -> None:
     assert broken("    type: email", "    type: e-mail") == [
         "6: channels[0].type: unknown channel type 'e-mail' (did you mean 'email'?); expected "
-        "webhook or email"
-    ]
-    assert broken("    type: email", "    type: slack") == [
-        "6: channels[0].type: slack channels are not supported yet; expected webhook or email"
+        "webhook, email, slack, teams or pagerduty"
     ]
 
 

@@ -1,9 +1,9 @@
 """One object the outbox sends every delivery through, whatever its channel.
 
 Each channel kind is registered under its settings class; `send` picks the channel by the
-class of the delivery's settings. `default_dispatcher()` registers webhook and email, sharing
-one HTTP client that the HTTP channels of the next issue (Slack, Teams, PagerDuty) will share
-too. Use one dispatcher per process and `close()` it at shutdown.
+class of the delivery's settings. `default_dispatcher()` registers webhook, email, Slack, Teams
+and PagerDuty; the four HTTP channels share one HTTP client. Use one dispatcher per process
+and `close()` it at shutdown.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 from incident_manager.adapters.channels.base import AttemptResult, Channel, Delivery
 from incident_manager.adapters.channels.email import EmailChannel, SmtpSettings
 from incident_manager.adapters.channels.http import HttpClient
+from incident_manager.adapters.channels.pagerduty import PagerDutyChannel, PagerDutySettings
+from incident_manager.adapters.channels.slack import SlackChannel, SlackSettings
+from incident_manager.adapters.channels.teams import TeamsChannel, TeamsSettings
 from incident_manager.adapters.channels.webhook import WebhookChannel, WebhookSettings
 
 S = TypeVar("S")
@@ -47,12 +50,15 @@ class ChannelDispatcher:
 def default_dispatcher(
     environ: Mapping[str, str] | None = None, *, http: HttpClient | None = None
 ) -> ChannelDispatcher:
-    """The dispatcher with this issue's channels: `webhook` and `email`. Its `close()` also
-    closes the HTTP client, unless the caller passed its own."""
+    """The dispatcher with every channel type: `webhook`, `email`, `slack`, `teams` and
+    `pagerduty`. Its `close()` also closes the HTTP client, unless the caller passed its own."""
     client = http or HttpClient()
     dispatcher = ChannelDispatcher() if http is not None else _Owning(client)
     dispatcher.register(WebhookSettings, WebhookChannel(client, environ=environ))
     dispatcher.register(SmtpSettings, EmailChannel(environ=environ))
+    dispatcher.register(SlackSettings, SlackChannel(client, environ=environ))
+    dispatcher.register(TeamsSettings, TeamsChannel(client, environ=environ))
+    dispatcher.register(PagerDutySettings, PagerDutyChannel(client, environ=environ))
     return dispatcher
 
 

@@ -63,6 +63,9 @@ class HttpRequest:
     """Seconds for the whole attempt: connecting, sending, and reading the answer."""
     secrets: tuple[str, ...] = ()
     """Values to remove from any detail (a signing secret; for Slack, the whole URL)."""
+    note: str = ""
+    """Something the encoder wants on the ledger whatever the answer, added to the attempt's
+    detail (a message template that failed, so the default message was sent)."""
 
 
 @dataclass(frozen=True)
@@ -238,9 +241,10 @@ class HttpChannel(Channel[SettingsT], Generic[SettingsT]):
             text = response.body.decode("utf-8", errors="replace")
             safe = HttpResponse(response.status, response.headers, redacted(text).encode())
             result = self._classify(safe)
+        detail = f"{result.detail}; {request.note}" if request.note else result.detail
         return AttemptResult(
             result.outcome,
-            redacted(result.detail),
+            redacted(detail),
             result.status,
             result.retry_after,
             result.disable_channel,

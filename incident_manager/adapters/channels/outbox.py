@@ -23,10 +23,21 @@ from incident_manager.adapters.channels.base import (
 )
 from incident_manager.adapters.channels.dispatch import ChannelDispatcher, default_dispatcher
 from incident_manager.adapters.channels.email import SmtpSettings
+from incident_manager.adapters.channels.pagerduty import PagerDutySettings
 from incident_manager.adapters.channels.retry import DEFAULT_POLICY, RetryPolicy, backoff
+from incident_manager.adapters.channels.slack import SlackSettings
+from incident_manager.adapters.channels.teams import TeamsSettings
 from incident_manager.adapters.channels.webhook import WebhookSettings
 from incident_manager.domain.paging.ledger import Notification
-from incident_manager.domain.paging.model import Channel, EmailChannel, PagingConfig, WebhookChannel
+from incident_manager.domain.paging.model import (
+    Channel,
+    EmailChannel,
+    PagerDutyChannel,
+    PagingConfig,
+    SlackChannel,
+    TeamsChannel,
+    WebhookChannel,
+)
 from incident_manager.service.ports import DeliveryOutcome
 
 
@@ -50,6 +61,28 @@ def channel_settings(channel: Channel) -> Any:
             username=smtp.username,
             password_env=smtp.password_env,
             timeout=smtp.timeout.total_seconds(),
+        )
+    if isinstance(channel, SlackChannel):
+        return SlackSettings(
+            channel_id=channel.id,
+            url_env=channel.url_env,
+            timeout=channel.timeout.total_seconds(),
+            template=channel.template,
+        )
+    if isinstance(channel, TeamsChannel):
+        return TeamsSettings(
+            channel_id=channel.id,
+            url_env=channel.url_env,
+            timeout=channel.timeout.total_seconds(),
+            template=channel.template,
+        )
+    if isinstance(channel, PagerDutyChannel):
+        return PagerDutySettings(
+            channel_id=channel.id,
+            routing_key_env=channel.routing_key_env,
+            url=channel.url,
+            timeout=channel.timeout.total_seconds(),
+            template=channel.template,
         )
     return None
 

@@ -77,7 +77,7 @@ _SUBJECT_PREFIX = {
     EventKind.REOPENED: "Reopened: ",
 }
 
-_SEVERITY_COLOURS = {
+SEVERITY_COLOURS = {  # also the Slack message's colour bar
     "P0": "#b00020",
     "P1": "#d9480f",
     "P2": "#e8a317",
@@ -157,14 +157,16 @@ def email_subject(content: PageContent) -> str:
     return f"[{content.severity}] {prefix}{title} ({content.incident_id})"
 
 
-def _headline(content: PageContent) -> str:
+def headline(content: PageContent) -> str:
+    """Why this message is sent: `Paged at level 1, round 1: new incident`."""
     if content.event is EventKind.PAGED:
         return f"Paged at level {content.level}, round {content.round}: {content.reason}"
     return f"{content.event.value.capitalize()}: {content.reason}"
 
 
-def _facts(content: PageContent) -> list[tuple[str, str]]:
-    """The label/value rows both email bodies show, in order."""
+def facts(content: PageContent) -> list[tuple[str, str]]:
+    """The label/value rows every default message shows (both email bodies, the Slack and
+    Teams messages), in order."""
     rows = [
         ("Severity", content.severity),
         ("State", content.state),
@@ -181,7 +183,8 @@ def _facts(content: PageContent) -> list[tuple[str, str]]:
     return rows
 
 
-def _footer(content: PageContent) -> str:
+def footer(content: PageContent) -> str:
+    """The closing line: the incident id, and what stops the paging."""
     if content.event in (EventKind.PAGED, EventKind.REOPENED):
         return f"Incident {content.incident_id}. Acknowledge it to stop paging."
     return f"Incident {content.incident_id}."
@@ -189,14 +192,14 @@ def _footer(content: PageContent) -> str:
 
 def email_text(content: PageContent) -> str:
     """The plain-text body."""
-    width = max(len(label) for label, _ in _facts(content)) + 2
-    lines = [content.title, "", _headline(content), ""]
-    lines += [f"{label + ':':<{width}}{value}" for label, value in _facts(content)]
+    width = max(len(label) for label, _ in facts(content)) + 2
+    lines = [content.title, "", headline(content), ""]
+    lines += [f"{label + ':':<{width}}{value}" for label, value in facts(content)]
     if content.runbook_url:
         lines += ["", f"Runbook: {content.runbook_url}"]
     if content.links:
         lines += ["", "Links:"] + [f"  {link.title}: {link.url}" for link in content.links]
-    lines += ["", _footer(content), ""]
+    lines += ["", footer(content), ""]
     return "\n".join(lines)
 
 
@@ -211,17 +214,17 @@ def _link(title: str, url: str) -> str:
 def email_html(content: PageContent) -> str:
     """The HTML body: the same facts as the text, every value escaped."""
     e = html.escape
-    colour = _SEVERITY_COLOURS.get(content.severity, "#495057")
+    colour = SEVERITY_COLOURS.get(content.severity, "#495057")
     rows = "".join(
         f'<tr><th align="left" style="padding-right:12px">{e(label)}</th><td>{e(value)}</td></tr>'
-        for label, value in _facts(content)
+        for label, value in facts(content)
     )
     parts = [
         "<!DOCTYPE html>",
         '<html><head><meta charset="utf-8"></head><body style="font-family:sans-serif">',
         f'<p><span style="background:{colour};color:#fff;padding:2px 6px;border-radius:3px">'
         f"{e(content.severity)}</span> <strong>{e(content.title)}</strong></p>",
-        f"<p>{e(_headline(content))}</p>",
+        f"<p>{e(headline(content))}</p>",
         f"<table>{rows}</table>",
     ]
     if content.runbook_url:
@@ -229,7 +232,7 @@ def email_html(content: PageContent) -> str:
     if content.links:
         items = "".join(f"<li>{_link(link.title, link.url)}</li>" for link in content.links)
         parts.append(f"<p>Links:</p><ul>{items}</ul>")
-    parts += [f"<p>{e(_footer(content))}</p>", "</body></html>", ""]
+    parts += [f"<p>{e(footer(content))}</p>", "</body></html>", ""]
     return "\n".join(parts)
 
 

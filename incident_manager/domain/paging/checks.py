@@ -17,17 +17,23 @@ from urllib.parse import urlsplit
 from incident_manager.domain.paging.model import (
     CHANNEL_TYPES,
     MAX_REPEAT,
+    PAGERDUTY_EVENTS_URL,
     Channel,
     ConfigPath,
     ConfigProblem,
     EmailChannel,
     EscalationPolicy,
+    MessageTemplate,
+    PagerDutyChannel,
     Route,
     Schedule,
+    SlackChannel,
     TargetKind,
+    TeamsChannel,
     User,
     WebhookChannel,
 )
+from incident_manager.domain.paging.templates import template_problem
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Ids appear in logs, metrics and URLs: letters, digits, `_`, `.`, `-`, at most 64."""
@@ -267,8 +273,38 @@ def _check_channel(out: _Problems, path: ConfigPath, channel: Channel) -> None:
         _check_timeout(out, (*smtp, "timeout"), channel.smtp.timeout)
         for j, address in enumerate(channel.to):
             _check_address(out, (*path, "to", j), address)
+    elif isinstance(channel, SlackChannel | TeamsChannel):
+        what = "Slack webhook URL" if isinstance(channel, SlackChannel) else "Teams webhook URL"
+        _check_env_name(out, (*path, "url_env"), channel.url_env, what)
+        _check_timeout(out, (*path, "timeout"), channel.timeout)
+        _check_template(out, (*path, "template"), channel.template)
+    elif isinstance(channel, PagerDutyChannel):
+        _check_env_name(out, (*path, "routing_key_env"), channel.routing_key_env, "routing key")
+        url = urlsplit(channel.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            out.add(
+                (*path, "url"),
+                f"{channel.url!r} is not an http(s) URL; expected e.g. {PAGERDUTY_EVENTS_URL}",
+            )
+        elif url.password is not None:
+            out.add((*path, "url"), "the URL carries a password; secrets do not go in this file")
+        _check_timeout(out, (*path, "timeout"), channel.timeout)
+        _check_template(out, (*path, "template"), channel.template)
     else:
         out.add((*path, "type"), f"unknown channel type {channel.type!r}")
+
+
+def _check_template(out: _Problems, path: ConfigPath, template: MessageTemplate | None) -> None:
+    if template is None:
+        return
+    if template.title is None and template.body is None:
+        out.add(path, "expected title, body or both (Jinja2 templates)")
+    for part in ("title", "body"):
+        source: str | None = getattr(template, part)
+        problem = template_problem(source) if source is not None else None
+        if problem is not None:
+            where = f"line {problem.line} of the template: " if problem.line else ""
+            out.add((*path, part), f"{where}{problem.reason}")
 
 
 def _check_schedule(

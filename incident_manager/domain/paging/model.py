@@ -145,14 +145,66 @@ class EmailChannel(Channel):
     type: ClassVar[str] = "email"
 
 
+@dataclass(frozen=True)
+class MessageTemplate:
+    """A channel's own words for its messages: Jinja2 sources for the title and the body.
+
+    None keeps the channel's default for that part. The sources are checked when the
+    configuration is built (`templates.template_problem`); rendering happens at send time,
+    and a failure there sends the default message instead (docs/PAGING.md, Templates).
+    """
+
+    title: str | None = None
+    body: str | None = None
+
+
+@dataclass(frozen=True)
+class SlackChannel(Channel):
+    """A Slack incoming webhook. Its URL is a credential, so the file names the environment
+    variable that holds it."""
+
+    url_env: str = ""
+    timeout: timedelta = timedelta(seconds=10)
+    template: MessageTemplate | None = None
+    type: ClassVar[str] = "slack"
+
+
+@dataclass(frozen=True)
+class TeamsChannel(Channel):
+    """A Microsoft Teams Workflows webhook ("When a Teams webhook request is received"),
+    posting an Adaptive Card. Its URL carries a signature, so it comes from the environment."""
+
+    url_env: str = ""
+    timeout: timedelta = timedelta(seconds=10)
+    template: MessageTemplate | None = None
+    type: ClassVar[str] = "teams"
+
+
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+"""PagerDuty's Events API v2 endpoint."""
+
+
+@dataclass(frozen=True)
+class PagerDutyChannel(Channel):
+    """Events API v2 of one PagerDuty service: our incident becomes a PagerDuty alert whose
+    dedup_key is our incident id."""
+
+    routing_key_env: str = ""
+    """The environment variable holding the integration's routing key."""
+    url: str = PAGERDUTY_EVENTS_URL
+    timeout: timedelta = timedelta(seconds=10)
+    template: MessageTemplate | None = None
+    type: ClassVar[str] = "pagerduty"
+
+
 CHANNEL_TYPES: Mapping[str, type[Channel]] = {
     WebhookChannel.type: WebhookChannel,
     EmailChannel.type: EmailChannel,
+    SlackChannel.type: SlackChannel,
+    TeamsChannel.type: TeamsChannel,
+    PagerDutyChannel.type: PagerDutyChannel,
 }
-"""The channel types a configuration may use now."""
-
-PLANNED_CHANNEL_TYPES = ("slack", "teams", "pagerduty")
-"""Types that will come on the same delivery machinery; a configuration using one is refused."""
+"""The channel types a configuration may use."""
 
 
 @dataclass(frozen=True)
