@@ -8,7 +8,8 @@ in-process server (`Running`, `StartServer`, `next_message`) and `installed_tool
 Imported from their modules, by the tiers that need them:
 `tests.support.processes` (real server processes and blocking clients),
 `tests.support.load` (clients that load them and the ledger of their acks),
-`tests.support.postgres` (throwaway PostgreSQL databases) and
+`tests.support.postgres` (throwaway PostgreSQL databases),
+`tests.support.hooks` (a webhook receiver on a thread of its own, for server processes) and
 `tests.support.docs` (the documents whose examples are checked and run).
 """
 

@@ -172,9 +172,10 @@ class LoopbackController(Controller):
 
 
 @asynccontextmanager
-async def webhook_receiver() -> AsyncIterator[Receiver]:
-    """A receiver listening on 127.0.0.1 (a free port) for POSTs to any path."""
-    recorder = Receiver()
+async def webhook_receiver(recorder: Receiver | None = None) -> AsyncIterator[Receiver]:
+    """A receiver listening on 127.0.0.1 (a free port) for POSTs to any path: `recorder`
+    (a Receiver subclass may add to what is recorded), or a new Receiver."""
+    recorder = recorder if recorder is not None else Receiver()
     app = web.Application()
     app.router.add_post("/{tail:.*}", recorder.handle)
     server = TestServer(app, host="127.0.0.1", port=0)
