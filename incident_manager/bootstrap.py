@@ -121,6 +121,9 @@ def _paging_config(settings: Settings) -> PagingConfig | None:
             "the paging configuration cannot be used (--paging-config):\n"
             + "\n".join(error.messages)
         ) from None
+    problem = loaded.config.lease_problem(settings.paging_lease)
+    if problem:
+        raise StartupError(f"the paging configuration cannot be used: {problem}")
     for warning in loaded.warnings:
         log.warning("paging configuration: %s", warning)
     return loaded.config

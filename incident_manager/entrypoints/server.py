@@ -371,6 +371,15 @@ class IncidentServer:
                 "\n".join(error.messages),
             )
             return False
+        problem = loaded.config.lease_problem(self.settings.paging_lease)
+        if problem:
+            self.metrics.paging_reloads.labels("refused").inc()
+            log.error(
+                "SIGHUP: the paging configuration was NOT reloaded; the previous one stays in"
+                " force: %s",
+                problem,
+            )
+            return False
         for warning in loaded.warnings:
             log.warning("paging configuration: %s", warning)
         self.pager.rules.replace(loaded.config)

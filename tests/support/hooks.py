@@ -132,6 +132,8 @@ def paging_file(channels: Sequence[tuple[str, str]], policy_channel: str | None 
             "    type: webhook",
             f"    url: {url}",
             f"    secret_env: {SECRET_ENV}",
+            # Shorter than the 2 s lease the replica tests use (the server refuses otherwise).
+            "    timeout: 1s",
         ]
     lines += [
         "escalation_policies:",

@@ -374,3 +374,11 @@ routes:
         ("schedule primary", "SUPPRESSED"),
     ]
     assert "no longer in the paging configuration" in rows[1].last_error
+
+
+def test_a_lease_no_longer_than_a_channel_timeout_is_refused_naming_the_channels() -> None:
+    # The webhook and SMTP channels of CONFIG take the default 10 s per attempt.
+    problem = CONFIG.lease_problem(timedelta(seconds=10))
+    assert "ops-hook (10s)" in problem and "mail (10s)" in problem
+    assert "--paging-lease (10s)" in problem
+    assert CONFIG.lease_problem(timedelta(seconds=11)) == ""

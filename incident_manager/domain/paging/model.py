@@ -104,6 +104,13 @@ class Channel:
     id: str
     type: ClassVar[str] = ""
 
+    @property
+    def attempt_timeout(self) -> timedelta:
+        """How long one delivery attempt through this channel may take."""
+        smtp = getattr(self, "smtp", None)
+        found = getattr(smtp, "timeout", None) or getattr(self, "timeout", None)
+        return found if isinstance(found, timedelta) else timedelta(seconds=10)
+
 
 @dataclass(frozen=True)
 class WebhookChannel(Channel):
@@ -381,6 +388,22 @@ class PagingConfig:
     def policy(self, policy_id: str) -> EscalationPolicy | None:
         """The escalation policy with this id, if any."""
         return self._policies.get(policy_id)
+
+    def lease_problem(self, lease: timedelta) -> str:
+        """Why a delivery lease of `lease` is too short for these channels, or "".
+
+        A replica holds a claimed delivery for the lease; if one attempt can take
+        longer, another replica may take it over while it is still being sent.
+        """
+        slow = [c for c in self.channels if c.attempt_timeout >= lease]
+        if not slow:
+            return ""
+        named = ", ".join(f"{c.id} ({c.attempt_timeout.total_seconds():g}s)" for c in slow)
+        return (
+            f"--paging-lease ({lease.total_seconds():g}s) must be longer than every channel's "
+            f"timeout, or a slow page could be sent twice by two replicas: {named}; raise "
+            "--paging-lease or lower those timeouts"
+        )
 
     @property
     def email_channel(self) -> EmailChannel | None:
