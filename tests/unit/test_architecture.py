@@ -203,16 +203,33 @@ def test_only_the_bootstrap_imports_the_adapters() -> None:
     assert not wrong, "choose a storage in incident_manager.bootstrap only:\n" + "\n".join(wrong)
 
 
-def test_only_the_entrypoints_import_the_generated_stubs() -> None:
+def test_only_the_entrypoints_and_the_command_line_import_the_generated_stubs() -> None:
     wrong = report(
         [
             found
             for found in IMPORTS
             if is_within(found.target, "generated")
             and not is_within(found.importer, "incident_manager.entrypoints")
+            and not is_within(found.importer, "incident_manager.cli")
         ]
     )
-    assert not wrong, "only incident_manager.entrypoints may import generated:\n" + "\n".join(wrong)
+    assert not wrong, "only the entrypoints and imctl may import generated:\n" + "\n".join(wrong)
+
+
+def test_the_command_line_speaks_only_the_public_api() -> None:
+    """imctl is a client like any other: the stubs, never the server's own code."""
+    wrong = report(
+        [
+            found
+            for found in IMPORTS
+            if is_within(found.importer, "incident_manager.cli")
+            and is_within(found.target, "incident_manager")
+            and not is_within(found.target, "incident_manager.cli")
+            # The package's version (incident_manager/__init__.py) is all it shares.
+            and found.target not in ("incident_manager", "incident_manager.__version__")
+        ]
+    )
+    assert not wrong, "imctl may import only itself and generated/:\n" + "\n".join(wrong)
 
 
 def test_the_checks_see_the_imports_that_are_allowed() -> None:
@@ -221,6 +238,7 @@ def test_the_checks_see_the_imports_that_are_allowed() -> None:
     assert {"incident_manager.domain.model", "incident_manager.service.handlers"} <= modules
     targets = {(f.importer, f.target) for f in IMPORTS}
     assert ("incident_manager.entrypoints.conversions", "generated.incident_manager.v1") in targets
+    assert ("incident_manager.cli.connect", "generated.incident_manager.v1") in targets
     assert ("incident_manager.adapters.sqlite.writer", "sqlite3") in targets
     assert (
         "incident_manager.adapters.sql.repositories",
