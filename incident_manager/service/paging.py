@@ -411,10 +411,12 @@ def record_delivery(
     outcome: DeliveryOutcome,
     retries: RetrySchedule,
     now: datetime,
-) -> bool:
-    """Store what attempt `attempt` of a claimed delivery came to.
+) -> NotificationState | None:
+    """Store what attempt `attempt` of a claimed delivery came to, and return the state
+    the delivery is in now: SENT, FAILED (refused, or its retries ran out) or PENDING
+    (to be tried again).
 
-    Returns False, changing nothing, when the claim is no longer ours (its
+    Returns None, changing nothing, when the claim is no longer ours (its
     lease ran out and another worker took it over): the fencing token is the
     (worker, attempt) pair.
     """
@@ -425,7 +427,7 @@ def record_delivery(
         or notification.claimed_by != worker
         or notification.attempts != attempt
     ):
-        return False
+        return None
     final = None
     if outcome.sent:
         notification.sent(now)
@@ -466,4 +468,4 @@ def record_delivery(
                 },
             )
             load.save(incident)
-    return True
+    return notification.state

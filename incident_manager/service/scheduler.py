@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from incident_manager.domain.errors import StorageUnavailable
-from incident_manager.domain.paging.ledger import Notification
+from incident_manager.domain.paging.ledger import Notification, NotificationState
 from incident_manager.domain.paging.model import PagingConfig
 from incident_manager.service import paging
 from incident_manager.service.ports import (
@@ -33,6 +33,10 @@ from incident_manager.service.ports import (
 
 log = logging.getLogger("incident_manager.paging")
 T = TypeVar("T")
+
+_OUTCOMES = {NotificationState.SENT: "sent", NotificationState.FAILED: "failed"}
+"""The metric's outcome of a recorded attempt, by the state it left the delivery in;
+a delivery still PENDING will be retried."""
 
 
 class PagingObserver(Protocol):
@@ -193,9 +197,12 @@ class PagingWorker:
             # with the same id, so a receiver can drop the duplicate.
             log.warning("paging: could not record delivery %s; it will be retried", notification.id)
             return
-        if stored:
-            result = "sent" if outcome.sent else ("retry" if outcome.retry else "failed")
-            self.observer.delivery_finished(notification.channel_type, result)
+        if stored is not None:
+            # By the state stored, not the attempt's outcome: a retryable failure whose
+            # schedule ran out is a delivery given up on.
+            self.observer.delivery_finished(
+                notification.channel_type, _OUTCOMES.get(stored, "retry")
+            )
         self.wake()
 
 

@@ -8,6 +8,7 @@ lacks, a grace period shorter than the shutdown it has to cover.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from incident_manager.config import (
     parse_duration,
 )
 from incident_manager.entrypoints.server import LIVENESS
+from incident_manager.paging import load_paging_file
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -52,6 +54,22 @@ SETTING_NAME = re.compile(r"\bINCIDENT_MANAGER_[A-Z0-9_]*[A-Z0-9]\b")
 
 def documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+def config_maps() -> dict[str, list[Path]]:
+    """The ConfigMaps kustomization.yaml generates, by name, with the files they hold."""
+    (kustomization,) = documents(KUBERNETES / "kustomization.yaml")
+    return {
+        generator["name"]: [KUBERNETES / name for name in generator["files"]]
+        for generator in kustomization.get("configMapGenerator", [])
+    }
+
+
+def manifests() -> list[Path]:
+    """The YAML files of deploy/ that Kubernetes reads as objects: not the files that
+    become ConfigMaps."""
+    generated = {path for files in config_maps().values() for path in files}
+    return sorted(path for path in DEPLOY.rglob("*.yaml") if path not in generated)
 
 
 def manifest(kind: str, name: str) -> dict[str, Any]:
@@ -107,9 +125,7 @@ def files_naming_settings() -> Iterator[Path]:
     yield GUIDE
 
 
-@pytest.mark.parametrize(
-    "path", sorted(DEPLOY.rglob("*.yaml")), ids=lambda path: str(path.relative_to(ROOT))
-)
+@pytest.mark.parametrize("path", manifests(), ids=lambda path: str(path.relative_to(ROOT)))
 def test_every_yaml_document_in_deploy_parses_as_a_mapping(path: Path) -> None:
     docs = documents(path)
     assert docs, f"{path} holds no YAML document"
@@ -243,6 +259,52 @@ def test_the_mounted_files_are_where_the_settings_point() -> None:
         files.update(f"{path}/{key}" for key in keys)
     for variable in ("TOKENS_FILE", "TLS_CERT", "TLS_KEY"):
         assert env()[f"INCIDENT_MANAGER_{variable}"]["value"] in files
+
+
+def test_the_paging_config_map_is_mounted_where_the_setting_points() -> None:
+    [(name, [file])] = config_maps().items()
+    assert file.name == "paging.yaml"
+    volumes = {
+        volume["name"]: volume["configMap"]
+        for volume in pod_spec()["volumes"]
+        if volume.get("configMap", {}).get("name") == name
+    }
+    [(volume, config_map)] = volumes.items()
+    assert "items" not in config_map, "every key of the ConfigMap becomes a file"
+    [mount] = [m for m in container()["volumeMounts"] if m["name"] == volume]
+    # A subPath mount never sees the ConfigMap change, so a SIGHUP would reload the old file.
+    assert "subPath" not in mount and mount["readOnly"] is True
+    assert env()["INCIDENT_MANAGER_PAGING_CONFIG"]["value"] == f"{mount['mountPath']}/{file.name}"
+
+
+def test_the_deployed_paging_file_loads_and_its_secrets_come_from_the_secret() -> None:
+    [[file]] = config_maps().values()
+    loaded = load_paging_file(str(file))
+    assert not loaded.warnings, loaded.warnings
+    named = {
+        name
+        for channel in loaded.config.channels
+        for name in (
+            getattr(channel, "secret_env", None),
+            getattr(getattr(channel, "smtp", None), "password_env", None),
+        )
+        if name
+    }
+    assert named == {"OPS_HOOK_SECRET", "SMTP_PASSWORD"}
+    secrets = example_secrets()
+    for name in named:
+        ref = env()[name]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in secrets[ref["name"]], f"{name}: not in {EXAMPLE_SECRETS.name}"
+    signing = secrets["incident-manager-paging"]["ops-hook-secret"]
+    assert signing.startswith("whsec_") and base64.b64decode(signing.removeprefix("whsec_"))
+
+
+def test_the_deployment_guide_says_how_a_changed_paging_file_takes_effect() -> None:
+    guide = " ".join(GUIDE.read_text(encoding="utf-8").split())
+    assert "python -m incident_manager.paging check deploy/kubernetes/paging.yaml" in guide
+    assert "kubectl apply -k deploy/kubernetes" in guide
+    assert "os.kill(1, signal.SIGHUP)" in guide, "the SIGHUP alternative"
+    assert "SIGHUP: paging configuration reloaded" in guide
 
 
 def test_the_example_tokens_file_is_in_the_format_the_server_reads() -> None:

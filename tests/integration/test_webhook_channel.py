@@ -15,9 +15,13 @@ from email.utils import format_datetime
 import pytest
 from aiohttp import web
 
-from incident_manager.adapters.channels.base import Delivery, Outcome
+from incident_manager.adapters.channels.base import Delivery, Outcome, page_content_to_dict
 from incident_manager.adapters.channels.http import HttpClient
+from incident_manager.adapters.channels.outbox import OutboxDispatcher
 from incident_manager.adapters.channels.webhook import WebhookChannel, WebhookSettings
+from incident_manager.domain.paging.ledger import Notification
+from incident_manager.domain.paging.model import TargetKind
+from incident_manager.paging.file import load_paging_config
 from tests.support.pages import page
 from tests.support.receivers import (
     Behaviour,
@@ -306,3 +310,51 @@ async def test_a_closed_channel_sends_again_with_a_new_session(receiver: Receive
         assert (await sender.send(delivery(receiver.url))).outcome is Outcome.SENT
     finally:
         await sender.close()
+
+
+async def test_the_headers_a_paging_file_gives_a_webhook_channel_are_sent_with_its_pages(
+    receiver: Receiver,
+) -> None:
+    config = load_paging_config(
+        f"""
+channels:
+  - id: ops-hook
+    type: webhook
+    url: "{receiver.url}"
+    secret_env: HOOK_SECRET
+    headers: {{X-Team: ops, X-Tenant: acme}}
+escalation_policies:
+  - id: default
+    levels: [{{after: 0s, notify: [{{channel: ops-hook}}]}}]
+routes:
+  - policy: default
+""",
+        "paging.yaml",
+    )
+    dispatcher = OutboxDispatcher(lambda: config, environ={"HOOK_SECRET": SECRET})
+    notification = Notification(
+        id="ntf_0123456789abcdef01234567",
+        incident_id="inc-4711",
+        policy_id="default",
+        level=1,
+        round=1,
+        target_kind=TargetKind.CHANNEL,
+        target_id="ops-hook",
+        user_id="",
+        channel_id="ops-hook",
+        channel_type="webhook",
+        recipient="ops-hook",
+        reason="new incident",
+        create_time=datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+        content=page_content_to_dict(page()),
+        attempts=1,
+    )
+    try:
+        outcome = await dispatcher.send(notification)
+    finally:
+        await dispatcher.close()
+    assert outcome.sent, outcome.detail
+    [got] = receiver.received
+    assert (got.headers["x-team"], got.headers["x-tenant"]) == ("ops", "acme")
+    assert got.headers["webhook-id"] == notification.id
+    assert verify_standard_webhook(SECRET, got.headers, got.body)

@@ -289,7 +289,7 @@ async def test_a_delivery_outcome_from_a_worker_whose_lease_ran_out_is_ignored()
     assert first.id == second.id and second.attempts == 2
 
     def record(worker: str, attempt: int):  # type: ignore[no-untyped-def]
-        def work(uow: UnitOfWork) -> bool:
+        def work(uow: UnitOfWork) -> NotificationState | None:
             with uow:
                 done = paging.record_delivery(
                     uow.paging,
@@ -306,8 +306,8 @@ async def test_a_delivery_outcome_from_a_worker_whose_lease_ran_out_is_ignored()
 
         return work
 
-    assert await storage.write(record("a", 1)) is False
-    assert await storage.write(record("b", 2)) is True
+    assert await storage.write(record("a", 1)) is None
+    assert await storage.write(record("b", 2)) is NotificationState.SENT
     stored = await storage.read(lambda uow: uow.paging.notification(first.id))
     assert stored is not None and stored.state is NotificationState.SENT and stored.attempts == 2
     incident = await storage.read(lambda uow: uow.incidents.get(incident_id, with_history=True))

@@ -49,6 +49,7 @@ def channel_settings(channel: Channel) -> Any:
             url=channel.url,
             secret_env=channel.secret_env,
             timeout=channel.timeout.total_seconds(),
+            headers=dict(channel.headers),
         )
     if isinstance(channel, EmailChannel):
         smtp = channel.smtp

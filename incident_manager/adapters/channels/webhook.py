@@ -3,6 +3,7 @@
 The body is `render.webhook_body` (documented there). Each attempt sends:
 
 - `content-type: application/json`
+- the channel's own `headers` from the paging file (the file refuses the names set here);
 - `webhook-id`: the delivery's id, the same on every retry, so a receiver can drop duplicates;
 - `webhook-timestamp`: the attempt's time, integer Unix seconds;
 - `webhook-signature`: `v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`, when the
@@ -29,7 +30,7 @@ import hmac
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 from incident_manager.adapters.channels.base import ChannelMisconfigured, Delivery
@@ -58,6 +59,8 @@ class WebhookSettings:
     secret_env: str | None = None
     """The environment variable holding the signing secret; None sends unsigned pages."""
     timeout: float = DEFAULT_TIMEOUT
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Extra request headers (the file's `headers`); the ones this channel sets win."""
 
 
 def signing_key(secret: str) -> bytes:
@@ -121,6 +124,7 @@ class WebhookEncoder:
         body = webhook_body(delivery.content)
         timestamp = int(self._clock())
         headers = {
+            **settings.headers,
             "content-type": "application/json",
             "webhook-id": delivery.delivery_id,
             "webhook-timestamp": str(timestamp),

@@ -1,0 +1,117 @@
+"""The paging worker on in-memory storage, with channels that answer as the test says."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from incident_manager.adapters.memory import MemoryStorage
+from incident_manager.domain.model import Incident, IncidentType, Severity
+from incident_manager.domain.paging.ledger import Notification, NotificationState
+from incident_manager.paging.file import load_paging_config
+from incident_manager.service import paging
+from incident_manager.service.ports import DeliveryOutcome, UnitOfWork
+from incident_manager.service.scheduler import PagingWorker
+from tests.support import FakeClock, eventually
+
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+CONFIG = load_paging_config(
+    """
+users:
+  - {id: alice, email: alice@example.com}
+channels:
+  - {id: ops-hook, type: webhook, url: "http://127.0.0.1:9/hook"}
+  - {id: mail, type: email, smtp: {host: 127.0.0.1, port: 2525, from: pager@example.com}}
+escalation_policies:
+  - id: default
+    levels:
+      - after: 0s
+        notify: [{user: alice}, {channel: ops-hook}]
+routes:
+  - policy: default
+""",
+    "test.yaml",
+)
+
+
+class Unavailable:
+    """Every receiver answers 503, which is worth a retry."""
+
+    async def send(self, notification: Notification) -> DeliveryOutcome:
+        return DeliveryOutcome(sent=False, retry=True, detail="HTTP 503 Service Unavailable")
+
+    async def close(self) -> None:
+        pass
+
+
+class TwoAttempts:
+    """Retry once, 30 s later; then give up."""
+
+    def delay(self, attempt: int, retry_after: float | None, age: timedelta) -> timedelta | None:
+        return timedelta(seconds=30) if attempt < 2 else None
+
+
+class Outcomes:
+    """What the worker reports for each recorded attempt, as the metrics see it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def delivery_finished(self, channel_type: str, outcome: str) -> None:
+        self.seen.append((channel_type, outcome))
+
+
+async def _open(storage: MemoryStorage) -> str:
+    incident = Incident.open(
+        title="GPU node down",
+        description="",
+        severity=Severity.P1,
+        type=IncidentType.INFRASTRUCTURE,
+        source="edge-agent",
+        affected_resources=[],
+        labels={},
+        assignees=[],
+        fingerprint="fp",
+        actor="edge-agent",
+        now=T0,
+        alert_count=1,
+    )
+
+    def work(uow: UnitOfWork) -> str:
+        with uow:
+            uow.incidents.add(incident)
+            paging.follow_incident(uow.paging, CONFIG, incident, None, T0)
+            uow.commit()
+        return incident.id
+
+    return await storage.write(work)
+
+
+def _recorded(outcomes: Outcomes, count: int) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return len(outcomes.seen) >= count
+
+    return probe
+
+
+async def test_a_delivery_whose_retries_ran_out_is_counted_as_failed_not_as_a_retry() -> None:
+    storage = MemoryStorage()
+    clock = FakeClock(T0)
+    outcomes = Outcomes()
+    incident_id = await _open(storage)
+    worker = PagingWorker(
+        storage, lambda: CONFIG, Unavailable(), TwoAttempts(), clock, observer=outcomes
+    )
+    worker.start()
+    try:
+        await eventually(_recorded(outcomes, 2), what="the first attempts")
+        assert sorted(outcomes.seen) == [("email", "retry"), ("webhook", "retry")]
+        clock.advance(seconds=31)
+        worker.wake()
+        await eventually(_recorded(outcomes, 4), what="the second attempts")
+    finally:
+        await worker.stop()
+    assert sorted(outcomes.seen[2:]) == [("email", "failed"), ("webhook", "failed")]
+    ledger = await storage.read(lambda uow: uow.paging.list_notifications(incident_id, None, 10))
+    assert [(n.state, n.attempts) for n in ledger] == [(NotificationState.FAILED, 2)] * 2
+    assert all(n.last_error.startswith("gave up after 2 attempts: HTTP 503") for n in ledger)
