@@ -26,7 +26,6 @@ NAMED = [
     ("incident_manager.domain.integrations", "EventKind"),
     ("incident_manager.domain.paging.model", "Channel"),
     ("incident_manager.domain.paging.model", "CHANNEL_TYPES"),
-    ("incident_manager.domain.paging.model", "PLANNED_CHANNEL_TYPES"),
     ("incident_manager.paging.file", "_CHANNEL_KEYS"),
     ("incident_manager.paging.file", "FILE_KEYS"),
     ("incident_manager.paging.file", "_webhook"),
