@@ -32,7 +32,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from incident_manager.adapters.channels.base import (
@@ -185,28 +185,58 @@ def url_and_path(url: str) -> tuple[str, ...]:
     return (url, path) if path else (url,)
 
 
-class SlackEncoder:
-    """Builds one attempt of a Slack delivery."""
+class _ChatSettings(Protocol):
+    @property
+    def channel_id(self) -> str: ...
+
+    @property
+    def url_env(self) -> str: ...
+
+    @property
+    def template(self) -> MessageTemplate | None: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+
+ChatSettings = TypeVar("ChatSettings", bound=_ChatSettings)
+
+
+class ChatEncoder(Generic[ChatSettings]):
+    """Builds one attempt of a delivery to a chat service's incoming webhook.
+
+    Slack and Teams differ only in the service's name (for messages), the title and
+    body limits, how the body is escaped, and the payload they are given.
+    """
+
+    service: ClassVar[str]
+    title_limit: ClassVar[int]
+    body_limit: ClassVar[int]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
 
-    def __call__(self, delivery: Delivery[SlackSettings]) -> HttpRequest:
+    def escape_body(self, text: str) -> str:
+        """The body as the service's markup needs it; unchanged by default."""
+        return text
+
+    def payload(self, content: PageContent, wording: Wording) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __call__(self, delivery: Delivery[ChatSettings]) -> HttpRequest:
         """The request; raises ChannelMisconfigured when the URL variable is unset or bad."""
         settings = delivery.settings
-        url = webhook_url(
-            self._environ, settings.channel_id, settings.url_env, "Slack incoming webhook"
-        )
+        url = webhook_url(self._environ, settings.channel_id, settings.url_env, self.service)
         content = delivery.content
         wording = compose(
             content,
             settings.template,
             default_title(content),
-            title_limit=MAX_HEADER,
-            body_limit=MAX_SECTION,
-            escape_body=escape_mrkdwn,
+            title_limit=self.title_limit,
+            body_limit=self.body_limit,
+            escape_body=self.escape_body,
         )
-        body = json.dumps(slack_payload(content, wording), ensure_ascii=False).encode()
+        body = json.dumps(self.payload(content, wording), ensure_ascii=False).encode()
         return HttpRequest(
             url,
             body,
@@ -215,6 +245,20 @@ class SlackEncoder:
             url_and_path(url),
             wording.note,
         )
+
+
+class SlackEncoder(ChatEncoder["SlackSettings"]):
+    """Builds one attempt of a Slack delivery."""
+
+    service = "Slack incoming webhook"
+    title_limit = MAX_HEADER
+    body_limit = MAX_SECTION
+
+    def escape_body(self, text: str) -> str:
+        return escape_mrkdwn(text)
+
+    def payload(self, content: PageContent, wording: Wording) -> dict[str, Any]:
+        return slack_payload(content, wording)
 
 
 def classify_slack(response: HttpResponse) -> AttemptResult:

@@ -24,22 +24,19 @@ answers 202 Accepted), 408/429/5xx RETRY, 410 FAILED and disables the channel, o
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from incident_manager.adapters.channels.base import Delivery, PageContent
+from incident_manager.adapters.channels.base import PageContent
 from incident_manager.adapters.channels.http import (
     HttpChannel,
     HttpClient,
-    HttpRequest,
     classify_http_status,
 )
 from incident_manager.adapters.channels.render import facts, footer, headline
-from incident_manager.adapters.channels.slack import default_title, url_and_path, webhook_url
-from incident_manager.adapters.channels.wording import Wording, compose
+from incident_manager.adapters.channels.slack import ChatEncoder, default_title
+from incident_manager.adapters.channels.wording import Wording
 from incident_manager.domain.paging.model import MessageTemplate
 
 CARD_VERSION = "1.4"
@@ -136,35 +133,15 @@ def teams_payload(content: PageContent, wording: Wording | None = None) -> dict[
     }
 
 
-class TeamsEncoder:
+class TeamsEncoder(ChatEncoder["TeamsSettings"]):
     """Builds one attempt of a Teams delivery."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        self._environ = os.environ if environ is None else environ
+    service = "Teams Workflows webhook"
+    title_limit = MAX_TITLE
+    body_limit = MAX_TEXT
 
-    def __call__(self, delivery: Delivery[TeamsSettings]) -> HttpRequest:
-        """The request; raises ChannelMisconfigured when the URL variable is unset or bad."""
-        settings = delivery.settings
-        url = webhook_url(
-            self._environ, settings.channel_id, settings.url_env, "Teams Workflows webhook"
-        )
-        content = delivery.content
-        wording = compose(
-            content,
-            settings.template,
-            default_title(content),
-            title_limit=MAX_TITLE,
-            body_limit=MAX_TEXT,
-        )
-        body = json.dumps(teams_payload(content, wording), ensure_ascii=False).encode()
-        return HttpRequest(
-            url,
-            body,
-            {"content-type": "application/json; charset=utf-8"},
-            settings.timeout,
-            url_and_path(url),
-            wording.note,
-        )
+    def payload(self, content: PageContent, wording: Wording) -> dict[str, Any]:
+        return teams_payload(content, wording)
 
 
 class TeamsChannel(HttpChannel[TeamsSettings]):
