@@ -201,6 +201,7 @@ class IncidentManager:
                     now=self.clock(),
                     limiter=self.rate_limiter,
                     policies=self.auto_resolve,
+                    paging=self.paging(),
                 )
             )
         finally:

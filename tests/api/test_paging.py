@@ -417,3 +417,25 @@ async def test_without_a_paging_file_the_paging_rpcs_say_how_to_turn_it_on(
         await stub.GetOnCall(paging_pb2.GetOnCallRequest(schedule_id="primary"))
     assert off.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "--paging-config" in (off.value.details() or "")
+
+
+async def test_ten_thousand_merged_alerts_page_once_per_level(pager: Paging) -> None:
+    for batch in range(10):
+        await pager.ingestion.BatchSubmitAlerts(
+            ingestion_pb2.BatchSubmitAlertsRequest(
+                alerts=[
+                    alert(
+                        id=f"storm-{batch}-{i}",
+                        title="GPU fleet overheating",
+                        severity=incident_pb2.SEVERITY_P1,
+                    )
+                    for i in range(1000)
+                ]
+            )
+        )
+    listed = await pager.incidents.ListIncidents(service_pb2.ListIncidentsRequest())
+    (incident,) = listed.incidents
+    assert incident.alert_count == 10_000
+    rows = await pager.settled(incident.id, 2)
+    assert targets(rows) == [(1, 1, "mail", "alice@example.com"), (1, 1, "ops-hook", "ops-hook")]
+    assert len(pager.hook.received) == 1 and len(pager.mailbox.received) == 1
