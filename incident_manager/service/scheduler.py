@@ -96,8 +96,9 @@ class PagingWorker:
         """
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # asyncio.wait, not `await task` under suppress(CancelledError): that
+            # would also swallow a cancellation of whoever is stopping the worker.
+            await asyncio.wait([self._task])
         if self._sending:
             _, late = await asyncio.wait(self._sending, timeout=grace)
             for task in late:
@@ -171,8 +172,12 @@ class PagingWorker:
                 timeout = min(timeout, max((next_due - self.clock()).total_seconds(), 0.0))
         if timeout <= 0:
             return
+        # asyncio.timeout, not asyncio.wait_for: on Python 3.11, wait_for returns
+        # normally when the event is set in the same turn as the worker is
+        # cancelled, which swallowed stop()'s cancellation and kept it running.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     async def _deliver(self, notification: Notification) -> None:
         try:

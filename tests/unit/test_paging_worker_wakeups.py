@@ -1,5 +1,5 @@
-"""When the paging worker runs a pass: a wake-up is never lost, and a worker whose
-sending slots are all taken waits for one to free instead of spinning."""
+"""When the paging worker runs a pass: a wake-up is never lost, a worker whose sending
+slots are all taken waits for one to free instead of spinning, and a stop stops it."""
 
 from __future__ import annotations
 
@@ -156,3 +156,24 @@ async def test_a_worker_with_every_sending_slot_taken_waits_instead_of_spinning(
         await eventually(receiver.pages(2), what="the second page")
     finally:
         await worker.stop()
+
+
+async def test_a_worker_told_to_stop_just_as_it_is_woken_stops() -> None:
+    # The stop may land at any point of the wake-up's turns of the event loop; on
+    # Python 3.11 asyncio.wait_for returned normally when both landed at once,
+    # swallowing the cancellation, and the worker ran on for ever.
+    for turns in range(8):
+        worker = PagingWorker(
+            Threaded(), lambda: CONFIG, Receiver(), NoRetries(), FakeClock(T0), idle_poll=60.0
+        )
+        worker.start()
+        await asyncio.sleep(0.02)  # idle: nothing is due
+        worker.wake()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        stopping = asyncio.ensure_future(worker.stop())
+        stopped, _ = await asyncio.wait([stopping], timeout=2)
+        if not stopped:
+            stopping.cancel()  # which cancels the worker a second time
+            await asyncio.wait([stopping])
+        assert stopped, f"the worker was still running 2 s after stop ({turns} turns)"
