@@ -155,7 +155,10 @@ class PagingRepository(abc.ABC):
     def add_notifications(self, notifications: list[Notification]) -> None: ...
 
     @abc.abstractmethod
-    def save_notification(self, notification: Notification) -> None: ...
+    def save_notification(self, notification: Notification) -> None:
+        """Store a delivery's progress: its state, attempts, error, times and claim.
+
+        The rest (target, content...) is fixed when the delivery is added."""
 
     @abc.abstractmethod
     def notification(self, notification_id: str) -> Notification | None: ...

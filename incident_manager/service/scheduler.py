@@ -100,8 +100,9 @@ class PagingWorker:
         """
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # asyncio.wait, not `await task` under suppress(CancelledError): that
+            # would also swallow a cancellation of whoever is stopping the worker.
+            await asyncio.wait([self._task])
         if self._sending:
             _, late = await asyncio.wait(self._sending, timeout=grace)
             for task in late:
@@ -119,6 +120,10 @@ class PagingWorker:
                     released,
                 )
         while True:
+            # Cleared before the pass reads anything, not before the wait: a commit
+            # or a finished delivery during the pass then calls for the next one
+            # instead of waiting out the idle poll.
+            self._wake.clear()
             try:
                 busy = await self._pass()
             except StorageUnavailable as error:
@@ -159,15 +164,24 @@ class PagingWorker:
         return report.steps >= self.batch or (room > 0 and len(claimed) >= room)
 
     async def _idle(self) -> None:
-        next_due = await self.storage.read(lambda uow: uow.paging.next_due())
+        if self._wake.is_set():
+            return  # something was committed or delivered during the pass
         timeout = self.idle_poll
-        if next_due is not None:
-            timeout = min(timeout, max((next_due - self.clock()).total_seconds(), 0.0))
+        # With every sending slot taken, deliveries that are due cannot be claimed
+        # yet: waiting for their due time would spin. A delivery that finishes
+        # wakes the worker; a step falling due meanwhile waits at most idle_poll.
+        if len(self._sending) < self.concurrency:
+            next_due = await self.storage.read(lambda uow: uow.paging.next_due())
+            if next_due is not None:
+                timeout = min(timeout, max((next_due - self.clock()).total_seconds(), 0.0))
         if timeout <= 0:
             return
-        self._wake.clear()
+        # asyncio.timeout, not asyncio.wait_for: on Python 3.11, wait_for returns
+        # normally when the event is set in the same turn as the worker is
+        # cancelled, which swallowed stop()'s cancellation and kept it running.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     async def _deliver(self, notification: Notification) -> None:
         try:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,11 @@ SIZES = {
         "fanout_seconds": 10,
         "list_incidents": 1_000_000,
         "rss_alerts": 1_000_000,
+        "page_storm": 10_000,
+        "page_steady_seconds": 30,
+        "idle_incidents": 100_000,
+        "idle_seconds": 20,
+        "paging_ingest": 20_000,
     },
     "quick": {
         "unary": 3_000,
@@ -57,6 +62,11 @@ SIZES = {
         "fanout_seconds": 4,
         "list_incidents": 100_000,
         "rss_alerts": 100_000,
+        "page_storm": 3_000,
+        "page_steady_seconds": 10,
+        "idle_incidents": 20_000,
+        "idle_seconds": 10,
+        "paging_ingest": 5_000,
     },
 }
 
@@ -70,12 +80,14 @@ class Row:
     p99_ms: float | None
     rss_mb: float | None
     ratio: float | None = None
+    shown: str | None = None
+    """Shown in the rate column instead of `rate` (a CPU share needs decimals)."""
 
 
 class Process:
     """A server process on a free loopback port."""
 
-    def __init__(self, name: str, argv: list[str]) -> None:
+    def __init__(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -85,7 +97,7 @@ class Process:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             # Several servers run at once: none may take the metrics port.
-            env={**os.environ, "INCIDENT_MANAGER_METRICS_LISTEN": "off"},
+            env={**os.environ, "INCIDENT_MANAGER_METRICS_LISTEN": "off", **(env or {})},
         )
         channel = grpc.insecure_channel(self.address)
         grpc.channel_ready_future(channel).result(timeout=30)
@@ -104,10 +116,11 @@ class Process:
             self.popen.kill()
 
 
-def our_server(database: Path | str) -> Process:
+def our_server(database: Path | str, *args: str, env: Mapping[str, str] | None = None) -> Process:
     return Process(
         "incident-manager",
-        ["-m", "incident_manager", "--database", str(database), "--log-level", "WARNING"],
+        ["-m", "incident_manager", "--database", str(database), "--log-level", "WARNING", *args],
+        env,
     )
 
 
@@ -483,9 +496,11 @@ async def run(size: str, workdir: Path) -> list[Row]:
     finally:
         memory.stop()
 
-    # Imported here: that module builds on this one's load generators.
+    # Imported here: these modules build on this one's load generators.
+    from tests.benchmark.paging import paging_rows
     from tests.benchmark.replicas import postgres_rows
 
+    rows.extend(await paging_rows(n, workdir))
     rows.extend(await postgres_rows(n))
     return rows
 
@@ -494,7 +509,7 @@ def render(rows: list[Row]) -> str:
     header = "| scenario | rate | p50 ms | p99 ms | peak RSS MB | ratio to bare |"
     lines = [header, "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        rate = f"{r.rate:,.0f} {r.unit}" if r.rate else ""
+        rate = r.shown if r.shown is not None else f"{r.rate:,.0f} {r.unit}" if r.rate else ""
         p50 = f"{r.p50_ms:.2f}" if r.p50_ms is not None else ""
         p99 = f"{r.p99_ms:.2f}" if r.p99_ms is not None else ""
         rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else ""
@@ -510,6 +525,9 @@ def main() -> None:
     parser.add_argument(
         "--postgres-only", action="store_true", help="only the PostgreSQL rows (replicas.py)"
     )
+    parser.add_argument(
+        "--paging-only", action="store_true", help="only the paging rows (paging.py)"
+    )
     args = parser.parse_args()
     size = "quick" if args.quick else "full"
     began = time.perf_counter()
@@ -517,6 +535,11 @@ def main() -> None:
         from tests.benchmark.replicas import postgres_rows
 
         rows = asyncio.run(postgres_rows(SIZES[size]))
+    elif args.paging_only:
+        from tests.benchmark.paging import paging_rows
+
+        with tempfile.TemporaryDirectory(prefix="im-bench-") as folder:
+            rows = asyncio.run(paging_rows(SIZES[size], Path(folder)))
     else:
         with tempfile.TemporaryDirectory(prefix="im-bench-") as folder:
             rows = asyncio.run(run(size, Path(folder)))

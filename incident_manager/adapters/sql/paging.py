@@ -15,11 +15,13 @@ from incident_manager.adapters.sql.dialect import Dialect
 from incident_manager.adapters.sql.paging_rows import (
     ESCALATION_COLUMNS,
     NOTIFICATION_COLUMNS,
+    NOTIFICATION_PROGRESS_COLUMNS,
     OVERRIDE_COLUMNS,
     SILENCE_COLUMNS,
     escalation_from_row,
     escalation_row,
     notification_from_row,
+    notification_progress_row,
     notification_row,
     override_from_row,
     override_row,
@@ -155,11 +157,10 @@ class SqlPaging(PagingRepository):
             self._execute(query, notification_row(notification))
 
     def save_notification(self, notification: Notification) -> None:
-        values = notification_row(notification)
-        assignments = ", ".join(f"{name} = {self._p}" for name in NOTIFICATION_COLUMNS[1:])
+        assignments = ", ".join(f"{name} = {self._p}" for name in NOTIFICATION_PROGRESS_COLUMNS)
         self._execute(
             f"UPDATE notifications SET {assignments} WHERE id = {self._p}",
-            (*values[1:], notification.id),
+            (*notification_progress_row(notification), notification.id),
         )
 
     def notification(self, notification_id: str) -> Notification | None:

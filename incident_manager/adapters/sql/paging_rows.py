@@ -108,7 +108,49 @@ def _span(delta: timedelta | None) -> int | None:
     return None if delta is None else delta // timedelta(microseconds=1)
 
 
+POLICIES_REMEMBERED = 256
+"""Policies kept with their JSON text; when full, all are forgotten (a reload makes new ones)."""
+
+# Every escalation row stores its policy's snapshot, and almost all of them hold
+# one of the few policies of the file in force: a storm of new incidents would
+# encode the same policy once per incident, and the worker decode it once per
+# step. Policies are immutable, so one object can stand for every row's text.
+# Plain dicts: the writer and reader threads may race on them, which at worst
+# encodes or decodes a policy again.
+_text_by_policy: dict[int, tuple[EscalationPolicy, str]] = {}
+_policy_by_text: dict[str, EscalationPolicy] = {}
+
+
 def policy_to_json(policy: EscalationPolicy) -> str:
+    """The policy as stored: compact JSON, durations in microseconds."""
+    known = _text_by_policy.get(id(policy))
+    # The entry holds the policy, so while it is there no other object has its id.
+    if known is not None and known[0] is policy:
+        return known[1]
+    text = _encode_policy(policy)
+    _remember(policy, text)
+    return text
+
+
+def policy_from_json(text: str) -> EscalationPolicy:
+    """The policy a stored text stands for: the same object for the same text."""
+    known = _policy_by_text.get(text)
+    if known is not None:
+        return known
+    policy = _decode_policy(text)
+    _remember(policy, text)
+    return policy
+
+
+def _remember(policy: EscalationPolicy, text: str) -> None:
+    if len(_policy_by_text) >= POLICIES_REMEMBERED or len(_text_by_policy) >= POLICIES_REMEMBERED:
+        _policy_by_text.clear()
+        _text_by_policy.clear()
+    _policy_by_text[text] = policy
+    _text_by_policy[id(policy)] = (policy, text)
+
+
+def _encode_policy(policy: EscalationPolicy) -> str:
     return _dumps(
         {
             "id": policy.id,
@@ -126,7 +168,7 @@ def policy_to_json(policy: EscalationPolicy) -> str:
     )
 
 
-def policy_from_json(text: str) -> EscalationPolicy:
+def _decode_policy(text: str) -> EscalationPolicy:
     data = json.loads(text)
     return EscalationPolicy(
         id=data["id"],
@@ -196,6 +238,34 @@ def notification_row(n: Notification) -> tuple[Any, ...]:
         n.reason,
         micros(n.create_time),
         _dumps(dict(n.content)),
+        int(n.state),
+        n.attempts,
+        n.last_error,
+        _micros_or_none(n.update_time),
+        _micros_or_none(n.send_time),
+        _micros_or_none(n.next_attempt_time),
+        n.claimed_by,
+        _micros_or_none(n.claim_until),
+    )
+
+
+NOTIFICATION_PROGRESS_COLUMNS = (
+    "state",
+    "attempts",
+    "last_error",
+    "update_time",
+    "send_time",
+    "next_attempt_time",
+    "claimed_by",
+    "claim_until",
+)
+"""The columns a delivery changes after it is written: the rest, its content above all,
+stay as they were created, so saving an attempt's outcome does not encode them again."""
+
+
+def notification_progress_row(n: Notification) -> tuple[Any, ...]:
+    """The values of NOTIFICATION_PROGRESS_COLUMNS, in that order."""
+    return (
         int(n.state),
         n.attempts,
         n.last_error,
