@@ -295,9 +295,11 @@ async def test_failing_receivers_are_retried_or_given_up_on_as_they_answer(
     rows = await pager.settled(retried, 2)
     assert rows[1].state == STATE.NOTIFICATION_STATE_PENDING
     assert rows[1].attempts == 1 and "500" in rows[1].last_error
+    first_error = rows[1].last_error
     pager.tick(seconds=30)  # the first wait is 5-10 s
     rows = await eventually(
-        lambda: _attempted(pager, retried, 2), what="a second attempt after the 500"
+        lambda: _attempted(pager, retried, 2, first_error),
+        what="a second attempt after the 500",
     )
     assert "429" in rows[1].last_error
     pager.tick(seconds=31)
@@ -324,7 +326,8 @@ async def test_a_receiver_that_times_out_or_drops_the_connection_is_tried_again(
     assert rows[1].last_error == "no answer within 1s"
     pager.tick(seconds=30)
     rows = await eventually(
-        lambda: _attempted(pager, incident_id, 2), what="the second attempt to lose its connection"
+        lambda: _attempted(pager, incident_id, 2, "no answer within 1s"),
+        what="the second attempt to lose its connection",
     )
     assert rows[1].state == STATE.NOTIFICATION_STATE_PENDING
     pager.tick(seconds=60)
@@ -334,9 +337,17 @@ async def test_a_receiver_that_times_out_or_drops_the_connection_is_tried_again(
     assert rows[0].state == STATE.NOTIFICATION_STATE_SENT  # the email went out meanwhile
 
 
-async def _attempted(pager: Paging, incident_id: str, attempts: int) -> Any:
+async def _attempted(pager: Paging, incident_id: str, attempts: int, after_error: str = "") -> Any:
+    """The ledger once the webhook row's attempt `attempts` has its outcome recorded.
+
+    A claim counts the attempt before it is sent, while `last_error` still holds the
+    previous attempt's error: `after_error` is that error, so it must have changed.
+    """
     rows = await pager.ledger(incident_id)
-    return rows if len(rows) > 1 and rows[1].attempts == attempts and rows[1].last_error else None
+    if len(rows) < 2 or rows[1].attempts != attempts:
+        return None
+    error = rows[1].last_error
+    return rows if error and error != after_error else None
 
 
 async def _sent(pager: Paging, incident_id: str) -> Any:
