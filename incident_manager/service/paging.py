@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from incident_manager.domain.model import EventType, Incident, IncidentState, Severity
 from incident_manager.domain.paging.escalation import Delivery, Unreached, resolve_level
@@ -29,7 +28,12 @@ from incident_manager.domain.paging.model import (
     TargetKind,
 )
 from incident_manager.domain.paging.routing import PagingSubject, choose_route, silences_holding
-from incident_manager.service.ports import DeliveryOutcome, PagingRepository, RetrySchedule
+from incident_manager.service.ports import (
+    DeliveryOutcome,
+    IncidentRepository,
+    PagingRepository,
+    RetrySchedule,
+)
 
 LATE = timedelta(seconds=2)
 """A step that runs this much after its due time says how late it was."""
@@ -162,7 +166,7 @@ class StepReport:
 
 def run_due_steps(
     uow_paging: PagingRepository,
-    load: _IncidentAccess,
+    load: IncidentRepository,
     config: PagingConfig | None,
     now: datetime,
     limit: int,
@@ -180,12 +184,6 @@ def run_due_steps(
         uow_paging.save_escalation(escalation)
         load.save(incident)
     return StepReport(steps, notified)
-
-
-class _IncidentAccess(Protocol):
-    def get(self, incident_id: str, *, with_history: bool = False) -> Incident | None: ...
-
-    def save(self, incident: Incident) -> None: ...
 
 
 def _run_step(
@@ -404,7 +402,7 @@ def page_content(
 
 def record_delivery(
     paging: PagingRepository,
-    load: _IncidentAccess,
+    load: IncidentRepository,
     notification_id: str,
     worker: str,
     attempt: int,
