@@ -43,6 +43,7 @@ from incident_manager.domain.paging.model import (
     MessageTemplate,
     PagerDutyChannel,
     PagingConfig,
+    RateLimit,
     Restriction,
     Route,
     Schedule,
@@ -77,12 +78,22 @@ _CONSTRUCT = SafeConstructor()
 _ROOT_KEYS = ("users", "channels", "schedules", "escalation_policies", "routes")
 _USER_KEYS = ("id", "name", "email", "time_zone", "channels")
 _CHANNEL_KEYS: Mapping[str, tuple[str, ...]] = {
-    WebhookChannel.type: ("id", "type", "url", "secret_env", "timeout", "headers"),
-    EmailChannel.type: ("id", "type", "smtp", "to"),
-    SlackChannel.type: ("id", "type", "url_env", "timeout", "template"),
-    TeamsChannel.type: ("id", "type", "url_env", "timeout", "template"),
-    PagerDutyChannel.type: ("id", "type", "routing_key_env", "url", "timeout", "template"),
+    WebhookChannel.type: ("id", "type", "url", "secret_env", "timeout", "headers", "rate_limit"),
+    EmailChannel.type: ("id", "type", "smtp", "to", "rate_limit"),
+    SlackChannel.type: ("id", "type", "url_env", "timeout", "template", "rate_limit"),
+    TeamsChannel.type: ("id", "type", "url_env", "timeout", "template", "rate_limit"),
+    # Accepted here so that the check can say why PagerDuty takes none.
+    PagerDutyChannel.type: (
+        "id",
+        "type",
+        "routing_key_env",
+        "url",
+        "timeout",
+        "template",
+        "rate_limit",
+    ),
 }
+_RATE_LIMIT_KEYS = ("per_minute",)
 _TEMPLATE_KEYS = ("title", "body")
 _SMTP_KEYS = ("host", "port", "from", "starttls", "username", "password_env", "timeout")
 _SCHEDULE_KEYS = ("id", "time_zone", "layers")
@@ -103,6 +114,7 @@ FILE_KEYS: Mapping[str, tuple[str, ...]] = {
     "teams channels": _CHANNEL_KEYS[TeamsChannel.type],
     "pagerduty channels": _CHANNEL_KEYS[PagerDutyChannel.type],
     "template": _TEMPLATE_KEYS,
+    "rate_limit": _RATE_LIMIT_KEYS,
     "smtp": _SMTP_KEYS,
     "schedules": _SCHEDULE_KEYS,
     "layers": _LAYER_KEYS,
@@ -647,13 +659,14 @@ def _channel(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Channel]:
                     f"{_one_of(types)}",
                 )
         if kind == WebhookChannel.type:
-            return _webhook(r, node, path)
+            return _limited(r, node, path, _webhook(r, node, path))
         if kind == EmailChannel.type:
-            return _email(r, node, path)
+            return _limited(r, node, path, _email(r, node, path))
         if kind in (SlackChannel.type, TeamsChannel.type):
-            return _chat(r, node, path, SlackChannel if kind == SlackChannel.type else TeamsChannel)
+            chat = SlackChannel if kind == SlackChannel.type else TeamsChannel
+            return _limited(r, node, path, _chat(r, node, path, chat))
         if kind == PagerDutyChannel.type:
-            return _pagerduty(r, node, path)
+            return _limited(r, node, path, _pagerduty(r, node, path))
         # Keep the id, so that references to the channel are not reported too.
         r.hide(path)
         channel_id = ""
@@ -666,6 +679,26 @@ def _channel(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Channel]:
         return Channel(id=channel_id)
 
     return read
+
+
+def _limited(r: _Reader, node: yaml.MappingNode, path: ConfigPath, channel: Channel) -> Channel:
+    """The channel with its `rate_limit` (any type may carry one; checks.py refuses it where
+    a digest cannot be sent)."""
+    found = next(
+        (v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "rate_limit"),
+        None,
+    )
+    if found is None:
+        return channel
+    where: ConfigPath = (*path, "rate_limit")
+    expected = "a whole number of messages a minute, at least 1"
+    entries = r.mapping(found, where, _RATE_LIMIT_KEYS, required={"per_minute": expected})
+    if not entries or "per_minute" not in entries:
+        return channel
+    per_minute = r.integer(entries["per_minute"], (*where, "per_minute"), expected)
+    if per_minute is None:
+        return channel
+    return replace(channel, rate_limit=RateLimit(per_minute))
 
 
 def _webhook(r: _Reader, node: yaml.Node, path: ConfigPath) -> Channel:

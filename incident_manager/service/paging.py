@@ -28,6 +28,7 @@ from incident_manager.domain.paging.model import (
     TargetKind,
 )
 from incident_manager.domain.paging.routing import PagingSubject, choose_route, silences_holding
+from incident_manager.service import digests
 from incident_manager.service.ports import (
     DeliveryOutcome,
     IncidentRepository,
@@ -445,6 +446,8 @@ def record_delivery(
         else:
             notification.retry_at(now + delay, outcome.detail, now)
     paging.save_notification(notification)
+    if final is not None and notification.is_digest:
+        digests.settle_digest(paging, load, notification, now)
     if final is not None:
         incident = load.get(notification.incident_id)
         if incident is not None:

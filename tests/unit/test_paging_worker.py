@@ -60,6 +60,9 @@ class Outcomes:
     def delivery_finished(self, channel_type: str, outcome: str) -> None:
         self.seen.append((channel_type, outcome))
 
+    def pages_folded(self, channel_id: str, count: int) -> None:
+        pass
+
 
 async def _open(storage: MemoryStorage) -> str:
     incident = Incident.open(

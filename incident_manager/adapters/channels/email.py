@@ -39,6 +39,7 @@ from email.utils import format_datetime, parseaddr
 
 import aiosmtplib
 
+from incident_manager.adapters.channels import digest
 from incident_manager.adapters.channels.base import (
     AttemptResult,
     Channel,
@@ -134,7 +135,8 @@ class EmailEncoder:
                     f"channel {settings.channel_id}: environment variable "
                     f"{settings.password_env} (the SMTP password) is not set"
                 )
-        parts = render_email(delivery.content)
+        content = delivery.content
+        parts = digest.render_email(content) if content.digest else render_email(content)
         domain = _domain(settings.sender)
         message = EmailMessage()
         try:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
+from incident_manager.adapters.channels import digest
 from incident_manager.adapters.channels.base import ChannelMisconfigured, Delivery
 from incident_manager.adapters.channels.http import (
     HttpChannel,
@@ -121,7 +122,8 @@ class WebhookEncoder:
             raise ChannelMisconfigured(
                 f"channel {settings.channel_id}: url must start with http:// or https://"
             )
-        body = webhook_body(delivery.content)
+        content = delivery.content
+        body = digest.webhook_body(content) if content.digest else webhook_body(content)
         timestamp = int(self._clock())
         headers = {
             **settings.headers,

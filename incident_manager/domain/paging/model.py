@@ -98,10 +98,21 @@ class User:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """At most `per_minute` messages through a channel in each minute of the clock (UTC);
+    pages beyond it are folded into one digest message (domain/paging/digest.py)."""
+
+    per_minute: int
+
+
+@dataclass(frozen=True)
 class Channel:
     """A way to deliver pages. Each kind is a subclass; `type` is its name in the file."""
 
     id: str
+    # Keyword-only, so the subclasses' own fields keep their positions.
+    rate_limit: RateLimit | None = field(default=None, kw_only=True)
+    """The file's `rate_limit`; None sends every message as it falls due."""
     type: ClassVar[str] = ""
 
     @property
