@@ -141,7 +141,7 @@ async def test_pages_past_the_quota_wait_in_one_digest_that_is_due_next_window(
     await write(storage, lambda p: p.add_notifications([page(n) for n in range(8)]))
     claim = await storage.write(claiming("w_1", T0))
     assert (len(claim.claimed), dict(claim.folded), claim.deferred) == (3, {"ops-slack": 5}, 0)
-    ledger = [await read(storage, lambda p, n=n: p.notification(f"ntf_{n:04d}")) for n in range(8)]
+    ledger = [await read(storage, lambda p, n=n: p.notification(f"ntf_{n:04d}")) for n in range(8)]  # type: ignore[misc]
     digest_ids = {n.digest_id for n in ledger if n is not None and n.digest_id}
     assert len(digest_ids) == 1
     [digest_id] = digest_ids
@@ -198,7 +198,7 @@ async def test_the_digest_takes_the_next_windows_first_slot_and_its_pages_end_as
 
     assert await storage.write(record) is NotificationState.SENT
     for n in (3, 4):
-        folded = await read(storage, lambda p, n=n: p.notification(f"ntf_{n:04d}"))
+        folded = await read(storage, lambda p, n=n: p.notification(f"ntf_{n:04d}"))  # type: ignore[misc]
         assert folded is not None
         assert (folded.state, folded.last_error, folded.send_time, folded.digest_id) == (
             NotificationState.SENT, f"SENT in digest {digest.id}", next_window, digest.id,

@@ -199,8 +199,8 @@ async def test_an_email_channel_keeps_one_digest_per_address() -> None:
     )
     assert len(digests) == 2
     for digest_id in digests:
-        found = await storage.read(lambda uow, d=digest_id: uow.paging.notification(d))
+        found = await storage.read(lambda uow, d=digest_id: uow.paging.notification(d))  # type: ignore[misc]
         assert found is not None
-        folded = await storage.read(lambda uow, d=digest_id: uow.paging.folded_into(d))
+        folded = await storage.read(lambda uow, d=digest_id: uow.paging.folded_into(d))  # type: ignore[misc]
         assert {n.recipient for n in folded} == {found.recipient}
         assert found.next_attempt_time == T0 + timedelta(minutes=1)
