@@ -79,7 +79,11 @@ def _digest(channel: str, recipient: str, pages: int) -> Notification:
 def _config(port: int, hook_url: str) -> str:
     return f"""
 channels:
-  - {{id: ops-hook, type: webhook, url: "{hook_url}", secret_env: HOOK_SECRET, rate_limit: {{per_minute: 5}}}}
+  - id: ops-hook
+    type: webhook
+    url: "{hook_url}"
+    secret_env: HOOK_SECRET
+    rate_limit: {{per_minute: 5}}
   - {{id: ops-teams, type: teams, url_env: TEAMS_URL, rate_limit: {{per_minute: 5}}}}
   - id: mail
     type: email
