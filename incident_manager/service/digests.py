@@ -8,6 +8,7 @@ outcome. The rules are domain/paging/digest.py's.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ def claim_deliveries(
     if not limits:
         return Claim(paging.claim_notifications(worker, now, lease_until, limit))
     windows = paging.lock_channel_windows(sorted(limits), now)
+    as_read = copy.deepcopy(windows)
     rationing = digest.ration(paging.due_notifications(now, limit), windows, limits, now)
     for notification in rationing.claim:
         window = windows.get(notification.channel_id)
@@ -86,8 +88,9 @@ def claim_deliveries(
             paging.save_digest(open_digest)
         for page in pages:
             paging.save_notification(page)
-    for window in windows.values():
-        paging.save_channel_window(window)
+    for channel_id, window in windows.items():
+        if window != as_read[channel_id]:  # an idle pass writes nothing
+            paging.save_channel_window(window)
     claimed = paging.claim_these([n.id for n in rationing.claim], worker, lease_until)
     folded = Counter(page.channel_id for page in rationing.fold)
     return Claim(claimed, dict(folded), len(rationing.defer))
