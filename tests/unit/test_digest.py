@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from incident_manager.adapters.channels import digest as render
 from incident_manager.adapters.channels.base import page_content_from_dict
 from incident_manager.adapters.memory import MemoryStorage
+from incident_manager.domain.model import Incident, IncidentType, ResolutionMethod, Severity
 from incident_manager.domain.paging.digest import (
     MAX_LISTED,
     ChannelWindow,
@@ -20,12 +22,22 @@ from incident_manager.domain.paging.digest import (
 )
 from incident_manager.domain.paging.ledger import Notification, NotificationState
 from incident_manager.domain.paging.model import TargetKind
+from incident_manager.paging.file import load_paging_config
+from incident_manager.service import paging
 from incident_manager.service.digests import claim_deliveries
-from incident_manager.service.ports import UnitOfWork
-from tests.support import FakeClock
+from incident_manager.service.ports import DeliveryOutcome, UnitOfWork
+from incident_manager.service.scheduler import PagingWorker
+from tests.support import FakeClock, eventually
 
 T0 = datetime(2026, 3, 2, 9, 14, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=60)
+
+
+class Never:
+    """No retries."""
+
+    def delay(self, attempt: int, retry_after: float | None, age: timedelta) -> timedelta | None:
+        return None
 
 
 def page(
@@ -204,3 +216,138 @@ async def test_an_email_channel_keeps_one_digest_per_address() -> None:
         folded = await storage.read(lambda uow, d=digest_id: uow.paging.folded_into(d))  # type: ignore[misc]
         assert {n.recipient for n in folded} == {found.recipient}
         assert found.next_attempt_time == T0 + timedelta(minutes=1)
+
+
+WORKER_CONFIG = load_paging_config(
+    """
+channels:
+  - {id: ops-hook, type: webhook, url: "http://127.0.0.1:9/hook", rate_limit: {per_minute: 2}}
+escalation_policies:
+  - id: default
+    levels: [{after: 0s, notify: [{channel: ops-hook}]}]
+routes:
+  - policy: default
+""",
+    "worker.yaml",
+)
+
+
+class Accepting:
+    """Every receiver takes every message; what was sent is kept."""
+
+    def __init__(self) -> None:
+        self.sent: list[Notification] = []
+
+    async def send(self, notification: Notification) -> DeliveryOutcome:
+        self.sent.append(notification)
+        return DeliveryOutcome(sent=True, retry=False, detail="HTTP 200")
+
+    async def close(self) -> None:
+        pass
+
+
+class Folds:
+    def __init__(self) -> None:
+        self.folded: dict[str, int] = {}
+
+    def delivery_finished(self, channel_type: str, outcome: str) -> None:
+        pass
+
+    def pages_folded(self, channel_id: str, count: int) -> None:
+        self.folded[channel_id] = self.folded.get(channel_id, 0) + count
+
+
+def _until(done: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return done()
+
+    return probe
+
+
+async def _open_incidents(storage: MemoryStorage, count: int, now: datetime) -> list[Incident]:
+    incidents = [
+        Incident.open(
+            title=f"GPU node {n} down",
+            description="",
+            severity=Severity.P1,
+            type=IncidentType.INFRASTRUCTURE,
+            source="edge-agent",
+            affected_resources=[],
+            labels={},
+            assignees=[],
+            fingerprint=f"fp-{n}",
+            actor="edge-agent",
+            now=now,
+            alert_count=1,
+        )
+        for n in range(count)
+    ]
+
+    def work(uow: UnitOfWork) -> None:
+        with uow:
+            for incident in incidents:
+                uow.incidents.add(incident)
+                paging.follow_incident(uow.paging, WORKER_CONFIG, incident, None, now)
+            uow.commit()
+
+    await storage.write(work)
+    return incidents
+
+
+async def test_the_worker_folds_pages_past_the_quota_and_sends_the_digest_next_minute() -> None:
+    storage = MemoryStorage()
+    clock = FakeClock(T0 + timedelta(seconds=30))
+    channels, folds = Accepting(), Folds()
+    incidents = await _open_incidents(storage, 6, clock())
+    worker = PagingWorker(
+        storage, lambda: WORKER_CONFIG, channels, Never(), clock, idle_poll=0.02, observer=folds
+    )
+    worker.start()
+    try:
+        await eventually(_until(lambda: folds.folded.get("ops-hook") == 4), what="4 folded")
+        await eventually(_until(lambda: len(channels.sent) == 2), what="2 pages sent")
+        # The incident of a folded page is resolved before the digest goes.
+        pages = await storage.read(
+            lambda uow: [uow.paging.list_notifications(i.id, None, 1)[0] for i in incidents]
+        )
+        folded = [n.incident_id for n in pages if n.digest_id]
+        resolved = next(i for i in incidents if i.id == folded[0])
+
+        def resolve(uow: UnitOfWork) -> None:
+            with uow:
+                incident = uow.incidents.get(resolved.id)
+                assert incident is not None
+                before = paging.Before.of(incident)
+                incident.resolve(
+                    method=ResolutionMethod.MANUAL, root_cause="rc", notes="", resolved_by="bob",
+                    now=clock(),
+                )  # fmt: skip
+                uow.incidents.save(incident)
+                paging.follow_incident(uow.paging, WORKER_CONFIG, incident, before, clock())
+                uow.commit()
+
+        await storage.write(resolve)
+        clock.advance(seconds=30)  # 09:15:00, the next window
+        worker.wake()
+        await eventually(_until(lambda: len(channels.sent) == 3), what="the digest")
+    finally:
+        await worker.stop()
+    digest = channels.sent[2]
+    assert digest.is_digest and digest.reason == "digest of 4 pages"
+
+    def ledger(uow: UnitOfWork) -> dict[str, tuple[NotificationState, str]]:
+        rows = [uow.paging.list_notifications(i.id, None, 10)[0] for i in incidents]
+        return {n.incident_id: (n.state, n.last_error) for n in rows}
+
+    states = await storage.read(ledger)
+    assert states.pop(resolved.id) == (NotificationState.SUPPRESSED, "incident resolved")
+    assert sorted(states.values()) == [
+        (NotificationState.SENT, ""),
+        (NotificationState.SENT, ""),
+        *[(NotificationState.SENT, f"SENT in digest {digest.id}")] * 3,
+    ]
+    timeline = await storage.read(lambda uow: uow.incidents.get(folded[1], with_history=True))
+    assert timeline is not None
+    assert timeline.timeline[-1].message == (
+        f"paged channel ops-hook through webhook ops-hook in digest {digest.id}"
+    )
