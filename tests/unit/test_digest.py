@@ -22,6 +22,7 @@ from incident_manager.domain.paging.digest import (
 )
 from incident_manager.domain.paging.ledger import Notification, NotificationState
 from incident_manager.domain.paging.model import TargetKind
+from incident_manager.entrypoints.conversions import notification_to_proto
 from incident_manager.paging.file import load_paging_config
 from incident_manager.service import paging
 from incident_manager.service.digests import claim_deliveries
@@ -351,3 +352,13 @@ async def test_the_worker_folds_pages_past_the_quota_and_sends_the_digest_next_m
     assert timeline.timeline[-1].message == (
         f"paged channel ops-hook through webhook ops-hook in digest {digest.id}"
     )
+
+
+def test_the_ledger_shows_the_digest_a_page_was_folded_into() -> None:
+    folded = page(1)
+    the_digest = new_digest(folded, 5, T0 + timedelta(minutes=1), T0)
+    fold(the_digest, [folded], T0)
+    message = notification_to_proto(folded)
+    assert (message.digest_id, message.HasField("next_attempt_time")) == (the_digest.id, False)
+    assert message.last_error.startswith(f"folded into digest {the_digest.id}")
+    assert notification_to_proto(page(2)).digest_id == ""
