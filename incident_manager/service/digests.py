@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from incident_manager.domain.model import EventType
 from incident_manager.domain.paging import digest
+from incident_manager.domain.paging.digest import ChannelWindow
 from incident_manager.domain.paging.ledger import Notification, NotificationState
 from incident_manager.domain.paging.model import PagingConfig
 from incident_manager.service.ports import IncidentRepository, PagingRepository
@@ -61,7 +62,9 @@ def claim_deliveries(
         return Claim(paging.claim_notifications(worker, now, lease_until, limit))
     windows = paging.lock_channel_windows(sorted(limits), now)
     as_read = copy.deepcopy(windows)
-    rationing = digest.ration(paging.due_notifications(now, limit), windows, limits, now)
+    due = paging.due_notifications(now, limit)
+    due += _due_digests(paging, windows.values(), {n.id for n in due}, now)
+    rationing = digest.ration(due, windows, limits, now)
     for notification in rationing.claim:
         window = windows.get(notification.channel_id)
         if window is not None and window.open_digests.get(notification.recipient) == (
@@ -94,6 +97,24 @@ def claim_deliveries(
     claimed = paging.claim_these([n.id for n in rationing.claim], worker, lease_until)
     folded = Counter(page.channel_id for page in rationing.fold)
     return Claim(claimed, dict(folded), len(rationing.defer))
+
+
+def _due_digests(
+    paging: PagingRepository, windows: Iterable[ChannelWindow], seen: set[str], now: datetime
+) -> list[Notification]:
+    """The open digests that are due but not among `seen`: pages that fell due before a
+    digest (a backlog) must not push it out of the claim, since it goes first."""
+    found: list[Notification] = []
+    for window in windows:
+        for recipient, digest_id in list(window.open_digests.items()):
+            if digest_id in seen:
+                continue
+            still_open = _open_digest(paging, digest_id)
+            if still_open is None:
+                del window.open_digests[recipient]  # claimed elsewhere, or gone
+            elif still_open.next_attempt_time is not None and still_open.next_attempt_time <= now:
+                found.append(still_open)
+    return found
 
 
 def _open_digest(paging: PagingRepository, digest_id: str | None) -> Notification | None:

@@ -206,6 +206,19 @@ async def test_the_digest_takes_the_next_windows_first_slot_and_its_pages_end_as
     assert await read(storage, lambda p: p.folded_into(digest.id)) == []
 
 
+async def test_a_due_digest_goes_first_even_behind_a_backlog_of_older_pages(
+    storage: Storage,
+) -> None:
+    await write(storage, lambda p: p.add_notifications([page(n) for n in range(4)]))
+    await storage.write(claiming("w_1", T0))  # 3 sent, 1 folded into the digest
+    backlog = [page(n, T0 + timedelta(seconds=30 + n)) for n in range(10, 20)]
+    await write(storage, lambda p: p.add_notifications(backlog))
+    next_window = window_start(T0) + timedelta(minutes=1)
+    claim = await storage.write(claiming("w_1", next_window, limit=3))
+    assert [n.is_digest for n in claim.claimed].count(True) == 1
+    assert len(claim.claimed) == 3 and dict(claim.folded) == {"ops-slack": 1}
+
+
 async def test_retries_past_the_quota_wait_for_the_next_window(storage: Storage) -> None:
     retried = page(1, T0 + timedelta(seconds=1))
     retried.attempts = 2
