@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 from incident_manager.domain.paging.model import (
     CHANNEL_TYPES,
     MAX_REPEAT,
-    ChannelEvent,
     PAGERDUTY_EVENTS_URL,
     Channel,
+    ChannelEvent,
     ConfigPath,
     ConfigProblem,
     EmailChannel,
