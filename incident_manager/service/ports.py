@@ -251,6 +251,9 @@ class DeliveryOutcome:
     """Seconds the receiver asked to wait (Retry-After), if it said."""
     status: int | None = None
     """The receiver's status code (HTTP or SMTP), if it answered."""
+    disable_channel: bool = False
+    """The receiver wants no more messages through this channel (HTTP 410, an archived
+    Slack channel): the worker stops using the channel until the next reload."""
 
 
 class Dispatcher(Protocol):

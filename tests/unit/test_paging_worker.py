@@ -60,6 +60,9 @@ class Outcomes:
     def delivery_finished(self, channel_type: str, outcome: str) -> None:
         self.seen.append((channel_type, outcome))
 
+    def channel_disabled(self, channel_id: str, disabled: bool) -> None:
+        self.seen.append((channel_id, "disabled" if disabled else "enabled"))
+
 
 async def _open(storage: MemoryStorage) -> str:
     incident = Incident.open(

@@ -142,6 +142,7 @@ class OutboxDispatcher:
             detail=result.detail,
             retry_after=result.retry_after,
             status=result.status,
+            disable_channel=result.disable_channel,
         )
 
     async def close(self) -> None:
