@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
 from generated.incident_manager.v1 import alert_ingestion_service_pb2_grpc as ingestion_grpc
@@ -181,6 +182,44 @@ async def test_pagerduty_hears_trigger_acknowledge_and_resolve_with_one_dedup_ke
         ]
         assert "told channel pd-main the incident was acknowledged" in told
         assert "told channel ops-slack the incident was resolved" in told
+
+
+async def test_a_reopened_incident_triggers_pagerduty_again_under_the_same_dedup_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with following(tmp_path, monkeypatch) as f:
+        incident_id = await f.fire("GPU node gpu-5 down")
+        await f.settled(incident_id, 2)
+        await f.incidents.ResolveIncident(
+            service_pb2.ResolveIncidentRequest(
+                id=incident_id, method=incident_pb2.RESOLUTION_METHOD_MANUAL, resolved_by="bob"
+            )
+        )
+        await f.settled(incident_id, 4)
+        await f.incidents.UpdateIncident(
+            service_pb2.UpdateIncidentRequest(
+                incident=incident_pb2.Incident(
+                    id=incident_id, state=incident_pb2.INCIDENT_STATE_DETECTED
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["state"]),
+                actor="carol",
+            )
+        )
+        # pd-main is told (reopened: a trigger), then level 1 pages both channels again;
+        # ops-slack does not follow reopening, so it only gets the new page.
+        rows = await f.settled(incident_id, 7)
+        assert [(r.channel_id, r.reason) for r in rows[4:]] == [
+            ("pd-main", "reopened"),
+            ("pd-main", "incident reopened"),
+            ("ops-slack", "incident reopened"),
+        ]
+        assert _actions(f.pagerduty) == [
+            ("trigger", incident_id),
+            ("resolve", incident_id),
+            ("trigger", incident_id),
+            ("trigger", incident_id),
+        ]
+        assert f.pagerduty.problems == [] and f.slack.problems == []
 
 
 async def test_a_slack_channel_that_answers_410_is_disabled_until_a_reload(
