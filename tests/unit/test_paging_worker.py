@@ -139,9 +139,7 @@ class GoneOnce:
         pass
 
 
-async def test_a_channel_a_receiver_disabled_fails_at_once_until_the_configuration_is_replaced() -> (
-    None
-):
+async def test_a_channel_its_receiver_disabled_fails_at_once_until_a_new_configuration() -> None:
     storage = MemoryStorage()
     outcomes = Outcomes()
     gone = GoneOnce()
