@@ -189,6 +189,12 @@ def _tell(
             continue
         if _event_of(previous) is event:
             continue
+        due = now
+        if previous.state is NotificationState.PENDING and previous.claimed_by:
+            # Its attempt is in flight and ends within the channel's timeout: wait that
+            # long, so the receiver hears of the page before it hears of the change.
+            due = min(now + channel.attempt_timeout, previous.claim_until or now)
+            due = max(due, now)
         told.append(
             replace(
                 previous,
@@ -203,7 +209,7 @@ def _tell(
                 last_error="",
                 update_time=now,
                 send_time=None,
-                next_attempt_time=now,
+                next_attempt_time=due,
                 claimed_by="",
                 claim_until=None,
             )

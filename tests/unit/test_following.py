@@ -249,3 +249,25 @@ async def test_a_sent_message_says_on_the_timeline_which_change_the_channel_was_
     assert "told channel ops-pd the incident was acknowledged" in messages
     assert "told channel ops-slack the incident was acknowledged" in messages
     assert "paged channel ops-pd through pagerduty ops-pd" in messages
+
+
+async def test_a_change_while_its_page_is_in_flight_waits_out_that_attempt() -> None:
+    storage = MemoryStorage()
+    incident_id = await _open(storage)
+    await _steps(storage, T0)
+
+    def claim(uow: UnitOfWork) -> list[Notification]:
+        with uow:
+            found = uow.paging.claim_notifications("w", T0, T0 + timedelta(minutes=1), 100)
+            uow.commit()
+        return found
+
+    await storage.write(claim)  # every page is being sent: none is suppressed
+    await _change(storage, incident_id, T0 + timedelta(seconds=1), "ack")
+    rows = await storage.read(lambda uow: uow.paging.list_notifications(incident_id, None, 100))
+    told = {n.channel_id: n.next_attempt_time for n in rows if n.content["event"] != "paged"}
+    # Slack's and PagerDuty's attempts take at most their 10s timeout.
+    assert told == {
+        "ops-slack": T0 + timedelta(seconds=11),
+        "ops-pd": T0 + timedelta(seconds=11),
+    }
