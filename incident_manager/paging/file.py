@@ -4,7 +4,8 @@ Every mistake is reported at once, each as `FILE:LINE: key.path: what is
 wrong, what is expected`. The file is composed into YAML nodes (not loaded
 into Python values) so that each key and list item keeps its line, and so
 that the raw text of a scalar is at hand: `from: 9:00` unquoted is the time
-9:00 here, not the base-60 number YAML 1.1 would make of it.
+9:00 here, not the base-60 number YAML 1.1 would make of it; a channel's key `on` is the
+name `on`, not the boolean true.
 
 The loader checks the file's shape (keys, types, the syntax of durations,
 times, zones, patterns, names); the domain checks the values and the
@@ -32,6 +33,7 @@ from incident_manager.domain.paging.model import (
     CHANNEL_TYPES,
     DEFAULT_REPEAT_AFTER,
     Channel,
+    ChannelEvent,
     ConfigPath,
     ConfigProblem,
     EmailChannel,
@@ -77,12 +79,22 @@ _CONSTRUCT = SafeConstructor()
 _ROOT_KEYS = ("users", "channels", "schedules", "escalation_policies", "routes")
 _USER_KEYS = ("id", "name", "email", "time_zone", "channels")
 _CHANNEL_KEYS: Mapping[str, tuple[str, ...]] = {
-    WebhookChannel.type: ("id", "type", "url", "secret_env", "timeout", "headers"),
-    EmailChannel.type: ("id", "type", "smtp", "to"),
-    SlackChannel.type: ("id", "type", "url_env", "timeout", "template"),
-    TeamsChannel.type: ("id", "type", "url_env", "timeout", "template"),
-    PagerDutyChannel.type: ("id", "type", "routing_key_env", "url", "timeout", "template"),
+    WebhookChannel.type: (
+        "id",
+        "type",
+        "url",
+        "secret_env",
+        "timeout",
+        "headers",
+        "template",
+        "on",
+    ),
+    EmailChannel.type: ("id", "type", "smtp", "to", "template", "on"),
+    SlackChannel.type: ("id", "type", "url_env", "timeout", "template", "on"),
+    TeamsChannel.type: ("id", "type", "url_env", "timeout", "template", "on"),
+    PagerDutyChannel.type: ("id", "type", "routing_key_env", "url", "timeout", "template", "on"),
 }
+_CHANNEL_EVENTS = {event.value: event for event in ChannelEvent}
 _TEMPLATE_KEYS = ("title", "body")
 _SMTP_KEYS = ("host", "port", "from", "starttls", "username", "password_env", "timeout")
 _SCHEDULE_KEYS = ("id", "time_zone", "layers")
@@ -258,6 +270,12 @@ def _kind(node: yaml.Node) -> str:
     return f"a value tagged {node.tag}"
 
 
+def _is_on(node: yaml.ScalarNode) -> bool:
+    """A channel's `on:` key as written: YAML 1.1 resolves a plain `on` to true, but no key
+    is a boolean, so the text is what was meant."""
+    return node.tag == _BOOL and node.value == "on"
+
+
 def _suggest(value: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(value, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -353,7 +371,9 @@ class _Reader:
                 self.lost_id(path)
                 merged = True
                 continue
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
+            if not isinstance(key_node, yaml.ScalarNode) or (
+                key_node.tag != _STR and not _is_on(key_node)
+            ):
                 self.lines.setdefault((*path, "?"), key_node.start_mark.line + 1)
                 self.fail((*path, "?"), f"a key must be a plain name, got {_kind(key_node)}")
                 continue
@@ -647,13 +667,14 @@ def _channel(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Channel]:
                     f"{_one_of(types)}",
                 )
         if kind == WebhookChannel.type:
-            return _webhook(r, node, path)
+            return _events(r, keys, path, _webhook(r, node, path))
         if kind == EmailChannel.type:
-            return _email(r, node, path)
+            return _events(r, keys, path, _email(r, node, path))
         if kind in (SlackChannel.type, TeamsChannel.type):
-            return _chat(r, node, path, SlackChannel if kind == SlackChannel.type else TeamsChannel)
+            chat = _chat(r, node, path, SlackChannel if kind == SlackChannel.type else TeamsChannel)
+            return _events(r, keys, path, chat)
         if kind == PagerDutyChannel.type:
-            return _pagerduty(r, node, path)
+            return _events(r, keys, path, _pagerduty(r, node, path))
         # Keep the id, so that references to the channel are not reported too.
         r.hide(path)
         channel_id = ""
@@ -666,6 +687,26 @@ def _channel(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Channel]:
         return Channel(id=channel_id)
 
     return read
+
+
+def _events(
+    r: _Reader, keys: Mapping[str, tuple[yaml.Node, yaml.Node]], path: ConfigPath, channel: Channel
+) -> Channel:
+    """The channel's `on`: the changes of the incidents it paged it is told about."""
+    if "on" not in keys:
+        return channel
+    where = (*path, "on")
+    names = r.items(
+        keys["on"][1],
+        where,
+        "[paged, acknowledged, resolved]",
+        lambda n, p: r.choice(n, p, "event", _CHANNEL_EVENTS),
+    )
+    events = frozenset(e for e in names if e is not None)
+    if len(events) < len(names):
+        r.hide(where)  # an unknown name is reported; "must include paged" would only add noise
+        events |= {ChannelEvent.PAGED}
+    return replace(channel, on=events)
 
 
 def _webhook(r: _Reader, node: yaml.Node, path: ConfigPath) -> Channel:
@@ -690,6 +731,8 @@ def _webhook(r: _Reader, node: yaml.Node, path: ConfigPath) -> Channel:
     if "headers" in entries:
         headers = r.string_map(entries["headers"], (*path, "headers"), "{X-Team: ops}")
         channel = replace(channel, headers=headers)
+    if "template" in entries:
+        channel = replace(channel, template=_template(r, entries["template"], (*path, "template")))
     return channel
 
 
@@ -707,6 +750,8 @@ def _email(r: _Reader, node: yaml.Node, path: ConfigPath) -> Channel:
     if "to" in entries:
         to = r.strings(entries["to"], (*path, "to"), "[oncall@example.com]")
         channel = replace(channel, to=tuple(to))
+    if "template" in entries:
+        channel = replace(channel, template=_template(r, entries["template"], (*path, "template")))
     return channel
 
 

@@ -21,6 +21,7 @@ from incident_manager.domain.paging.ledger import (
     new_notification_id,
 )
 from incident_manager.domain.paging.model import (
+    ChannelEvent,
     Override,
     PagingConfig,
     Silence,
@@ -76,6 +77,10 @@ def follow_incident(
             escalation.stop()
             paging.save_escalation(escalation)
             _suppress_pending(paging, incident.id, f"incident {incident.state.name.lower()}", now)
+            why = f"incident {incident.state.name.lower()}"
+            if incident.resolution is not None:
+                why = f"resolved by {incident.resolution.resolved_by}"
+            _tell(paging, config, incident, escalation, ChannelEvent.RESOLVED, why, now)
         return
     acknowledged = incident.acknowledge_time is not None and (
         before is None or incident.acknowledge_time != before.acknowledge_time
@@ -99,6 +104,7 @@ def follow_incident(
         if match is None:
             return
         escalation.restart(match.policy, match.index + 1, now, "incident reopened")
+        _tell(paging, config, incident, escalation, ChannelEvent.REOPENED, "reopened", now)
     elif (
         before is not None
         and incident.severity.is_more_severe_than(before.severity)
@@ -118,7 +124,9 @@ def follow_incident(
         _escalated(incident, escalation, now, why)
     if acknowledged:
         escalation.acknowledge(now)
-        _suppress_pending(paging, incident.id, f"acknowledged by {incident.acknowledged_by}", now)
+        why = f"acknowledged by {incident.acknowledged_by}"
+        _suppress_pending(paging, incident.id, why, now)
+        _tell(paging, config, incident, escalation, ChannelEvent.ACKNOWLEDGED, why, now)
     elif by_person and escalation.status is EscalationStatus.ACKNOWLEDGED:
         escalation.acknowledge(now)  # a person is still working on it: re-arm the timeout
     paging.save_escalation(escalation)
@@ -137,8 +145,77 @@ def _suppress_pending(paging: PagingRepository, incident_id: str, why: str, now:
     for notification in paging.pending_notifications(incident_id):
         if notification.claimed_by:
             continue  # already being sent; its outcome is recorded when it returns
+        if _event_of(notification) is not ChannelEvent.PAGED:
+            continue  # telling of a change is not paging: a later change does not cancel it
         notification.suppress(why, now)
         paging.save_notification(notification)
+
+
+def _event_of(notification: Notification) -> ChannelEvent:
+    """What change a delivery tells of (`paged` for a page)."""
+    try:
+        return ChannelEvent(notification.content.get("event", ChannelEvent.PAGED.value))
+    except ValueError:
+        return ChannelEvent.PAGED
+
+
+def _tell(
+    paging: PagingRepository,
+    config: PagingConfig,
+    incident: Incident,
+    escalation: Escalation,
+    event: ChannelEvent,
+    reason: str,
+    now: datetime,
+) -> None:
+    """Tell each (channel, recipient) that paged the incident and follows `event` about it,
+    once: not if the last thing it was told is this very change (the change seen again)."""
+    paged: set[tuple[str, str]] = set()
+    last: dict[tuple[str, str], Notification] = {}
+    for sent in paging.live_notifications(incident.id):
+        key = (sent.channel_id, sent.recipient)
+        last[key] = sent
+        if _event_of(sent) is ChannelEvent.PAGED:
+            paged.add(key)
+    content = {
+        **page_content(config, incident, escalation, now, ()),
+        "event": event.value,
+        "reason": reason,
+    }
+    told: list[Notification] = []
+    for key, previous in last.items():
+        channel = config.channel(previous.channel_id)
+        if key not in paged or channel is None or event not in channel.on:
+            continue
+        if _event_of(previous) is event:
+            continue
+        due = now
+        if previous.state is NotificationState.PENDING and previous.claimed_by:
+            # Its attempt is in flight and ends within the channel's timeout: wait that
+            # long, so the receiver hears of the page before it hears of the change.
+            due = min(now + channel.attempt_timeout, previous.claim_until or now)
+            due = max(due, now)
+        told.append(
+            replace(
+                previous,
+                id=new_notification_id(),
+                reason=reason,
+                create_time=now,
+                ordinal=len(told),
+                # The level and round of the last page through this channel.
+                content={**content, "level": previous.level, "round": previous.round},
+                state=NotificationState.PENDING,
+                attempts=0,
+                last_error="",
+                update_time=now,
+                send_time=None,
+                next_attempt_time=due,
+                claimed_by="",
+                claim_until=None,
+            )
+        )
+    if told:
+        paging.add_notifications(told)
 
 
 def _escalated(incident: Incident, escalation: Escalation, now: datetime, message: str) -> None:
@@ -448,14 +525,26 @@ def record_delivery(
     if final is not None:
         incident = load.get(notification.incident_id)
         if incident is not None:
-            verb = "paged" if final == "SENT" else "could not page"
+            event = _event_of(notification)
             suffix = "" if final == "SENT" else f": {notification.last_error}"
+            if event is ChannelEvent.PAGED:
+                verb = "paged" if final == "SENT" else "could not page"
+                message = (
+                    f"{verb} {notification.target} through {notification.channel_type}"
+                    f" {notification.channel_id}{suffix}"
+                )
+            else:
+                verb = "told" if final == "SENT" else "could not tell"
+                message = (
+                    f"{verb} channel {notification.channel_id} the incident was"
+                    f" {event.value}{suffix}"
+                )
             incident.record_paging(
                 EventType.NOTIFICATION_SENT,
-                f"{verb} {notification.target} through {notification.channel_type}"
-                f" {notification.channel_id}{suffix}",
+                message,
                 now,
                 {
+                    "event": event.value,
                     "notification_id": notification.id,
                     "target": notification.target,
                     "channel": notification.channel_id,

@@ -191,6 +191,7 @@ def label_names() -> dict[str, set[str]]:
     metrics.open_incidents.labels("P0", "DETECTED").set(1)
     metrics.delivery_finished("webhook", "sent")
     metrics.paging_reloads.labels("applied").inc()
+    metrics.channel_disabled("ops-slack", True)
     labels: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:

@@ -477,6 +477,35 @@ async def test_pending_notifications_are_the_incidents_deliveries_not_yet_finish
     assert await read(storage, lambda p: p.pending_notifications("inc_none")) == []
 
 
+async def test_live_notifications_are_the_incidents_sent_or_pending_deliveries_through_a_channel(
+    storage: Storage,
+) -> None:
+    unreached = replace(
+        notification("ntf_nobody", None, ordinal=9), channel_id="", channel_type="", recipient=""
+    )
+    await write(
+        storage,
+        lambda p: p.add_notifications(
+            [
+                notification("ntf_sent_late", None, state=NotificationState.SENT, ordinal=2),
+                notification("ntf_waiting", T0 + timedelta(minutes=1), ordinal=1),
+                notification(
+                    "ntf_sent_first", None, state=NotificationState.SENT, create_time=T0 - 9 * LEASE
+                ),
+                notification("ntf_failed", None, state=NotificationState.FAILED, ordinal=3),
+                notification("ntf_suppressed", None, state=NotificationState.SUPPRESSED),
+                notification("ntf_other_incident", T0, incident_id="inc_2"),
+                unreached,
+            ]
+        ),
+    )
+    live = await read(storage, lambda p: p.live_notifications("inc_1"))
+    assert ids(live) == ["ntf_sent_first", "ntf_waiting", "ntf_sent_late"]
+    assert [n.channel_id for n in live] == ["ops-hook"] * 3
+    assert live[0].state is NotificationState.SENT and live[1].attempts == 0
+    assert await read(storage, lambda p: p.live_notifications("inc_none")) == []
+
+
 async def test_ledger_pages_walk_every_notification_once_by_create_time_ordinal_and_id(
     storage: Storage,
 ) -> None:

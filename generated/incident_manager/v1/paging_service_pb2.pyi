@@ -186,7 +186,9 @@ class Notification(_message.Message):
     """
     reason: _builtins.str
     """Why it was sent: a new incident, the next level after a delay, an
-    acknowledgement that timed out, a silence that ended.
+    acknowledgement that timed out, a silence that ended; or, for a message
+    telling a channel that paged the incident of a later change, that change
+    (`acknowledged by alice`, `resolved by bob`, `reopened`).
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:

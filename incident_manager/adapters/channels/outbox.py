@@ -50,6 +50,7 @@ def channel_settings(channel: Channel) -> Any:
             secret_env=channel.secret_env,
             timeout=channel.timeout.total_seconds(),
             headers=dict(channel.headers),
+            template=channel.template,
         )
     if isinstance(channel, EmailChannel):
         smtp = channel.smtp
@@ -62,6 +63,7 @@ def channel_settings(channel: Channel) -> Any:
             username=smtp.username,
             password_env=smtp.password_env,
             timeout=smtp.timeout.total_seconds(),
+            template=channel.template,
         )
     if isinstance(channel, SlackChannel):
         return SlackSettings(
@@ -142,6 +144,7 @@ class OutboxDispatcher:
             detail=result.detail,
             retry_after=result.retry_after,
             status=result.status,
+            disable_channel=result.disable_channel,
         )
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ from incident_manager.domain.paging.model import (
     MAX_REPEAT,
     PAGERDUTY_EVENTS_URL,
     Channel,
+    ChannelEvent,
     ConfigPath,
     ConfigProblem,
     EmailChannel,
@@ -235,6 +236,7 @@ def _check_user(
 
 
 def _check_channel(out: _Problems, path: ConfigPath, channel: Channel) -> None:
+    _check_on(out, (*path, "on"), channel)
     if isinstance(channel, WebhookChannel):
         url = urlsplit(channel.url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -250,6 +252,7 @@ def _check_channel(out: _Problems, path: ConfigPath, channel: Channel) -> None:
             )
         _check_env_name(out, (*path, "secret_env"), channel.secret_env, "signing secret")
         _check_timeout(out, (*path, "timeout"), channel.timeout)
+        _check_template(out, (*path, "template"), channel.template)
         for name in channel.headers:
             where: ConfigPath = (*path, "headers", name)
             if not HEADER_NAME.fullmatch(name):
@@ -273,6 +276,7 @@ def _check_channel(out: _Problems, path: ConfigPath, channel: Channel) -> None:
         _check_timeout(out, (*smtp, "timeout"), channel.smtp.timeout)
         for j, address in enumerate(channel.to):
             _check_address(out, (*path, "to", j), address)
+        _check_template(out, (*path, "template"), channel.template)
     elif isinstance(channel, SlackChannel | TeamsChannel):
         what = "Slack webhook URL" if isinstance(channel, SlackChannel) else "Teams webhook URL"
         _check_env_name(out, (*path, "url_env"), channel.url_env, what)
@@ -292,6 +296,19 @@ def _check_channel(out: _Problems, path: ConfigPath, channel: Channel) -> None:
         _check_template(out, (*path, "template"), channel.template)
     else:
         out.add((*path, "type"), f"unknown channel type {channel.type!r}")
+
+
+def _check_on(out: _Problems, path: ConfigPath, channel: Channel) -> None:
+    # A channel follows the life of the incidents it paged: one never paged directly would
+    # hear of an acknowledgement with nothing before it to acknowledge.
+    if ChannelEvent.PAGED not in channel.on:
+        named = [e.value for e in ChannelEvent if e in channel.on]
+        example = ", ".join(["paged", *(named or ["resolved"])])
+        out.add(
+            path,
+            f"must include paged (it lists {', '.join(named) or 'nothing'}): a channel is told"
+            f" how the incidents it paged go on, so it is paged first; e.g. [{example}]",
+        )
 
 
 def _check_template(out: _Problems, path: ConfigPath, template: MessageTemplate | None) -> None:
