@@ -246,6 +246,9 @@ class DeliveryOutcome:
     """Seconds the receiver asked to wait (Retry-After), if it said."""
     status: int | None = None
     """The receiver's status code (HTTP or SMTP), if it answered."""
+    response: str = ""
+    """The start of the receiver's answer (at most 300 characters, one line, secrets
+    removed), for an action's ACTION_EXECUTED event; empty if it said nothing."""
 
 
 class Dispatcher(Protocol):

@@ -192,9 +192,14 @@ class AttemptResult:
     disable_channel: bool = False
     """The receiver said it wants no more messages (HTTP 410 Gone, an archived Slack
     channel): worth a prominent log line; the channel's other deliveries will fail too."""
+    response: str = ""
+    """The start of the receiver's answer body, cut and redacted like `detail`: an action's
+    timeline event quotes it. Empty when it sent none (or did not answer)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", _shorten(redact(self.detail)))
+        printable = "".join(c if c.isprintable() else " " for c in self.response)
+        object.__setattr__(self, "response", _shorten(redact(printable)))
 
     @classmethod
     def sent(cls, detail: str, status: int | None = None) -> AttemptResult:
