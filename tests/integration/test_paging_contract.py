@@ -971,11 +971,11 @@ async def test_a_policy_snapshot_stored_before_actions_existed_reads_back(
         try:
             await save(storage, escalation("inc_old", policy=CRITICAL))
             if backend == "postgres":
-                with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(update.format(mark="%s"), (old,))
+                with psycopg.connect(url, autocommit=True) as server:
+                    server.execute(update.format(mark="%s"), (old,))
             else:
-                with contextlib.closing(sqlite3.connect(tmp_path / "old.db")) as conn, conn:
-                    conn.execute(update.format(mark="?"), (old,))
+                with contextlib.closing(sqlite3.connect(tmp_path / "old.db")) as file, file:
+                    file.execute(update.format(mark="?"), (old,))
             loaded = await read(storage, lambda p: p.escalation("inc_old"))
             assert loaded is not None and loaded.policy == DEFAULT
         finally:
