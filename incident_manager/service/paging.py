@@ -261,13 +261,7 @@ def _page_level(
     for schedule_id in {t.id for t in level.targets if t.kind is TargetKind.SCHEDULE}:
         overrides += paging.overrides_between(schedule_id, now, now + timedelta(microseconds=1))
     resolved = resolve_level(config, level, now, overrides)
-    unreached = [
-        *(
-            Unreached(t, f"{t} is no longer in the paging configuration (removed by a reload)")
-            for t in gone
-        ),
-        *resolved.unreached,
-    ]
+    unreached = [*(Unreached(t, _gone(t)) for t in gone), *resolved.unreached]
     content = page_content(config, incident, escalation, now, resolved.deliveries)
     notifications = [
         _notification(config, incident, escalation, delivery, now, ordinal, content)
@@ -321,6 +315,15 @@ def _page_level(
         _action_executed(incident, notification, "FAILED", None, now)
     escalation.advance()
     return sum(1 for n in notifications if n.state is NotificationState.PENDING)
+
+
+def _gone(target: Target) -> str:
+    if target.kind is TargetKind.ACTION:
+        return (
+            f"{target}: channel {target.id} is no longer a webhook channel in the paging "
+            "configuration (changed by a reload); nothing was sent"
+        )
+    return f"{target} is no longer in the paging configuration (removed by a reload)"
 
 
 def _configured(config: PagingConfig, target: Target) -> bool:
