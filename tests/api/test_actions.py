@@ -80,6 +80,14 @@ async def test_a_jailbreak_wave_runs_the_kill_switch_action_of_a_level_with_only
             ledger = await pager.ListNotifications(
                 paging_pb2.ListNotificationsRequest(incident_id=incident_id)
             )
+            plan = await pager.TestRoute(
+                paging_pb2.TestRouteRequest(
+                    source="llm-shield",
+                    type=incident_pb2.INCIDENT_TYPE_SECURITY,
+                    severity=incident_pb2.SEVERITY_P1,
+                    labels={"model": "gpt-4o"},
+                )
+            )
         finally:
             await channel.close()
             await server.stop(0)
@@ -104,3 +112,10 @@ async def test_a_jailbreak_wave_runs_the_kill_switch_action_of_a_level_with_only
     assert escalated[0].details["targets"] == "action gateway-kill-switch"
     sent = [e for e in incident.timeline if e.type == incident_pb2.EVENT_TYPE_NOTIFICATION_SENT]
     assert sent == []  # an action ends in ACTION_EXECUTED; the people of level 2 wait 5m
+    (planned,) = plan.levels[0].deliveries
+    assert (plan.policy_id, planned.target_kind, planned.channel_id, planned.user_id) == (
+        "jailbreak",
+        paging_pb2.TARGET_KIND_ACTION,
+        "gateway-kill-switch",
+        "",
+    )

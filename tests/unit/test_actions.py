@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 
+from generated.incident_manager.v1 import paging_service_pb2 as paging_pb2
 from incident_manager.adapters.channels.base import page_content_from_dict
 from incident_manager.adapters.channels.wording import template_context
+from incident_manager.adapters.memory import MemoryStorage
+from incident_manager.cli.incidents import delivery_line
 from incident_manager.domain.model import Incident, IncidentType, Severity
 from incident_manager.domain.paging.actions import (
     MAX_ACTION_BODY,
@@ -18,12 +21,14 @@ from incident_manager.domain.paging.actions import (
     render_action_body,
 )
 from incident_manager.domain.paging.escalation import resolve_level
-from incident_manager.domain.paging.ledger import Escalation
+from incident_manager.domain.paging.ledger import Escalation, Notification, NotificationState
 from incident_manager.domain.paging.model import Target, TargetKind
 from incident_manager.domain.paging.templates import TemplateFailed
 from incident_manager.paging import main
 from incident_manager.paging.file import PagingConfigError, load_paging_config
+from incident_manager.service import paging
 from incident_manager.service.paging import page_content
+from incident_manager.service.ports import UnitOfWork
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -218,3 +223,56 @@ def test_a_body_that_names_a_missing_label_fails_with_its_line() -> None:
     with pytest.raises(TemplateFailed) as failed:
         render_action_body('{\n"model": "{{ incident.labels.model }}"\n}', page)
     assert str(failed.value) == "line 2: 'dict object' has no attribute 'model'"
+
+
+def test_imctl_shows_an_action_row_by_its_webhook_once() -> None:
+    row = paging_pb2.Notification(
+        level=1,
+        round=1,
+        target_kind=paging_pb2.TARGET_KIND_ACTION,
+        target_id="kill-switch",
+        channel_id="kill-switch",
+        channel_type="webhook",
+        recipient="kill-switch",
+        state=paging_pb2.NOTIFICATION_STATE_FAILED,
+        attempts=1,
+        last_error="HTTP 403 Forbidden",
+    )
+    line = delivery_line(row).plain
+    assert line.endswith("level 1/1  action kill-switch: failed, 1 try — HTTP 403 Forbidden")
+
+
+async def test_a_running_action_whose_webhook_a_reload_retyped_is_suppressed_saying_why() -> None:
+    storage = MemoryStorage()
+    incident = _incident(model="gpt-4o")
+    config = load_paging_config(BASE, "paging.yaml")
+    reloaded = load_paging_config(
+        """
+channels:
+  - id: kill-switch
+    type: email
+    smtp: {host: 127.0.0.1, from: a@example.com}
+    to: [b@example.com]
+escalation_policies:
+  - {id: other, levels: [{after: 0s, notify: [{channel: kill-switch}]}]}
+routes:
+  - policy: other
+""",
+        "paging.yaml",
+    )
+
+    def open_then_reload(uow: UnitOfWork) -> list[Notification]:
+        with uow:
+            uow.incidents.add(incident)
+            paging.follow_incident(uow.paging, config, incident, None, T0)
+            paging.run_due_steps(uow.paging, uow.incidents, reloaded, T0, 10)
+            uow.commit()
+        return uow.paging.list_notifications(incident.id, None, 10)
+
+    (row,) = await storage.write(open_then_reload)
+    assert (row.target, row.state, row.last_error) == (
+        "action kill-switch",
+        NotificationState.SUPPRESSED,
+        "action kill-switch: channel kill-switch is no longer a webhook channel in the paging "
+        "configuration (changed by a reload); nothing was sent",
+    )
