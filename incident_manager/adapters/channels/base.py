@@ -198,8 +198,11 @@ class AttemptResult:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", _shorten(redact(self.detail)))
-        printable = "".join(c if c.isprintable() else " " for c in self.response)
-        object.__setattr__(self, "response", _shorten(redact(printable)))
+        # Redacted whole, then cut: a secret cut in half would no longer be found. A few
+        # times MAX_DETAIL is enough to fill MAX_DETAIL once whitespace is collapsed.
+        start = redact(self.response)[: MAX_DETAIL * 4]
+        printable = "".join(c if c.isprintable() else " " for c in start)
+        object.__setattr__(self, "response", _shorten(printable))
 
     @classmethod
     def sent(cls, detail: str, status: int | None = None) -> AttemptResult:
