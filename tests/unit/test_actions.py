@@ -210,6 +210,23 @@ def test_a_json_body_escapes_every_value_so_an_alert_cannot_add_keys() -> None:
     assert text == 'reason: x", "model": "all'
 
 
+@pytest.mark.parametrize(
+    ("source", "body"),
+    [
+        ('{"reason": "{{ incident.title }}"}', '{"reason": "say \\"hi\\""}'),
+        (
+            '  [{"n": {{ incident.alert_count }}, "t": "{{ incident.title }}"}]',
+            '[{"n": 1, "t": "say \\"hi\\""}]',
+        ),
+        ("{{ incident.title }} now", 'say "hi" now'),
+        ("{% if true %}{{ incident.title }}{% endif %}", 'say "hi"'),
+        ("{# a comment #}{{ incident.title }}", 'say "hi"'),
+    ],
+)
+def test_only_a_body_written_as_json_escapes_its_values(source: str, body: str) -> None:
+    assert render_action_body(source, _page(_incident('say "hi"'))) == body
+
+
 def test_a_body_longer_than_the_limit_is_refused_not_cut() -> None:
     page = _page(_incident(model="gpt-4o"))
     fits = render_action_body("{% for i in range(100) %}" + "y" * 160 + "{% endfor %}", page)

@@ -10,9 +10,10 @@ Unlike a page, an action has no default message to fall back to: a request with 
 body could switch off the wrong thing. So a body that cannot be rendered, or would be longer
 than `MAX_ACTION_BODY`, is not sent at all (`render_action_body` raises `TemplateFailed`).
 
-A body template that starts with `{` or `[` is a JSON template: every string value it
-shows is escaped for a JSON string (`"` becomes `\\"`), so an alert title cannot close the
-string and add keys of its own. Other bodies get the values as they are.
+A body template that starts with `[`, or with a `{` that opens no Jinja2 tag, is a JSON
+template: every string value it shows is escaped for a JSON string (`"` becomes `\\"`), so
+an alert title cannot close the string and add keys of its own. Other bodies get the values
+as they are.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def json_string_escape(text: str) -> str:
 
 
 def is_json_template(source: str) -> bool:
-    """Whether a body template writes JSON (it starts with `{` or `[`)."""
-    return source.lstrip().startswith(("{", "["))
+    """Whether a body template writes JSON: it starts with `[`, or with a `{` that does not
+    open a Jinja2 tag (`{{`, `{%`, `{#`)."""
+    start = source.lstrip()
+    return start.startswith("[") or (start.startswith("{") and start[1:2] not in ("{", "%", "#"))
 
 
 def _timestamp(text: str) -> str:
