@@ -200,9 +200,10 @@ class AttemptResult:
         object.__setattr__(self, "detail", _shorten(redact(self.detail)))
         # Redacted whole, then cut: a secret cut in half would no longer be found. A few
         # times MAX_DETAIL is enough to fill MAX_DETAIL once whitespace is collapsed.
-        start = redact(self.response)[: MAX_DETAIL * 4]
-        printable = "".join(c if c.isprintable() else " " for c in start)
-        object.__setattr__(self, "response", _shorten(printable))
+        start = " ".join(redact(self.response)[: MAX_DETAIL * 4].split())
+        if not start.isprintable():  # rare once whitespace is collapsed: skip the loop
+            start = "".join(c if c.isprintable() else " " for c in start)
+        object.__setattr__(self, "response", _shorten(start))
 
     @classmethod
     def sent(cls, detail: str, status: int | None = None) -> AttemptResult:
