@@ -103,6 +103,7 @@ _RESTRICTION_KEYS = ("days", "from", "to")
 _POLICY_KEYS = ("id", "ack_timeout", "repeat", "repeat_after", "levels")
 _LEVEL_KEYS = ("after", "notify")
 _TARGET_KEYS = tuple(kind.value for kind in TargetKind)
+_ACTION_KEYS = ("webhook", "body")
 _ROUTE_KEYS = ("match", "policy")
 _MATCH_KEYS = ("severity", "type", "source", "labels", "labels_regex")
 
@@ -122,6 +123,7 @@ FILE_KEYS: Mapping[str, tuple[str, ...]] = {
     "escalation policies": _POLICY_KEYS,
     "levels": _LEVEL_KEYS,
     "targets": _TARGET_KEYS,
+    "actions": _ACTION_KEYS,
     "routes": _ROUTE_KEYS,
     "match": _MATCH_KEYS,
 }
@@ -1042,7 +1044,7 @@ def _level(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Level]:
 
 
 def _target(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Target]:
-    expected = "exactly one of user, schedule or channel, e.g. {schedule: primary}"
+    expected = "exactly one of user, schedule, channel or action, e.g. {schedule: primary}"
 
     def read(node: yaml.Node, path: ConfigPath) -> Target:
         entries = r.mapping(node, path, _TARGET_KEYS)
@@ -1054,10 +1056,39 @@ def _target(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Target]:
             r.hide(path)
             return Target(TargetKind.USER, "")
         key, value = next(iter(entries.items()))
+        if key == TargetKind.ACTION.value:
+            return _action(r, value, (*path, key))
         target_id = r.string(value, (*path, key), "an id")
         return Target(TargetKind(key), target_id or "")
 
     return read
+
+
+def _action(r: _Reader, node: yaml.Node, path: ConfigPath) -> Target:
+    """`{webhook: ID, body: TEMPLATE}`: a request to a webhook channel (docs/PAGING.md)."""
+    entries = r.mapping(
+        node,
+        path,
+        _ACTION_KEYS,
+        required={
+            "webhook": "the id of a webhook channel",
+            "body": "the request's body, a Jinja2 template",
+        },
+    )
+    if entries is None:
+        r.hide(path)
+        return Target(TargetKind.ACTION, "", "")
+    webhook = (
+        r.string(entries["webhook"], (*path, "webhook"), "an id") if "webhook" in entries else None
+    )
+    body = (
+        r.string(entries["body"], (*path, "body"), "a Jinja2 template (a string)")
+        if "body" in entries
+        else None
+    )
+    if webhook is None:
+        r.hide((*path, "webhook"))
+    return Target(TargetKind.ACTION, webhook or "", body)
 
 
 def _route(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Route]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from incident_manager.domain.model import EventType, Incident, IncidentState, Severity
+from incident_manager.domain.paging.actions import ACTION_BODY, render_action_body
 from incident_manager.domain.paging.escalation import Delivery, Unreached, resolve_level
 from incident_manager.domain.paging.ledger import (
     Escalation,
@@ -27,8 +28,10 @@ from incident_manager.domain.paging.model import (
     Silence,
     Target,
     TargetKind,
+    WebhookChannel,
 )
 from incident_manager.domain.paging.routing import PagingSubject, choose_route, silences_holding
+from incident_manager.domain.paging.templates import TemplateFailed
 from incident_manager.service.ports import (
     DeliveryOutcome,
     IncidentRepository,
@@ -173,6 +176,8 @@ def _tell(
     paged: set[tuple[str, str]] = set()
     last: dict[tuple[str, str], Notification] = {}
     for sent in paging.live_notifications(incident.id):
+        if sent.target_kind is TargetKind.ACTION:
+            continue  # an action called a system; it is not told of the incident's life
         key = (sent.channel_id, sent.recipient)
         last[key] = sent
         if _event_of(sent) is ChannelEvent.PAGED:
@@ -335,17 +340,17 @@ def _page_level(
     for schedule_id in {t.id for t in level.targets if t.kind is TargetKind.SCHEDULE}:
         overrides += paging.overrides_between(schedule_id, now, now + timedelta(microseconds=1))
     resolved = resolve_level(config, level, now, overrides)
-    unreached = [
-        *(
-            Unreached(t, f"{t} is no longer in the paging configuration (removed by a reload)")
-            for t in gone
-        ),
-        *resolved.unreached,
-    ]
+    unreached = [*(Unreached(t, _gone(t)) for t in gone), *resolved.unreached]
     content = page_content(config, incident, escalation, now, resolved.deliveries)
     notifications = [
         _notification(config, incident, escalation, delivery, now, ordinal, content)
         for ordinal, delivery in enumerate(resolved.deliveries)
+    ]
+    refused = [
+        notification
+        for notification, delivery in zip(notifications, resolved.deliveries, strict=True)
+        if delivery.target.kind is TargetKind.ACTION
+        and not _prepare_action(notification, delivery.target, now)
     ]
     for missed in unreached:
         notification = Notification(
@@ -385,8 +390,19 @@ def _page_level(
         details["late_by"] = f"{late.total_seconds():.1f}s"
         message += f", {late.total_seconds():.1f}s late"
     incident.record_paging(EventType.ESCALATED, message, now, details)
+    for notification in refused:
+        _action_executed(incident, notification, "FAILED", None, now)
     escalation.advance()
     return sum(1 for n in notifications if n.state is NotificationState.PENDING)
+
+
+def _gone(target: Target) -> str:
+    if target.kind is TargetKind.ACTION:
+        return (
+            f"{target}: channel {target.id} is no longer a webhook channel in the paging "
+            "configuration (changed by a reload); nothing was sent"
+        )
+    return f"{target} is no longer in the paging configuration (removed by a reload)"
 
 
 def _configured(config: PagingConfig, target: Target) -> bool:
@@ -394,6 +410,8 @@ def _configured(config: PagingConfig, target: Target) -> bool:
         return config.user(target.id) is not None
     if target.kind is TargetKind.SCHEDULE:
         return config.schedule(target.id) is not None
+    if target.kind is TargetKind.ACTION:
+        return isinstance(config.channel(target.id), WebhookChannel)
     return config.channel(target.id) is not None
 
 
@@ -442,6 +460,8 @@ def page_content(
     targets: dict[tuple[str, str, str | None], dict[str, str | None]] = {}
     for delivery in deliveries:
         target = delivery.target
+        if target.kind is TargetKind.ACTION:
+            continue  # a request to a system, not someone paged
         if delivery.user_id is not None:
             user = config.user(delivery.user_id)
             via = target.id if target.kind is TargetKind.SCHEDULE else None
@@ -522,7 +542,12 @@ def record_delivery(
         else:
             notification.retry_at(now + delay, outcome.detail, now)
     paging.save_notification(notification)
-    if final is not None:
+    if final is not None and notification.target_kind is TargetKind.ACTION:
+        incident = load.get(notification.incident_id)
+        if incident is not None:
+            _action_executed(incident, notification, final, outcome, now)
+            load.save(incident)
+    elif final is not None:
         incident = load.get(notification.incident_id)
         if incident is not None:
             event = _event_of(notification)
@@ -556,3 +581,51 @@ def record_delivery(
             )
             load.save(incident)
     return notification.state
+
+
+# Automated actions (docs/PAGING.md, Automated actions).
+
+
+def _prepare_action(notification: Notification, action: Target, now: datetime) -> bool:
+    """Fix the action's body now, so every attempt sends the same bytes. A body that cannot
+    be rendered is not sent at all: the action fails at once (False), and is not retried."""
+    try:
+        body = render_action_body(action.body or "", notification.content)
+    except TemplateFailed as error:
+        notification.failed(f"the body template failed ({error}); nothing was sent", now)
+        return False
+    notification.content = {**notification.content, ACTION_BODY: body}
+    return True
+
+
+def _action_executed(
+    incident: Incident,
+    notification: Notification,
+    final: str,
+    outcome: DeliveryOutcome | None,
+    now: datetime,
+) -> None:
+    """The ACTION_EXECUTED event: what the webhook answered, or why the action failed."""
+    status = outcome.status if outcome is not None else None
+    response = outcome.response if outcome is not None else ""
+    webhook = notification.channel_id
+    if final == "SENT":
+        answered = f"HTTP {status}" if status is not None else "accepted"
+        message = f"action {webhook} answered {answered}" + (f": {response}" if response else "")
+    else:
+        message = f"action {webhook} failed: {notification.last_error}"
+    incident.record_paging(
+        EventType.ACTION_EXECUTED,
+        message,
+        now,
+        {
+            "notification_id": notification.id,
+            "webhook": webhook,
+            "status_code": str(status) if status is not None else "",
+            "outcome": final,
+            "attempts": str(notification.attempts),
+            "response": response,
+            "level": str(notification.level),
+            "round": str(notification.round),
+        },
+    )

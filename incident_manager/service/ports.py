@@ -254,6 +254,9 @@ class DeliveryOutcome:
     disable_channel: bool = False
     """The receiver wants no more messages through this channel (HTTP 410, an archived
     Slack channel): the worker stops using the channel until the next reload."""
+    response: str = ""
+    """The start of the receiver's answer (at most 300 characters, one line, secrets
+    removed), for an action's ACTION_EXECUTED event; empty if it said nothing."""
 
 
 class Dispatcher(Protocol):

@@ -271,3 +271,65 @@ async def test_a_change_while_its_page_is_in_flight_waits_out_that_attempt() -> 
         "ops-slack": T0 + timedelta(seconds=11),
         "ops-pd": T0 + timedelta(seconds=11),
     }
+
+
+ACTION_CONFIG = load_paging_config(
+    """
+channels:
+  - {id: gateway, type: webhook, url: "http://127.0.0.1:9/kill", on: [paged, acknowledged]}
+escalation_policies:
+  - id: default
+    levels:
+      - after: 0s
+        notify: [{action: {webhook: gateway, body: '{"incident": "{{ incident.id }}"}'}}]
+routes:
+  - policy: default
+""",
+    "actions.yaml",
+)
+
+
+async def test_an_action_is_not_told_of_the_incidents_later_changes() -> None:
+    # The webhook follows acknowledgements of what it paged, but the action only called it:
+    # a kill switch must not receive an "acknowledged" page body.
+    storage = MemoryStorage()
+    incident = Incident.open(
+        title="jailbreak wave",
+        description="",
+        severity=Severity.P0,
+        type=IncidentType.SECURITY,
+        source="guard",
+        affected_resources=[],
+        labels={},
+        assignees=[],
+        fingerprint="fp-action",
+        actor="guard",
+        now=T0,
+        alert_count=1,
+    )
+
+    def open_and_step(uow: UnitOfWork) -> None:
+        with uow:
+            uow.incidents.add(incident)
+            paging.follow_incident(uow.paging, ACTION_CONFIG, incident, None, T0)
+            paging.run_due_steps(uow.paging, uow.incidents, ACTION_CONFIG, T0, 10)
+            uow.commit()
+
+    await storage.write(open_and_step)
+    await _deliver_all(storage, T0 + timedelta(seconds=1))
+
+    def ack(uow: UnitOfWork) -> None:
+        with uow:
+            found = uow.incidents.get(incident.id)
+            assert found is not None
+            before = Before.of(found)
+            found.acknowledge(actor="alice", now=T0 + timedelta(minutes=1))
+            uow.incidents.save(found)
+            paging.follow_incident(
+                uow.paging, ACTION_CONFIG, found, before, T0 + timedelta(minutes=1)
+            )
+            uow.commit()
+
+    await storage.write(ack)
+    rows = await storage.read(lambda uow: uow.paging.list_notifications(incident.id, None, 100))
+    assert [(n.target_kind.value, n.state.name) for n in rows] == [("action", "SENT")]

@@ -29,6 +29,7 @@ from incident_manager.domain.paging.model import (
     Route,
     Schedule,
     SlackChannel,
+    Target,
     TargetKind,
     TeamsChannel,
     User,
@@ -379,7 +380,9 @@ def _check_policy(
             out.add((*where, "notify"), "nobody to notify; expected at least one target")
         for j, target in enumerate(level.targets):
             at: ConfigPath = (*where, "notify", j, target.kind.value)
-            if target.kind is TargetKind.CHANNEL:
+            if target.kind is TargetKind.ACTION:
+                _check_action(out, at, target, channels)
+            elif target.kind is TargetKind.CHANNEL:
                 channel = channels.get(target.id)
                 if channel is None:
                     out.add(at, _unknown("channel", target.id, channel_ids), "channels")
@@ -395,3 +398,31 @@ def _check_policy(
                     _unknown(target.kind.value, target.id, known[target.kind]),
                     "users" if target.kind is TargetKind.USER else "schedules",
                 )
+
+
+def _check_action(
+    out: _Problems,
+    path: ConfigPath,
+    target: Target,
+    channels: dict[str, Channel],
+) -> None:
+    """An action calls a webhook channel with a body template that must be usable."""
+    channel = channels.get(target.id)
+    webhooks = {c.id for c in channels.values() if isinstance(c, WebhookChannel)}
+    if channel is None:
+        out.add((*path, "webhook"), _unknown("webhook channel", target.id, webhooks), "channels")
+    elif not isinstance(channel, WebhookChannel):
+        hint = f"; webhook channels: {', '.join(sorted(webhooks))}" if webhooks else ""
+        out.add(
+            (*path, "webhook"),
+            f"channel {target.id!r} is of type {channel.type}; an action calls a channel of "
+            f"type webhook{hint}",
+        )
+    if target.body is None:
+        return
+    problem = template_problem(target.body)
+    if problem is not None:
+        where = f"line {problem.line} of the template: " if problem.line else ""
+        out.add((*path, "body"), f"{where}{problem.reason}")
+    elif not target.body.strip():
+        out.add((*path, "body"), "is empty; expected the request's body (a Jinja2 template)")

@@ -290,6 +290,8 @@ class TargetKind(enum.Enum):
     USER = "user"
     SCHEDULE = "schedule"
     CHANNEL = "channel"
+    ACTION = "action"
+    """An automated action: a request to a webhook channel, not a page (docs/PAGING.md)."""
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,9 @@ class Target:
 
     kind: TargetKind
     id: str
+    """The user, schedule or channel; for an action, the webhook channel it calls."""
+    body: str | None = None
+    """For an action only: the Jinja2 template of the request's body (domain/paging/actions.py)."""
 
     def __str__(self) -> str:
         return f"{self.kind.value} {self.id}"
