@@ -129,6 +129,15 @@ class MemoryPaging(PagingRepository):
             if n.incident_id == incident_id and n.state is NotificationState.PENDING
         ]
 
+    def live_notifications(self, incident_id: str) -> list[Notification]:
+        live = (NotificationState.PENDING, NotificationState.SENT)
+        rows = [
+            n
+            for n in self._notifications().values()
+            if n.incident_id == incident_id and n.state in live and n.channel_id
+        ]
+        return [copy.deepcopy(n) for n in sorted(rows, key=lambda n: n.ledger_key)]
+
     def claim_notifications(
         self, worker: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[Notification]:

@@ -321,7 +321,10 @@ def delivery_line(n: paging_service_pb2.Notification) -> Text:
     kind = short_name(n.target_kind, TARGET_KIND)
     to = f"{n.user_id} ({kind} {n.target_id})" if n.user_id else f"{kind} {n.target_id}"
     via = n.channel_id + (f" {n.recipient}" if n.recipient and n.recipient != n.channel_id else "")
-    if n.target_kind == paging_service_pb2.TARGET_KIND_CHANNEL and via == n.target_id:
+    if via == n.target_id and n.target_kind in (
+        paging_service_pb2.TARGET_KIND_CHANNEL,
+        paging_service_pb2.TARGET_KIND_ACTION,  # `action kill-switch`: its webhook is its id
+    ):
         via = ""
     state = short_name(n.state, NOTIFICATION_STATE)
     tries = f"{n.attempts} {'try' if n.attempts == 1 else 'tries'}"

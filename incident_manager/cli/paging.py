@@ -378,6 +378,8 @@ def route_test(
             target = f"{short_name(d.target_kind, TARGET_KIND)} {d.target_id}"
             if d.problem:
                 out.print(Text(f"  {target}: {d.problem}", style="red"))
+            elif d.target_kind == paging_pb2.TARGET_KIND_ACTION:
+                out.print(f"  {target}: a request to webhook {d.channel_id}")
             else:
                 who = f"{d.user_id} " if d.user_id else ""
                 out.print(f"  {target}: {who}via {d.channel_id} ({d.recipient})")

@@ -746,8 +746,8 @@ NOTIFICATION_STATE = EnumTable(
 TARGET_KINDS: dict[TargetKind, int] = {
     kind: paging_pb2.TargetKind.Value(f"TARGET_KIND_{kind.name}") for kind in TargetKind
 }
-"""Target kinds are named in the file (`user`, `schedule`, `channel`), so this table maps by
-name; building it fails at import if the proto lacks one."""
+"""Target kinds are named in the file (`user`, `schedule`, `channel`, `action`), so this table
+maps by name; building it fails at import if the proto lacks one."""
 SILENCE_STATES = {
     name: paging_pb2.SilenceState.Value(f"SILENCE_STATE_{name}")
     for name in ("PENDING", "ACTIVE", "EXPIRED")

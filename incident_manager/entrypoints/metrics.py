@@ -156,6 +156,13 @@ class Metrics:
             ("result",),
             registry=registry,
         )
+        self.channel_disabled_gauge = Gauge(
+            "incident_manager_channel_disabled",
+            "1 while a paging channel is disabled because its receiver said it wants no more"
+            " messages (HTTP 410, an archived Slack channel); a reload sets it back to 0.",
+            ("channel",),
+            registry=registry,
+        )
         self._sources: set[str] = set()
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -189,6 +196,9 @@ class Metrics:
     # The paging worker's observer.
     def delivery_finished(self, channel_type: str, outcome: str) -> None:
         self.notifications.labels(channel_type or "none", outcome).inc()
+
+    def channel_disabled(self, channel_id: str, disabled: bool) -> None:
+        self.channel_disabled_gauge.labels(channel_id).set(1 if disabled else 0)
 
     def pages_folded(self, channel_id: str, count: int) -> None:
         # Channel ids come from the paging file, so the label's values are bounded.

@@ -4,7 +4,8 @@ Every mistake is reported at once, each as `FILE:LINE: key.path: what is
 wrong, what is expected`. The file is composed into YAML nodes (not loaded
 into Python values) so that each key and list item keeps its line, and so
 that the raw text of a scalar is at hand: `from: 9:00` unquoted is the time
-9:00 here, not the base-60 number YAML 1.1 would make of it.
+9:00 here, not the base-60 number YAML 1.1 would make of it; a channel's key `on` is the
+name `on`, not the boolean true.
 
 The loader checks the file's shape (keys, types, the syntax of durations,
 times, zones, patterns, names); the domain checks the values and the
@@ -32,6 +33,7 @@ from incident_manager.domain.paging.model import (
     CHANNEL_TYPES,
     DEFAULT_REPEAT_AFTER,
     Channel,
+    ChannelEvent,
     ConfigPath,
     ConfigProblem,
     EmailChannel,
@@ -78,11 +80,21 @@ _CONSTRUCT = SafeConstructor()
 _ROOT_KEYS = ("users", "channels", "schedules", "escalation_policies", "routes")
 _USER_KEYS = ("id", "name", "email", "time_zone", "channels")
 _CHANNEL_KEYS: Mapping[str, tuple[str, ...]] = {
-    WebhookChannel.type: ("id", "type", "url", "secret_env", "timeout", "headers", "rate_limit"),
-    EmailChannel.type: ("id", "type", "smtp", "to", "rate_limit"),
-    SlackChannel.type: ("id", "type", "url_env", "timeout", "template", "rate_limit"),
-    TeamsChannel.type: ("id", "type", "url_env", "timeout", "template", "rate_limit"),
-    # Accepted here so that the check can say why PagerDuty takes none.
+    WebhookChannel.type: (
+        "id",
+        "type",
+        "url",
+        "secret_env",
+        "timeout",
+        "headers",
+        "template",
+        "on",
+        "rate_limit",
+    ),
+    EmailChannel.type: ("id", "type", "smtp", "to", "template", "on", "rate_limit"),
+    SlackChannel.type: ("id", "type", "url_env", "timeout", "template", "on", "rate_limit"),
+    TeamsChannel.type: ("id", "type", "url_env", "timeout", "template", "on", "rate_limit"),
+    # rate_limit is accepted here so that the check can say why PagerDuty takes none.
     PagerDutyChannel.type: (
         "id",
         "type",
@@ -90,9 +102,11 @@ _CHANNEL_KEYS: Mapping[str, tuple[str, ...]] = {
         "url",
         "timeout",
         "template",
+        "on",
         "rate_limit",
     ),
 }
+_CHANNEL_EVENTS = {event.value: event for event in ChannelEvent}
 _RATE_LIMIT_KEYS = ("per_minute",)
 _TEMPLATE_KEYS = ("title", "body")
 _SMTP_KEYS = ("host", "port", "from", "starttls", "username", "password_env", "timeout")
@@ -102,6 +116,7 @@ _RESTRICTION_KEYS = ("days", "from", "to")
 _POLICY_KEYS = ("id", "ack_timeout", "repeat", "repeat_after", "levels")
 _LEVEL_KEYS = ("after", "notify")
 _TARGET_KEYS = tuple(kind.value for kind in TargetKind)
+_ACTION_KEYS = ("webhook", "body")
 _ROUTE_KEYS = ("match", "policy")
 _MATCH_KEYS = ("severity", "type", "source", "labels", "labels_regex")
 
@@ -122,6 +137,7 @@ FILE_KEYS: Mapping[str, tuple[str, ...]] = {
     "escalation policies": _POLICY_KEYS,
     "levels": _LEVEL_KEYS,
     "targets": _TARGET_KEYS,
+    "actions": _ACTION_KEYS,
     "routes": _ROUTE_KEYS,
     "match": _MATCH_KEYS,
 }
@@ -270,6 +286,12 @@ def _kind(node: yaml.Node) -> str:
     return f"a value tagged {node.tag}"
 
 
+def _is_on(node: yaml.ScalarNode) -> bool:
+    """A channel's `on:` key as written: YAML 1.1 resolves a plain `on` to true, but no key
+    is a boolean, so the text is what was meant."""
+    return node.tag == _BOOL and node.value == "on"
+
+
 def _suggest(value: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(value, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -365,7 +387,9 @@ class _Reader:
                 self.lost_id(path)
                 merged = True
                 continue
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
+            if not isinstance(key_node, yaml.ScalarNode) or (
+                key_node.tag != _STR and not _is_on(key_node)
+            ):
                 self.lines.setdefault((*path, "?"), key_node.start_mark.line + 1)
                 self.fail((*path, "?"), f"a key must be a plain name, got {_kind(key_node)}")
                 continue
@@ -659,14 +683,14 @@ def _channel(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Channel]:
                     f"{_one_of(types)}",
                 )
         if kind == WebhookChannel.type:
-            return _limited(r, node, path, _webhook(r, node, path))
+            return _limited(r, node, path, _events(r, keys, path, _webhook(r, node, path)))
         if kind == EmailChannel.type:
-            return _limited(r, node, path, _email(r, node, path))
+            return _limited(r, node, path, _events(r, keys, path, _email(r, node, path)))
         if kind in (SlackChannel.type, TeamsChannel.type):
-            chat = SlackChannel if kind == SlackChannel.type else TeamsChannel
-            return _limited(r, node, path, _chat(r, node, path, chat))
+            chat = _chat(r, node, path, SlackChannel if kind == SlackChannel.type else TeamsChannel)
+            return _limited(r, node, path, _events(r, keys, path, chat))
         if kind == PagerDutyChannel.type:
-            return _limited(r, node, path, _pagerduty(r, node, path))
+            return _limited(r, node, path, _events(r, keys, path, _pagerduty(r, node, path)))
         # Keep the id, so that references to the channel are not reported too.
         r.hide(path)
         channel_id = ""
@@ -679,6 +703,26 @@ def _channel(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Channel]:
         return Channel(id=channel_id)
 
     return read
+
+
+def _events(
+    r: _Reader, keys: Mapping[str, tuple[yaml.Node, yaml.Node]], path: ConfigPath, channel: Channel
+) -> Channel:
+    """The channel's `on`: the changes of the incidents it paged it is told about."""
+    if "on" not in keys:
+        return channel
+    where = (*path, "on")
+    names = r.items(
+        keys["on"][1],
+        where,
+        "[paged, acknowledged, resolved]",
+        lambda n, p: r.choice(n, p, "event", _CHANNEL_EVENTS),
+    )
+    events = frozenset(e for e in names if e is not None)
+    if len(events) < len(names):
+        r.hide(where)  # an unknown name is reported; "must include paged" would only add noise
+        events |= {ChannelEvent.PAGED}
+    return replace(channel, on=events)
 
 
 def _limited(r: _Reader, node: yaml.MappingNode, path: ConfigPath, channel: Channel) -> Channel:
@@ -723,6 +767,8 @@ def _webhook(r: _Reader, node: yaml.Node, path: ConfigPath) -> Channel:
     if "headers" in entries:
         headers = r.string_map(entries["headers"], (*path, "headers"), "{X-Team: ops}")
         channel = replace(channel, headers=headers)
+    if "template" in entries:
+        channel = replace(channel, template=_template(r, entries["template"], (*path, "template")))
     return channel
 
 
@@ -740,6 +786,8 @@ def _email(r: _Reader, node: yaml.Node, path: ConfigPath) -> Channel:
     if "to" in entries:
         to = r.strings(entries["to"], (*path, "to"), "[oncall@example.com]")
         channel = replace(channel, to=tuple(to))
+    if "template" in entries:
+        channel = replace(channel, template=_template(r, entries["template"], (*path, "template")))
     return channel
 
 
@@ -1030,7 +1078,7 @@ def _level(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Level]:
 
 
 def _target(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Target]:
-    expected = "exactly one of user, schedule or channel, e.g. {schedule: primary}"
+    expected = "exactly one of user, schedule, channel or action, e.g. {schedule: primary}"
 
     def read(node: yaml.Node, path: ConfigPath) -> Target:
         entries = r.mapping(node, path, _TARGET_KEYS)
@@ -1042,10 +1090,39 @@ def _target(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Target]:
             r.hide(path)
             return Target(TargetKind.USER, "")
         key, value = next(iter(entries.items()))
+        if key == TargetKind.ACTION.value:
+            return _action(r, value, (*path, key))
         target_id = r.string(value, (*path, key), "an id")
         return Target(TargetKind(key), target_id or "")
 
     return read
+
+
+def _action(r: _Reader, node: yaml.Node, path: ConfigPath) -> Target:
+    """`{webhook: ID, body: TEMPLATE}`: a request to a webhook channel (docs/PAGING.md)."""
+    entries = r.mapping(
+        node,
+        path,
+        _ACTION_KEYS,
+        required={
+            "webhook": "the id of a webhook channel",
+            "body": "the request's body, a Jinja2 template",
+        },
+    )
+    if entries is None:
+        r.hide(path)
+        return Target(TargetKind.ACTION, "", "")
+    webhook = (
+        r.string(entries["webhook"], (*path, "webhook"), "an id") if "webhook" in entries else None
+    )
+    body = (
+        r.string(entries["body"], (*path, "body"), "a Jinja2 template (a string)")
+        if "body" in entries
+        else None
+    )
+    if webhook is None:
+        r.hide((*path, "webhook"))
+    return Target(TargetKind.ACTION, webhook or "", body)
 
 
 def _route(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Route]:

@@ -145,13 +145,20 @@ def settle_digest(
         incident = load.get(page.incident_id)
         if incident is None:
             continue
-        verb = "paged" if outcome == "SENT" else "could not page"
+        event = str(page.content.get("event", "paged"))
+        suffix = "" if outcome == "SENT" else f": {sent.last_error}"
+        if event == "paged":
+            verb = "paged" if outcome == "SENT" else "could not page"
+            what = f"{verb} {page.target} through {page.channel_type} {page.channel_id}"
+        else:  # a lifecycle message (docs/PAGING.md, Following an incident)
+            verb = "told" if outcome == "SENT" else "could not tell"
+            what = f"{verb} channel {page.channel_id} the incident was {event}"
         incident.record_paging(
             EventType.NOTIFICATION_SENT,
-            f"{verb} {page.target} through {page.channel_type} {page.channel_id}"
-            f" in digest {sent.id}" + ("" if outcome == "SENT" else f": {sent.last_error}"),
+            f"{what} in digest {sent.id}{suffix}",
             now,
             {
+                "event": event,
                 "notification_id": page.id,
                 "digest_id": sent.id,
                 "target": page.target,

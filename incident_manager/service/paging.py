@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from incident_manager.domain.model import EventType, Incident, IncidentState, Severity
+from incident_manager.domain.paging.actions import ACTION_BODY, render_action_body
 from incident_manager.domain.paging.escalation import Delivery, Unreached, resolve_level
 from incident_manager.domain.paging.ledger import (
     Escalation,
@@ -21,13 +22,16 @@ from incident_manager.domain.paging.ledger import (
     new_notification_id,
 )
 from incident_manager.domain.paging.model import (
+    ChannelEvent,
     Override,
     PagingConfig,
     Silence,
     Target,
     TargetKind,
+    WebhookChannel,
 )
 from incident_manager.domain.paging.routing import PagingSubject, choose_route, silences_holding
+from incident_manager.domain.paging.templates import TemplateFailed
 from incident_manager.service import digests
 from incident_manager.service.ports import (
     DeliveryOutcome,
@@ -77,6 +81,10 @@ def follow_incident(
             escalation.stop()
             paging.save_escalation(escalation)
             _suppress_pending(paging, incident.id, f"incident {incident.state.name.lower()}", now)
+            why = f"incident {incident.state.name.lower()}"
+            if incident.resolution is not None:
+                why = f"resolved by {incident.resolution.resolved_by}"
+            _tell(paging, config, incident, escalation, ChannelEvent.RESOLVED, why, now)
         return
     acknowledged = incident.acknowledge_time is not None and (
         before is None or incident.acknowledge_time != before.acknowledge_time
@@ -100,6 +108,7 @@ def follow_incident(
         if match is None:
             return
         escalation.restart(match.policy, match.index + 1, now, "incident reopened")
+        _tell(paging, config, incident, escalation, ChannelEvent.REOPENED, "reopened", now)
     elif (
         before is not None
         and incident.severity.is_more_severe_than(before.severity)
@@ -119,7 +128,9 @@ def follow_incident(
         _escalated(incident, escalation, now, why)
     if acknowledged:
         escalation.acknowledge(now)
-        _suppress_pending(paging, incident.id, f"acknowledged by {incident.acknowledged_by}", now)
+        why = f"acknowledged by {incident.acknowledged_by}"
+        _suppress_pending(paging, incident.id, why, now)
+        _tell(paging, config, incident, escalation, ChannelEvent.ACKNOWLEDGED, why, now)
     elif by_person and escalation.status is EscalationStatus.ACKNOWLEDGED:
         escalation.acknowledge(now)  # a person is still working on it: re-arm the timeout
     paging.save_escalation(escalation)
@@ -138,8 +149,79 @@ def _suppress_pending(paging: PagingRepository, incident_id: str, why: str, now:
     for notification in paging.pending_notifications(incident_id):
         if notification.claimed_by:
             continue  # already being sent; its outcome is recorded when it returns
+        if _event_of(notification) is not ChannelEvent.PAGED:
+            continue  # telling of a change is not paging: a later change does not cancel it
         notification.suppress(why, now)
         paging.save_notification(notification)
+
+
+def _event_of(notification: Notification) -> ChannelEvent:
+    """What change a delivery tells of (`paged` for a page)."""
+    try:
+        return ChannelEvent(notification.content.get("event", ChannelEvent.PAGED.value))
+    except ValueError:
+        return ChannelEvent.PAGED
+
+
+def _tell(
+    paging: PagingRepository,
+    config: PagingConfig,
+    incident: Incident,
+    escalation: Escalation,
+    event: ChannelEvent,
+    reason: str,
+    now: datetime,
+) -> None:
+    """Tell each (channel, recipient) that paged the incident and follows `event` about it,
+    once: not if the last thing it was told is this very change (the change seen again)."""
+    paged: set[tuple[str, str]] = set()
+    last: dict[tuple[str, str], Notification] = {}
+    for sent in paging.live_notifications(incident.id):
+        if sent.target_kind is TargetKind.ACTION:
+            continue  # an action called a system; it is not told of the incident's life
+        key = (sent.channel_id, sent.recipient)
+        last[key] = sent
+        if _event_of(sent) is ChannelEvent.PAGED:
+            paged.add(key)
+    content = {
+        **page_content(config, incident, escalation, now, ()),
+        "event": event.value,
+        "reason": reason,
+    }
+    told: list[Notification] = []
+    for key, previous in last.items():
+        channel = config.channel(previous.channel_id)
+        if key not in paged or channel is None or event not in channel.on:
+            continue
+        if _event_of(previous) is event:
+            continue
+        due = now
+        if previous.state is NotificationState.PENDING and previous.claimed_by:
+            # Its attempt is in flight and ends within the channel's timeout: wait that
+            # long, so the receiver hears of the page before it hears of the change.
+            due = min(now + channel.attempt_timeout, previous.claim_until or now)
+            due = max(due, now)
+        told.append(
+            replace(
+                previous,
+                id=new_notification_id(),
+                reason=reason,
+                create_time=now,
+                ordinal=len(told),
+                # The level and round of the last page through this channel.
+                content={**content, "level": previous.level, "round": previous.round},
+                state=NotificationState.PENDING,
+                attempts=0,
+                last_error="",
+                update_time=now,
+                send_time=None,
+                next_attempt_time=due,
+                claimed_by="",
+                claim_until=None,
+            )
+        )
+    if told:
+        paging.add_notifications(told)
 
 
 def _escalated(incident: Incident, escalation: Escalation, now: datetime, message: str) -> None:
@@ -259,17 +341,17 @@ def _page_level(
     for schedule_id in {t.id for t in level.targets if t.kind is TargetKind.SCHEDULE}:
         overrides += paging.overrides_between(schedule_id, now, now + timedelta(microseconds=1))
     resolved = resolve_level(config, level, now, overrides)
-    unreached = [
-        *(
-            Unreached(t, f"{t} is no longer in the paging configuration (removed by a reload)")
-            for t in gone
-        ),
-        *resolved.unreached,
-    ]
+    unreached = [*(Unreached(t, _gone(t)) for t in gone), *resolved.unreached]
     content = page_content(config, incident, escalation, now, resolved.deliveries)
     notifications = [
         _notification(config, incident, escalation, delivery, now, ordinal, content)
         for ordinal, delivery in enumerate(resolved.deliveries)
+    ]
+    refused = [
+        notification
+        for notification, delivery in zip(notifications, resolved.deliveries, strict=True)
+        if delivery.target.kind is TargetKind.ACTION
+        and not _prepare_action(notification, delivery.target, now)
     ]
     for missed in unreached:
         notification = Notification(
@@ -309,8 +391,19 @@ def _page_level(
         details["late_by"] = f"{late.total_seconds():.1f}s"
         message += f", {late.total_seconds():.1f}s late"
     incident.record_paging(EventType.ESCALATED, message, now, details)
+    for notification in refused:
+        _action_executed(incident, notification, "FAILED", None, now)
     escalation.advance()
     return sum(1 for n in notifications if n.state is NotificationState.PENDING)
+
+
+def _gone(target: Target) -> str:
+    if target.kind is TargetKind.ACTION:
+        return (
+            f"{target}: channel {target.id} is no longer a webhook channel in the paging "
+            "configuration (changed by a reload); nothing was sent"
+        )
+    return f"{target} is no longer in the paging configuration (removed by a reload)"
 
 
 def _configured(config: PagingConfig, target: Target) -> bool:
@@ -318,6 +411,8 @@ def _configured(config: PagingConfig, target: Target) -> bool:
         return config.user(target.id) is not None
     if target.kind is TargetKind.SCHEDULE:
         return config.schedule(target.id) is not None
+    if target.kind is TargetKind.ACTION:
+        return isinstance(config.channel(target.id), WebhookChannel)
     return config.channel(target.id) is not None
 
 
@@ -366,6 +461,8 @@ def page_content(
     targets: dict[tuple[str, str, str | None], dict[str, str | None]] = {}
     for delivery in deliveries:
         target = delivery.target
+        if target.kind is TargetKind.ACTION:
+            continue  # a request to a system, not someone paged
         if delivery.user_id is not None:
             user = config.user(delivery.user_id)
             via = target.id if target.kind is TargetKind.SCHEDULE else None
@@ -448,17 +545,34 @@ def record_delivery(
     paging.save_notification(notification)
     if final is not None and notification.is_digest:
         digests.settle_digest(paging, load, notification, now)
-    if final is not None:
+    if final is not None and notification.target_kind is TargetKind.ACTION:
         incident = load.get(notification.incident_id)
         if incident is not None:
-            verb = "paged" if final == "SENT" else "could not page"
+            _action_executed(incident, notification, final, outcome, now)
+            load.save(incident)
+    elif final is not None:
+        incident = load.get(notification.incident_id)
+        if incident is not None:
+            event = _event_of(notification)
             suffix = "" if final == "SENT" else f": {notification.last_error}"
+            if event is ChannelEvent.PAGED:
+                verb = "paged" if final == "SENT" else "could not page"
+                message = (
+                    f"{verb} {notification.target} through {notification.channel_type}"
+                    f" {notification.channel_id}{suffix}"
+                )
+            else:
+                verb = "told" if final == "SENT" else "could not tell"
+                message = (
+                    f"{verb} channel {notification.channel_id} the incident was"
+                    f" {event.value}{suffix}"
+                )
             incident.record_paging(
                 EventType.NOTIFICATION_SENT,
-                f"{verb} {notification.target} through {notification.channel_type}"
-                f" {notification.channel_id}{suffix}",
+                message,
                 now,
                 {
+                    "event": event.value,
                     "notification_id": notification.id,
                     "target": notification.target,
                     "channel": notification.channel_id,
@@ -470,3 +584,51 @@ def record_delivery(
             )
             load.save(incident)
     return notification.state
+
+
+# Automated actions (docs/PAGING.md, Automated actions).
+
+
+def _prepare_action(notification: Notification, action: Target, now: datetime) -> bool:
+    """Fix the action's body now, so every attempt sends the same bytes. A body that cannot
+    be rendered is not sent at all: the action fails at once (False), and is not retried."""
+    try:
+        body = render_action_body(action.body or "", notification.content)
+    except TemplateFailed as error:
+        notification.failed(f"the body template failed ({error}); nothing was sent", now)
+        return False
+    notification.content = {**notification.content, ACTION_BODY: body}
+    return True
+
+
+def _action_executed(
+    incident: Incident,
+    notification: Notification,
+    final: str,
+    outcome: DeliveryOutcome | None,
+    now: datetime,
+) -> None:
+    """The ACTION_EXECUTED event: what the webhook answered, or why the action failed."""
+    status = outcome.status if outcome is not None else None
+    response = outcome.response if outcome is not None else ""
+    webhook = notification.channel_id
+    if final == "SENT":
+        answered = f"HTTP {status}" if status is not None else "accepted"
+        message = f"action {webhook} answered {answered}" + (f": {response}" if response else "")
+    else:
+        message = f"action {webhook} failed: {notification.last_error}"
+    incident.record_paging(
+        EventType.ACTION_EXECUTED,
+        message,
+        now,
+        {
+            "notification_id": notification.id,
+            "webhook": webhook,
+            "status_code": str(status) if status is not None else "",
+            "outcome": final,
+            "attempts": str(notification.attempts),
+            "response": response,
+            "level": str(notification.level),
+            "round": str(notification.round),
+        },
+    )

@@ -169,6 +169,11 @@ class PagingRepository(abc.ABC):
         """The incident's notifications not yet sent, failed or suppressed."""
 
     @abc.abstractmethod
+    def live_notifications(self, incident_id: str) -> list[Notification]:
+        """The incident's deliveries through a channel that went out or are on their way
+        (SENT or PENDING), in ledger order: whom its later changes are told to."""
+
+    @abc.abstractmethod
     def claim_notifications(
         self, worker: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[Notification]:
@@ -281,6 +286,12 @@ class DeliveryOutcome:
     """Seconds the receiver asked to wait (Retry-After), if it said."""
     status: int | None = None
     """The receiver's status code (HTTP or SMTP), if it answered."""
+    disable_channel: bool = False
+    """The receiver wants no more messages through this channel (HTTP 410, an archived
+    Slack channel): the worker stops using the channel until the next reload."""
+    response: str = ""
+    """The start of the receiver's answer (at most 300 characters, one line, secrets
+    removed), for an action's ACTION_EXECUTED event; empty if it said nothing."""
 
 
 class Dispatcher(Protocol):

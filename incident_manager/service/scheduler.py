@@ -42,12 +42,18 @@ a delivery still PENDING will be retried."""
 class PagingObserver(Protocol):
     def delivery_finished(self, channel_type: str, outcome: str) -> None: ...
 
+    def channel_disabled(self, channel_id: str, disabled: bool) -> None:
+        """A receiver disabled the channel (True), or a reload enabled it again (False)."""
+
     def pages_folded(self, channel_id: str, count: int) -> None:
         """`count` pages over a rate-limited channel's quota went into its digest."""
 
 
 class _NoObserver:
     def delivery_finished(self, channel_type: str, outcome: str) -> None:
+        pass
+
+    def channel_disabled(self, channel_id: str, disabled: bool) -> None:
         pass
 
     def pages_folded(self, channel_id: str, count: int) -> None:
@@ -89,6 +95,10 @@ class PagingWorker:
         self._task: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self.passes = 0
+        self.disabled: dict[str, str] = {}
+        """Channels a receiver disabled (HTTP 410, an archived Slack channel), with what it
+        said. Kept in this process only, until the configuration in force is replaced."""
+        self._disabled_under: PagingConfig | None = None
 
     def wake(self) -> None:
         """New work may be due (called after commits); safe to call often."""
@@ -149,6 +159,7 @@ class PagingWorker:
         """Run due steps and claim due deliveries; True if there may be more right away."""
         self.passes += 1
         rules = self.rules()
+        self._enable_after_reload(rules)
         now = self.clock()
         report = await self.storage.write(
             _kept(
@@ -196,12 +207,53 @@ class PagingWorker:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
 
-    async def _deliver(self, notification: Notification) -> None:
+    def _enable_after_reload(self, rules: PagingConfig | None) -> None:
+        """A reload (a new configuration in force) gives disabled channels another chance."""
+        if self.disabled and rules is not self._disabled_under:
+            for channel_id in self.disabled:
+                self.observer.channel_disabled(channel_id, False)
+            log.info("paging: channels enabled again by a reload: %s", ", ".join(self.disabled))
+            self.disabled.clear()
+
+    def _disable(self, notification: Notification, said: str, rules: PagingConfig | None) -> None:
+        channel_id = notification.channel_id
+        if channel_id in self.disabled:
+            return
+        self.disabled[channel_id] = said
+        self._disabled_under = rules
+        self.observer.channel_disabled(channel_id, True)
+        log.warning(
+            "PAGING CHANNEL DISABLED: the receiver of %s channel %s wants no more messages"
+            " (it said: %s); every delivery through it fails until the paging configuration"
+            " is fixed and reloaded (SIGHUP)",
+            notification.channel_type,
+            channel_id,
+            said,
+            extra={"channel_id": channel_id, "delivery_id": notification.id},
+        )
+
+    async def _send(self, notification: Notification) -> DeliveryOutcome:
+        rules = self.rules()
+        self._enable_after_reload(rules)
+        said = self.disabled.get(notification.channel_id)
+        if said is not None:
+            return DeliveryOutcome(
+                sent=False,
+                retry=False,
+                detail=f"channel {notification.channel_id} is disabled: the receiver said {said};"
+                " fix it and reload the paging configuration (SIGHUP)",
+            )
         try:
             outcome = await self.dispatcher.send(notification)
         except Exception as error:  # a channel bug must not lose the page
             log.exception("paging: channel %s raised", notification.channel_id)
-            outcome = DeliveryOutcome(sent=False, retry=True, detail=type(error).__name__)
+            return DeliveryOutcome(sent=False, retry=True, detail=type(error).__name__)
+        if outcome.disable_channel:
+            self._disable(notification, outcome.detail, rules)
+        return outcome
+
+    async def _deliver(self, notification: Notification) -> None:
+        outcome = await self._send(notification)
         now = self.clock()
         attempt = notification.attempts
         try:

@@ -192,6 +192,7 @@ def label_names() -> dict[str, set[str]]:
     metrics.delivery_finished("webhook", "sent")
     metrics.pages_folded("ops-slack", 3)
     metrics.paging_reloads.labels("applied").inc()
+    metrics.channel_disabled("ops-slack", True)
     labels: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:

@@ -295,7 +295,7 @@ async def test_a_teams_page_is_an_adaptive_card_workflows_accepts(
     assert (card["type"], card["version"]) == ("AdaptiveCard", "1.4")
     heading = card["body"][0]["items"][0]
     assert (heading["text"], heading["color"]) == (
-        "[P1] p99 latency above 2s on gpt-4o",
+        "\\[P1\\] p99 latency above 2s on gpt-4o",
         "Attention",
     )
     facts = {

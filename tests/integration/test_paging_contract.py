@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import pytest
 
 from incident_manager.adapters.memory import MemoryStorage
@@ -477,6 +478,35 @@ async def test_pending_notifications_are_the_incidents_deliveries_not_yet_finish
     assert await read(storage, lambda p: p.pending_notifications("inc_none")) == []
 
 
+async def test_live_notifications_are_the_incidents_sent_or_pending_deliveries_through_a_channel(
+    storage: Storage,
+) -> None:
+    unreached = replace(
+        notification("ntf_nobody", None, ordinal=9), channel_id="", channel_type="", recipient=""
+    )
+    await write(
+        storage,
+        lambda p: p.add_notifications(
+            [
+                notification("ntf_sent_late", None, state=NotificationState.SENT, ordinal=2),
+                notification("ntf_waiting", T0 + timedelta(minutes=1), ordinal=1),
+                notification(
+                    "ntf_sent_first", None, state=NotificationState.SENT, create_time=T0 - 9 * LEASE
+                ),
+                notification("ntf_failed", None, state=NotificationState.FAILED, ordinal=3),
+                notification("ntf_suppressed", None, state=NotificationState.SUPPRESSED),
+                notification("ntf_other_incident", T0, incident_id="inc_2"),
+                unreached,
+            ]
+        ),
+    )
+    live = await read(storage, lambda p: p.live_notifications("inc_1"))
+    assert ids(live) == ["ntf_sent_first", "ntf_waiting", "ntf_sent_late"]
+    assert [n.channel_id for n in live] == ["ops-hook"] * 3
+    assert live[0].state is NotificationState.SENT and live[1].attempts == 0
+    assert await read(storage, lambda p: p.live_notifications("inc_none")) == []
+
+
 async def test_ledger_pages_walk_every_notification_once_by_create_time_ordinal_and_id(
     storage: Storage,
 ) -> None:
@@ -897,3 +927,85 @@ async def test_a_silence_stored_before_label_patterns_were_kept_reads_back_witho
         assert await read(storage, lambda p: p.silence("sil_old")) == made
     finally:
         await storage.close()
+
+
+# Automated actions in the policy snapshot.
+
+JAILBREAK = EscalationPolicy(
+    id="jailbreak",
+    levels=(
+        Level(
+            timedelta(0),
+            (
+                Target(
+                    TargetKind.ACTION,
+                    "gateway-kill-switch",
+                    '{"model": "{{ incident.labels.model }}", "reason": "{{ incident.title }}"}\n',
+                ),
+            ),
+        ),
+        Level(
+            timedelta(minutes=5),
+            (Target(TargetKind.SCHEDULE, "primary"), Target(TargetKind.ACTION, "rollback", "v41")),
+        ),
+    ),
+)
+
+
+async def test_an_actions_webhook_and_body_template_survive_the_policy_snapshot(
+    storage: Storage,
+) -> None:
+    await save(storage, escalation("inc_jailbreak", policy=JAILBREAK))
+    loaded = await read(storage, lambda p: p.escalation("inc_jailbreak"))
+    assert loaded is not None
+    assert loaded.policy == JAILBREAK
+    action = loaded.policy.levels[0].targets[0]
+    assert (action.kind, action.id, action.body) == (
+        TargetKind.ACTION,
+        "gateway-kill-switch",
+        JAILBREAK.levels[0].targets[0].body,
+    )
+    assert loaded.policy.levels[1].targets[0].body is None
+
+
+async def test_an_action_notification_keeps_its_kind_and_rendered_body(storage: Storage) -> None:
+    made = replace(
+        notification("ntf_action"),
+        target_kind=TargetKind.ACTION,
+        target_id="gateway-kill-switch",
+        channel_id="gateway-kill-switch",
+        content={"title": "Jailbreak wave", "action_body": '{"model": "gpt-4o"}'},
+    )
+    await write(storage, lambda p: p.add_notifications([made]))
+    loaded = await read(storage, lambda p: p.notification("ntf_action"))
+    assert loaded == made
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_policy_snapshot_stored_before_actions_existed_reads_back(
+    backend: str, tmp_path: Path
+) -> None:
+    # The text an escalation row held before a target could carry a body.
+    old = (
+        '{"id":"default","levels":[{"after":0,"targets":[["channel","ops-hook"]]}],'
+        '"repeat":0,"repeat_after":600000000,"ack_timeout":null}'
+    )
+    update = "UPDATE escalations SET policy = {mark} WHERE incident_id = 'inc_old'"
+    with contextlib.ExitStack() as stack:
+        if backend == "postgres":
+            url = stack.enter_context(fresh_database())
+            storage: Storage = PostgresStorage(url)
+        else:
+            storage = SqliteStorage(tmp_path / "old.db")
+        try:
+            await save(storage, escalation("inc_old", policy=CRITICAL))
+            if backend == "postgres":
+                with psycopg.connect(url, autocommit=True) as server:
+                    server.execute(update.format(mark="%s"), (old,))
+            else:
+                with contextlib.closing(sqlite3.connect(tmp_path / "old.db")) as file, file:
+                    file.execute(update.format(mark="?"), (old,))
+            loaded = await read(storage, lambda p: p.escalation("inc_old"))
+            assert loaded is not None and loaded.policy == DEFAULT
+        finally:
+            await storage.close()

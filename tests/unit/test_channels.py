@@ -209,6 +209,10 @@ def test_the_webhook_body_has_the_documented_shape() -> None:
                     {"kind": "channel", "id": "ops-hook", "name": None, "via": None},
                 ],
             },
+            "message": {
+                "title": "[P1] p99 latency above 2s on gpt-4o",
+                "body": "Paged at level 1, round 1: new incident",
+            },
         },
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -119,6 +120,13 @@ def test_retries_digests_and_messages_about_no_incident_wait_for_the_next_window
     plan = ration([retry, action, the_digest], {"ops-slack": window}, {"ops-slack": 2}, T0)
     assert (plan.claim, plan.fold) == ([], [])
     assert {n.id for n in plan.defer} == {retry.id, action.id, the_digest.id}
+
+
+def test_an_automated_action_past_the_quota_is_never_folded_only_deferred() -> None:
+    window = ChannelWindow("ops-slack", T0, used=2)
+    action = replace(page(1), target_kind=TargetKind.ACTION)
+    plan = ration([action], {"ops-slack": window}, {"ops-slack": 2}, T0)
+    assert (plan.claim, plan.fold, [n.id for n in plan.defer]) == ([], [], [action.id])
 
 
 def test_a_due_digest_takes_the_first_slot_of_its_window() -> None:
@@ -252,6 +260,9 @@ class Folds:
         self.folded: dict[str, int] = {}
 
     def delivery_finished(self, channel_type: str, outcome: str) -> None:
+        pass
+
+    def channel_disabled(self, channel_id: str, disabled: bool) -> None:
         pass
 
     def pages_folded(self, channel_id: str, count: int) -> None:

@@ -600,8 +600,8 @@ def test_a_user_without_any_contact_method_is_refused() -> None:
 
 def test_a_notify_entry_must_name_exactly_one_target() -> None:
     assert broken("{schedule: primary}", "{schedule: primary, user: alice}") == [
-        "19: escalation_policies[0].levels[0].notify[0]: expected exactly one of user, schedule "
-        "or channel, e.g. {schedule: primary}"
+        "19: escalation_policies[0].levels[0].notify[0]: expected exactly one of user, schedule, "
+        "channel or action, e.g. {schedule: primary}"
     ]
 
 

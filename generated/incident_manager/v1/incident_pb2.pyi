@@ -202,7 +202,13 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     time, e.g. after the server was down).
     """
     EVENT_TYPE_ACTION_EXECUTED: _EventType.ValueType  # 8
-    """An automated action ran against the incident."""
+    """An automated action of an escalation level finished: its webhook
+    answered, or it failed (refused, retries ran out, or its body template
+    could not be rendered, in which case nothing was sent). Details hold
+    `notification_id`, `webhook`, `status_code` (empty without an answer),
+    `outcome` (SENT or FAILED), `attempts`, `response` (the start of the
+    answer, at most 300 characters, secrets removed), `level` and `round`.
+    """
     EVENT_TYPE_NOTIFICATION_SENT: _EventType.ValueType  # 9
     """A page was delivered, or finally failed to be delivered. Details hold
     `notification_id`, `target`, `channel`, `outcome` (SENT or FAILED) and
@@ -246,7 +252,13 @@ was held by a silence. Details hold `policy`, `level`, `round`,
 time, e.g. after the server was down).
 """
 EVENT_TYPE_ACTION_EXECUTED: EventType.ValueType  # 8
-"""An automated action ran against the incident."""
+"""An automated action of an escalation level finished: its webhook
+answered, or it failed (refused, retries ran out, or its body template
+could not be rendered, in which case nothing was sent). Details hold
+`notification_id`, `webhook`, `status_code` (empty without an answer),
+`outcome` (SENT or FAILED), `attempts`, `response` (the start of the
+answer, at most 300 characters, secrets removed), `level` and `round`.
+"""
 EVENT_TYPE_NOTIFICATION_SENT: EventType.ValueType  # 9
 """A page was delivered, or finally failed to be delivered. Details hold
 `notification_id`, `target`, `channel`, `outcome` (SENT or FAILED) and

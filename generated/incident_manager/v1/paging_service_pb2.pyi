@@ -78,6 +78,11 @@ class _TargetKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TargetKind
     """A schedule: whoever is on call at that moment."""
     TARGET_KIND_CHANNEL: _TargetKind.ValueType  # 3
     """A channel itself, such as a team's webhook."""
+    TARGET_KIND_ACTION: _TargetKind.ValueType  # 4
+    """An automated action: a request with a body the paging file writes, sent
+    to a webhook channel (`target_id`), such as an LLM gateway's kill switch.
+    Its outcome is an EVENT_TYPE_ACTION_EXECUTED event on the timeline.
+    """
 
 class TargetKind(_TargetKind, metaclass=_TargetKindEnumTypeWrapper):
     """Which kind of thing a level notifies."""
@@ -90,6 +95,11 @@ TARGET_KIND_SCHEDULE: TargetKind.ValueType  # 2
 """A schedule: whoever is on call at that moment."""
 TARGET_KIND_CHANNEL: TargetKind.ValueType  # 3
 """A channel itself, such as a team's webhook."""
+TARGET_KIND_ACTION: TargetKind.ValueType  # 4
+"""An automated action: a request with a body the paging file writes, sent
+to a webhook channel (`target_id`), such as an LLM gateway's kill switch.
+Its outcome is an EVENT_TYPE_ACTION_EXECUTED event on the timeline.
+"""
 Global___TargetKind: _TypeAlias = TargetKind  # noqa: Y015
 
 class _SilenceState:
@@ -164,19 +174,23 @@ class Notification(_message.Message):
     is set and nobody acknowledges.
     """
     target_kind: Global___TargetKind.ValueType
-    """What the level named: a user, a schedule or a channel."""
+    """What the level named: a user, a schedule, a channel or an action."""
     target_id: _builtins.str
-    """The id of that user, schedule or channel."""
+    """The id of that user, schedule or channel; for an action, its webhook
+    channel.
+    """
     user_id: _builtins.str
     """The user who was paged (for user and schedule targets); empty for a
-    channel target.
+    channel target or an action.
     """
     channel_id: _builtins.str
     """The channel the message went through."""
     channel_type: _builtins.str
     """The channel's type, such as `webhook` or `email`."""
     recipient: _builtins.str
-    """Where it went: an email address, or the channel id for a webhook."""
+    """Where it went: an email address, or the channel id for a webhook (and
+    for an action).
+    """
     state: Global___NotificationState.ValueType
     """What became of it."""
     attempts: _builtins.int
@@ -187,7 +201,9 @@ class Notification(_message.Message):
     """
     reason: _builtins.str
     """Why it was sent: a new incident, the next level after a delay, an
-    acknowledgement that timed out, a silence that ended.
+    acknowledgement that timed out, a silence that ended; or, for a message
+    telling a channel that paged the incident of a later change, that change
+    (`acknowledged by alice`, `resolved by bob`, `reopened`).
     """
     digest_id: _builtins.str
     """Set when this page went over its channel's `rate_limit` and was folded
@@ -383,10 +399,12 @@ class PlannedDelivery(_message.Message):
     target_kind: Global___TargetKind.ValueType
     """What the level named."""
     target_id: _builtins.str
-    """The id of that user, schedule or channel."""
+    """The id of that user, schedule or channel; for an action, its webhook
+    channel.
+    """
     user_id: _builtins.str
-    """The user who would be paged; empty for a channel target, and for a
-    schedule with nobody on call then.
+    """The user who would be paged; empty for a channel target or an action,
+    and for a schedule with nobody on call then.
     """
     channel_id: _builtins.str
     """The channel the message would go through; empty if there is none."""

@@ -226,9 +226,18 @@ class AttemptResult:
     disable_channel: bool = False
     """The receiver said it wants no more messages (HTTP 410 Gone, an archived Slack
     channel): worth a prominent log line; the channel's other deliveries will fail too."""
+    response: str = ""
+    """The start of the receiver's answer body, cut and redacted like `detail`: an action's
+    timeline event quotes it. Empty when it sent none (or did not answer)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", _shorten(redact(self.detail)))
+        # Redacted whole, then cut: a secret cut in half would no longer be found. A few
+        # times MAX_DETAIL is enough to fill MAX_DETAIL once whitespace is collapsed.
+        start = " ".join(redact(self.response)[: MAX_DETAIL * 4].split())
+        if not start.isprintable():  # rare once whitespace is collapsed: skip the loop
+            start = "".join(c if c.isprintable() else " " for c in start)
+        object.__setattr__(self, "response", _shorten(start))
 
     @classmethod
     def sent(cls, detail: str, status: int | None = None) -> AttemptResult:

@@ -2,7 +2,8 @@
 
 Each channel kind is registered under its settings class; `send` picks the channel by the
 class of the delivery's settings. `default_dispatcher()` registers webhook, email, Slack, Teams
-and PagerDuty; the four HTTP channels share one HTTP client. Use one dispatcher per process
+and PagerDuty, and automated actions (through webhook channels); the HTTP channels share one
+HTTP client. Use one dispatcher per process
 and `close()` it at shutdown.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from incident_manager.adapters.channels.action import ActionChannel, ActionSettings
 from incident_manager.adapters.channels.base import AttemptResult, Channel, Delivery
 from incident_manager.adapters.channels.email import EmailChannel, SmtpSettings
 from incident_manager.adapters.channels.http import HttpClient
@@ -59,6 +61,7 @@ def default_dispatcher(
     dispatcher.register(SlackSettings, SlackChannel(client, environ=environ))
     dispatcher.register(TeamsSettings, TeamsChannel(client, environ=environ))
     dispatcher.register(PagerDutySettings, PagerDutyChannel(client, environ=environ))
+    dispatcher.register(ActionSettings, ActionChannel(client, environ=environ))
     return dispatcher
 
 

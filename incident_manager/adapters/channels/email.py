@@ -3,7 +3,8 @@
 Each attempt opens a connection, upgrades it with STARTTLS where configured, logs in where a
 username is configured (the password from the environment variable `password_env`, read at
 each attempt, never logged), sends one message with a plain-text and an HTML part
-(`render.render_email`), and disconnects.
+(`render.render_email`; a channel's template gives the subject and the plain text), and
+disconnects.
 
 TLS: `implicit_tls` connects over TLS from the start (port 465). Otherwise `starttls` True
 requires STARTTLS (a server that does not offer it fails the delivery), False never uses it,
@@ -48,8 +49,12 @@ from incident_manager.adapters.channels.base import (
     Redactor,
     redact,
 )
-from incident_manager.adapters.channels.render import render_email
+from incident_manager.adapters.channels.render import MAX_TEMPLATE_SUBJECT, render_email
+from incident_manager.adapters.channels.wording import compose
+from incident_manager.domain.paging.model import MessageTemplate
 
+MAX_TEMPLATE_TEXT = 20_000
+"""Characters of a template's text body."""
 DEFAULT_TIMEOUT = 30.0
 """Seconds for a whole attempt; SMTP servers may pause (greylisting, DNS checks) before
 answering."""
@@ -75,6 +80,8 @@ class SmtpSettings:
     ca_file: str | None = None
     """PEM file of CAs to trust instead of the system's (a private relay's CA)."""
     timeout: float = DEFAULT_TIMEOUT
+    template: MessageTemplate | None = None
+    """The channel's subject (title) and plain text (body)."""
 
     def __post_init__(self) -> None:
         if self.implicit_tls and self.starttls:
@@ -102,6 +109,8 @@ class OutgoingEmail:
     sender: str
     recipients: tuple[str, ...]
     password: str | None
+    note: str = ""
+    """Why the default words were sent although the channel has a template; else empty."""
 
 
 def _domain(sender: str) -> str:
@@ -136,7 +145,22 @@ class EmailEncoder:
                     f"{settings.password_env} (the SMTP password) is not set"
                 )
         content = delivery.content
-        parts = digest.render_email(content) if content.digest else render_email(content)
+        note = ""
+        if content.digest is not None:
+            parts = digest.render_email(content)
+        else:
+            wording = compose(
+                content,
+                settings.template,
+                "",
+                title_limit=MAX_TEMPLATE_SUBJECT,
+                body_limit=MAX_TEMPLATE_TEXT,
+            )
+            template = settings.template
+            written = template is not None and template.title is not None and not wording.note
+            title = wording.title if written else None
+            parts = render_email(content, title, wording.body)
+            note = wording.note
         domain = _domain(settings.sender)
         message = EmailMessage()
         try:
@@ -160,7 +184,7 @@ class EmailEncoder:
         message.add_alternative(parts.html, subtype="html")
         envelope_sender = parseaddr(settings.sender)[1] or settings.sender
         recipients = tuple(r.address for r in delivery.recipients)
-        return OutgoingEmail(message, envelope_sender, recipients, password)
+        return OutgoingEmail(message, envelope_sender, recipients, password, note)
 
 
 class EmailChannel(Channel[SmtpSettings]):
@@ -222,7 +246,8 @@ class EmailChannel(Channel[SmtpSettings]):
             result = classify_smtp_error(error, settings.timeout, redacted)
         else:
             result = _accepted(outgoing.recipients, refused, reply, redacted)
-        return AttemptResult(result.outcome, redacted(result.detail), result.status)
+        detail = f"{result.detail}; {outgoing.note}" if outgoing.note else result.detail
+        return AttemptResult(result.outcome, redacted(detail), result.status)
 
 
 def _accepted(

@@ -223,6 +223,7 @@ class HttpChannel(Channel[SettingsT], Generic[SettingsT]):
         except ChannelMisconfigured as error:
             return AttemptResult.failed(str(error))
         redacted = Redactor(request.secrets)
+        answer = ""
         try:
             response = await self._client.post(request)
         except Exception as error:
@@ -239,7 +240,8 @@ class HttpChannel(Channel[SettingsT], Generic[SettingsT]):
             # Redacted before the classifier quotes it: a detail is cut to length, and a
             # secret cut in half would no longer be found and removed.
             text = response.body.decode("utf-8", errors="replace")
-            safe = HttpResponse(response.status, response.headers, redacted(text).encode())
+            answer = redacted(text)
+            safe = HttpResponse(response.status, response.headers, answer.encode())
             result = self._classify(safe)
         detail = f"{result.detail}; {request.note}" if request.note else result.detail
         return AttemptResult(
@@ -248,6 +250,7 @@ class HttpChannel(Channel[SettingsT], Generic[SettingsT]):
             result.status,
             result.retry_after,
             result.disable_channel,
+            response=answer,
         )
 
     async def close(self) -> None:

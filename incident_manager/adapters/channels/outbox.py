@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from incident_manager.adapters.channels.action import ActionSettings
 from incident_manager.adapters.channels.base import (
     Delivery,
     Outcome,
@@ -28,6 +29,7 @@ from incident_manager.adapters.channels.retry import DEFAULT_POLICY, RetryPolicy
 from incident_manager.adapters.channels.slack import SlackSettings
 from incident_manager.adapters.channels.teams import TeamsSettings
 from incident_manager.adapters.channels.webhook import WebhookSettings
+from incident_manager.domain.paging.actions import ACTION_BODY
 from incident_manager.domain.paging.ledger import Notification
 from incident_manager.domain.paging.model import (
     Channel,
@@ -35,6 +37,7 @@ from incident_manager.domain.paging.model import (
     PagerDutyChannel,
     PagingConfig,
     SlackChannel,
+    TargetKind,
     TeamsChannel,
     WebhookChannel,
 )
@@ -50,6 +53,7 @@ def channel_settings(channel: Channel) -> Any:
             secret_env=channel.secret_env,
             timeout=channel.timeout.total_seconds(),
             headers=dict(channel.headers),
+            template=channel.template,
         )
     if isinstance(channel, EmailChannel):
         smtp = channel.smtp
@@ -62,6 +66,7 @@ def channel_settings(channel: Channel) -> Any:
             username=smtp.username,
             password_env=smtp.password_env,
             timeout=smtp.timeout.total_seconds(),
+            template=channel.template,
         )
     if isinstance(channel, SlackChannel):
         return SlackSettings(
@@ -115,6 +120,20 @@ class OutboxDispatcher:
             return DeliveryOutcome(
                 sent=False, retry=False, detail=f"no sender for channel type {channel.type}"
             )
+        if notification.target_kind is TargetKind.ACTION:
+            body = notification.content.get(ACTION_BODY)
+            if not isinstance(settings, WebhookSettings):
+                return DeliveryOutcome(
+                    sent=False,
+                    retry=False,
+                    detail=f"channel {notification.channel_id} is a {channel.type} channel in "
+                    "the paging configuration in force; an action needs a webhook",
+                )
+            if not isinstance(body, str):
+                return DeliveryOutcome(
+                    sent=False, retry=False, detail="stored action has no rendered body"
+                )
+            settings = ActionSettings(webhook=settings, body=body)
         try:
             content = page_content_from_dict(notification.content)
         except (KeyError, ValueError, TypeError) as error:
@@ -142,6 +161,8 @@ class OutboxDispatcher:
             detail=result.detail,
             retry_after=result.retry_after,
             status=result.status,
+            disable_channel=result.disable_channel,
+            response=result.response,
         )
 
     async def close(self) -> None:

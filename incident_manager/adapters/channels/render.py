@@ -33,6 +33,10 @@ A compact JSON object (UTF-8, no spaces), following Standard Webhooks' `type` / 
         {"kind": "user", "id": "alice", "name": "Alice Ng", "via": "primary"},
         {"kind": "channel", "id": "ops-hook", "name": null, "via": null}
       ]
+    },
+    "message": {
+      "title": "[P1] p99 latency above 2s on gpt-4o",
+      "body": "Paged at level 1, round 1: new incident"
     }
   }
 }
@@ -48,12 +52,17 @@ A compact JSON object (UTF-8, no spaces), following Standard Webhooks' `type` / 
 - Every key is always present; `runbook_url`, `name` and `via` may be null, lists and
   `labels` may be empty. `page` describes the escalation step for every type (for a
   resolution, the last step run).
+- `message` is for people (a chat tool, a ticket): by default the title as the other
+  channels write it and the headline; a channel's `template` replaces them. Everything else
+  is for machines and never depends on a template.
 
 ## The email
 
 Subject `[P1] p99 latency above 2s on gpt-4o (inc-4711)` for a page, with `Acknowledged:`,
 `Resolved:` or `Reopened:` before the title for the other changes; a plain-text part and an
 HTML part with the same facts, every value escaped; only http(s) links become clickable.
+A channel's template gives the subject (its `title`, made one line) and the plain text (its
+`body`); the HTML part then shows that text escaped, in `<pre>`.
 """
 
 from __future__ import annotations
@@ -100,8 +109,16 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def webhook_payload(content: PageContent) -> dict[str, Any]:
-    """The webhook body as a JSON-ready dict (see the module's docstring)."""
+def message_title(content: PageContent) -> str:
+    """`[P1] p99 latency above 2s on gpt-4o`, with `Acknowledged:` … before a change."""
+    return f"[{content.severity}] {_SUBJECT_PREFIX[content.event]}{' '.join(content.title.split())}"
+
+
+def webhook_payload(
+    content: PageContent, title: str | None = None, body: str | None = None
+) -> dict[str, Any]:
+    """The webhook body as a JSON-ready dict (see the module's docstring); `title` and
+    `body` are a template's words for `message`, None for the default."""
     return {
         "type": webhook_event_type(content.event),
         "version": WEBHOOK_VERSION,
@@ -130,13 +147,18 @@ def webhook_payload(content: PageContent) -> dict[str, Any]:
                     for t in content.targets
                 ],
             },
+            "message": {
+                "title": title if title is not None else message_title(content),
+                "body": body if body is not None else headline(content),
+            },
         },
     }
 
 
-def webhook_body(content: PageContent) -> bytes:
+def webhook_body(content: PageContent, title: str | None = None, body: str | None = None) -> bytes:
     """The exact bytes sent and signed: compact JSON, UTF-8, keys in the documented order."""
-    return json.dumps(webhook_payload(content), separators=(",", ":"), ensure_ascii=False).encode()
+    payload = webhook_payload(content, title, body)
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True)
@@ -236,6 +258,28 @@ def email_html(content: PageContent) -> str:
     return "\n".join(parts)
 
 
-def render_email(content: PageContent) -> EmailParts:
-    """The default email for a page or change."""
-    return EmailParts(email_subject(content), email_text(content), email_html(content))
+def render_email(
+    content: PageContent, title: str | None = None, body: str | None = None
+) -> EmailParts:
+    """The email for a page or change: the default one, or with a template's subject
+    (`title`) and text (`body`, shown escaped in `<pre>` in the HTML part)."""
+    subject = email_subject(content) if title is None else _one_line(title, MAX_TEMPLATE_SUBJECT)
+    if body is None:
+        return EmailParts(subject, email_text(content), email_html(content))
+    e = html.escape
+    page = (
+        "<!DOCTYPE html>\n"
+        '<html><head><meta charset="utf-8"></head><body style="font-family:sans-serif">\n'
+        f'<pre style="font-family:inherit;white-space:pre-wrap">{e(body)}</pre>\n'
+        f"<p>{e(footer(content))}</p>\n</body></html>\n"
+    )
+    return EmailParts(subject, body + "\n", page)
+
+
+MAX_TEMPLATE_SUBJECT = 200
+"""Characters of a subject a template wrote; a mail header must stay short."""
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -14,8 +14,16 @@ The body is a message with one attachment, as Workflows expects:
 The card holds the same facts as the Slack message: a heading in the severity's colour,
 why and whom this pages, a FactSet, the incident id; the runbook and links are
 `Action.OpenUrl` buttons (http(s) only). A template's `body` replaces the text between the
-heading and the footer; the buttons stay. Texts are cut so the card stays well under the
-28 KB Teams accepts.
+heading and the footer; the buttons stay.
+
+Texts are cut so the card stays well under the 28 KB Teams accepts.
+
+Teams renders a TextBlock's text and a fact's value as markdown, so every text that carries
+what an alert said (title, source, labels, assignees, reasons) goes through
+`escape_markdown`: a backslash before `*`, `_`, `[`, `]`, `#`, `<`, `>` and the other
+markdown characters, and before list markers at a line's start. An alert titled
+`*urgent* [click](https://evil)` shows exactly that. In a template's body the values are
+escaped the same way and the template's own markdown is kept.
 
 Answers are classified like a webhook's (`http.classify_http_status`): 2xx SENT (Workflows
 answers 202 Accepted), 408/429/5xx RETRY, 410 FAILED and disables the channel, other 3xx and
@@ -24,6 +32,7 @@ answers 202 Accepted), 408/429/5xx RETRY, 410 FAILED and disables the channel, o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +77,19 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_MARKDOWN = re.compile(r"([\\`*_\[\]#~<>|])")
+_BULLET = re.compile(r"^(\s*)([-+])(?=\s)", re.MULTILINE)
+_NUMBERED = re.compile(r"^(\s*\d+)\.(?=\s)", re.MULTILINE)
+
+
+def escape_markdown(text: str) -> str:
+    """Text as Teams shows it literally in a card: its markdown characters (`*`, `_`, `[`,
+    `]`, `#`, `<`, …) and list markers at the start of a line are backslash-escaped."""
+    text = _MARKDOWN.sub(r"\\\1", text)
+    text = _BULLET.sub(r"\1\\\2", text)
+    return _NUMBERED.sub(r"\1\\.", text)
+
+
 def _text(text: str, **style: Any) -> dict[str, Any]:
     return {"type": "TextBlock", "text": text, "wrap": True, **style}
 
@@ -80,7 +102,7 @@ def adaptive_card(content: PageContent, wording: Wording | None = None) -> dict[
         "style": _STYLES.get(content.severity, "emphasis"),
         "items": [
             _text(
-                _cut(wording.title, MAX_TITLE),
+                _cut(escape_markdown(wording.title), MAX_TITLE),
                 size="Large",
                 weight="Bolder",
                 color=_COLOURS.get(content.severity, "Default"),
@@ -90,11 +112,11 @@ def adaptive_card(content: PageContent, wording: Wording | None = None) -> dict[
     if wording.body is None:
         # Whom this pages is the FactSet's `Paging` row.
         middle: list[dict[str, Any]] = [
-            _text(_cut(headline(content), MAX_TEXT), weight="Bolder"),
+            _text(_cut(escape_markdown(headline(content)), MAX_TEXT), weight="Bolder"),
             {
                 "type": "FactSet",
                 "facts": [
-                    {"title": label, "value": _cut(value, MAX_FACT)}
+                    {"title": label, "value": _cut(escape_markdown(value), MAX_FACT)}
                     for label, value in facts(content)
                 ],
             },
@@ -113,7 +135,11 @@ def adaptive_card(content: PageContent, wording: Wording | None = None) -> dict[
         "type": "AdaptiveCard",
         "version": CARD_VERSION,
         "msteams": {"width": "Full"},
-        "body": [heading, *middle, _text(footer(content), isSubtle=True, size="Small")],
+        "body": [
+            heading,
+            *middle,
+            _text(escape_markdown(footer(content)), isSubtle=True, size="Small"),
+        ],
     }
     if actions:
         card["actions"] = actions
@@ -140,6 +166,9 @@ class TeamsEncoder(ChatEncoder["TeamsSettings"]):
     service = "Teams Workflows webhook"
     title_limit = MAX_TITLE
     body_limit = MAX_TEXT
+
+    def escape_body(self, text: str) -> str:
+        return escape_markdown(text)
 
     def payload(self, content: PageContent, wording: Wording) -> dict[str, Any]:
         return teams_payload(content, wording)

@@ -1,6 +1,8 @@
 """The `webhook` channel: an HTTP POST of the page as JSON, signed per Standard Webhooks.
 
-The body is `render.webhook_body` (documented there). Each attempt sends:
+The body is `render.webhook_body` (documented there); a channel's template writes only its
+human-readable `message` (a template that fails at send time leaves the default words, and
+the ledger's detail says so). Each attempt sends:
 
 - `content-type: application/json`
 - the channel's own `headers` from the paging file (the file refuses the names set here);
@@ -41,9 +43,14 @@ from incident_manager.adapters.channels.http import (
     HttpRequest,
     classify_http_status,
 )
-from incident_manager.adapters.channels.render import webhook_body
+from incident_manager.adapters.channels.render import message_title, webhook_body
+from incident_manager.adapters.channels.wording import compose
+from incident_manager.domain.paging.model import MessageTemplate
 
 SECRET_PREFIX = "whsec_"
+MAX_MESSAGE_TITLE = 1024
+MAX_MESSAGE_BODY = 10_000
+"""Characters of a template's `message.title` and `message.body`."""
 DEFAULT_TIMEOUT = 10.0
 """Seconds per attempt. Standard Webhooks suggests receivers get 15-30 s; a pager should hear
 back sooner, and a slow receiver is retried with backoff anyway."""
@@ -62,6 +69,8 @@ class WebhookSettings:
     timeout: float = DEFAULT_TIMEOUT
     headers: Mapping[str, str] = field(default_factory=dict)
     """Extra request headers (the file's `headers`); the ones this channel sets win."""
+    template: MessageTemplate | None = None
+    """The words of the body's `message` (title and body); nothing else depends on it."""
 
 
 def signing_key(secret: str) -> bytes:
@@ -123,7 +132,19 @@ class WebhookEncoder:
                 f"channel {settings.channel_id}: url must start with http:// or https://"
             )
         content = delivery.content
-        body = digest.webhook_body(content) if content.digest else webhook_body(content)
+        note = ""
+        if content.digest is not None:
+            body = digest.webhook_body(content)
+        else:
+            wording = compose(
+                content,
+                settings.template,
+                message_title(content),
+                title_limit=MAX_MESSAGE_TITLE,
+                body_limit=MAX_MESSAGE_BODY,
+            )
+            body = webhook_body(content, wording.title, wording.body)
+            note = wording.note
         timestamp = int(self._clock())
         headers = {
             **settings.headers,
@@ -142,7 +163,7 @@ class WebhookEncoder:
             secrets.append(secret)
             key = signing_key(secret)
             headers["webhook-signature"] = sign(key, delivery.delivery_id, timestamp, body)
-        return HttpRequest(settings.url, body, headers, settings.timeout, tuple(secrets))
+        return HttpRequest(settings.url, body, headers, settings.timeout, tuple(secrets), note)
 
 
 class WebhookChannel(HttpChannel[WebhookSettings]):

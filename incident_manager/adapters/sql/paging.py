@@ -43,6 +43,7 @@ from incident_manager.domain.query import from_micros, micros
 from incident_manager.service.ports import PagingRepository
 
 PENDING = int(NotificationState.PENDING)
+SENT = int(NotificationState.SENT)
 
 Execute = Callable[[str, Sequence[Any]], Any]
 """Runs one statement in the unit of work's transaction; returns a cursor."""
@@ -179,6 +180,15 @@ class SqlPaging(PagingRepository):
         rows = self._rows(
             f"SELECT {_columns(NOTIFICATION_COLUMNS)} FROM notifications"
             f" WHERE incident_id = {self._p} AND state = {PENDING}",
+            (incident_id,),
+        )
+        return [notification_from_row(row) for row in rows]
+
+    def live_notifications(self, incident_id: str) -> list[Notification]:
+        rows = self._rows(
+            f"SELECT {_columns(NOTIFICATION_COLUMNS)} FROM notifications"
+            f" WHERE incident_id = {self._p} AND state IN ({PENDING}, {SENT})"
+            " AND channel_id <> '' ORDER BY create_time, ordinal, id",
             (incident_id,),
         )
         return [notification_from_row(row) for row in rows]

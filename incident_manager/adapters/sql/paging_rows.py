@@ -160,7 +160,7 @@ def _encode_policy(policy: EscalationPolicy) -> str:
             "levels": [
                 {
                     "after": _span(level.after),
-                    "targets": [[t.kind.value, t.id] for t in level.targets],
+                    "targets": [_target_json(t) for t in level.targets],
                 }
                 for level in policy.levels
             ],
@@ -178,7 +178,7 @@ def _decode_policy(text: str) -> EscalationPolicy:
         levels=tuple(
             Level(
                 timedelta(microseconds=level["after"]),
-                tuple(Target(TargetKind(kind), target) for kind, target in level["targets"]),
+                tuple(_target_from_json(target) for target in level["targets"]),
             )
             for level in data["levels"]
         ),
@@ -188,6 +188,18 @@ def _decode_policy(text: str) -> EscalationPolicy:
             None if data["ack_timeout"] is None else timedelta(microseconds=data["ack_timeout"])
         ),
     )
+
+
+def _target_json(target: Target) -> list[str]:
+    # [kind, id]; an action adds its body template: [kind, id, body].
+    if target.body is None:
+        return [target.kind.value, target.id]
+    return [target.kind.value, target.id, target.body]
+
+
+def _target_from_json(stored: Sequence[str]) -> Target:
+    # Rows written before actions existed hold only [kind, id].
+    return Target(TargetKind(stored[0]), stored[1], stored[2] if len(stored) > 2 else None)
 
 
 def escalation_row(escalation: Escalation, fence: int) -> tuple[Any, ...]:

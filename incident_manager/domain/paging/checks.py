@@ -19,6 +19,7 @@ from incident_manager.domain.paging.model import (
     MAX_REPEAT,
     PAGERDUTY_EVENTS_URL,
     Channel,
+    ChannelEvent,
     ConfigPath,
     ConfigProblem,
     EmailChannel,
@@ -28,6 +29,7 @@ from incident_manager.domain.paging.model import (
     Route,
     Schedule,
     SlackChannel,
+    Target,
     TargetKind,
     TeamsChannel,
     User,
@@ -235,6 +237,7 @@ def _check_user(
 
 
 def _check_channel(out: _Problems, path: ConfigPath, channel: Channel) -> None:
+    _check_on(out, (*path, "on"), channel)
     if isinstance(channel, WebhookChannel):
         url = urlsplit(channel.url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -250,6 +253,7 @@ def _check_channel(out: _Problems, path: ConfigPath, channel: Channel) -> None:
             )
         _check_env_name(out, (*path, "secret_env"), channel.secret_env, "signing secret")
         _check_timeout(out, (*path, "timeout"), channel.timeout)
+        _check_template(out, (*path, "template"), channel.template)
         for name in channel.headers:
             where: ConfigPath = (*path, "headers", name)
             if not HEADER_NAME.fullmatch(name):
@@ -273,6 +277,7 @@ def _check_channel(out: _Problems, path: ConfigPath, channel: Channel) -> None:
         _check_timeout(out, (*smtp, "timeout"), channel.smtp.timeout)
         for j, address in enumerate(channel.to):
             _check_address(out, (*path, "to", j), address)
+        _check_template(out, (*path, "template"), channel.template)
     elif isinstance(channel, SlackChannel | TeamsChannel):
         what = "Slack webhook URL" if isinstance(channel, SlackChannel) else "Teams webhook URL"
         _check_env_name(out, (*path, "url_env"), channel.url_env, what)
@@ -312,6 +317,19 @@ def _check_rate_limit(out: _Problems, path: ConfigPath, channel: Channel) -> Non
             where,
             f"{channel.rate_limit.per_minute} is not a rate; expected a whole number of"
             " messages a minute, at least 1",
+        )
+
+
+def _check_on(out: _Problems, path: ConfigPath, channel: Channel) -> None:
+    # A channel follows the life of the incidents it paged: one never paged directly would
+    # hear of an acknowledgement with nothing before it to acknowledge.
+    if ChannelEvent.PAGED not in channel.on:
+        named = [e.value for e in ChannelEvent if e in channel.on]
+        example = ", ".join(["paged", *(named or ["resolved"])])
+        out.add(
+            path,
+            f"must include paged (it lists {', '.join(named) or 'nothing'}): a channel is told"
+            f" how the incidents it paged go on, so it is paged first; e.g. [{example}]",
         )
 
 
@@ -383,7 +401,9 @@ def _check_policy(
             out.add((*where, "notify"), "nobody to notify; expected at least one target")
         for j, target in enumerate(level.targets):
             at: ConfigPath = (*where, "notify", j, target.kind.value)
-            if target.kind is TargetKind.CHANNEL:
+            if target.kind is TargetKind.ACTION:
+                _check_action(out, at, target, channels)
+            elif target.kind is TargetKind.CHANNEL:
                 channel = channels.get(target.id)
                 if channel is None:
                     out.add(at, _unknown("channel", target.id, channel_ids), "channels")
@@ -399,3 +419,31 @@ def _check_policy(
                     _unknown(target.kind.value, target.id, known[target.kind]),
                     "users" if target.kind is TargetKind.USER else "schedules",
                 )
+
+
+def _check_action(
+    out: _Problems,
+    path: ConfigPath,
+    target: Target,
+    channels: dict[str, Channel],
+) -> None:
+    """An action calls a webhook channel with a body template that must be usable."""
+    channel = channels.get(target.id)
+    webhooks = {c.id for c in channels.values() if isinstance(c, WebhookChannel)}
+    if channel is None:
+        out.add((*path, "webhook"), _unknown("webhook channel", target.id, webhooks), "channels")
+    elif not isinstance(channel, WebhookChannel):
+        hint = f"; webhook channels: {', '.join(sorted(webhooks))}" if webhooks else ""
+        out.add(
+            (*path, "webhook"),
+            f"channel {target.id!r} is of type {channel.type}; an action calls a channel of "
+            f"type webhook{hint}",
+        )
+    if target.body is None:
+        return
+    problem = template_problem(target.body)
+    if problem is not None:
+        where = f"line {problem.line} of the template: " if problem.line else ""
+        out.add((*path, "body"), f"{where}{problem.reason}")
+    elif not target.body.strip():
+        out.add((*path, "body"), "is empty; expected the request's body (a Jinja2 template)")

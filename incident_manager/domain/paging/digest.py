@@ -14,7 +14,7 @@ open the next digest), and its content, fixed as pages were folded, is what ever
 of it sends. When the digest ends SENT or FAILED, so do the pages folded into it (`settle`).
 
 Only a message's first attempt is folded, and only a message about an incident (a page or a
-lifecycle change): a retry, a digest, or anything else (an action call) waits for the next
+lifecycle change): a retry, a digest, or an automated action's call waits for the next
 window instead. An email channel keeps one open digest per address, so a user's pages never
 end up in someone else's inbox.
 """
@@ -88,6 +88,8 @@ def foldable(notification: Notification) -> bool:
         notification.attempts == 0
         and not notification.digest_id
         and not notification.is_digest
+        # An automated action (a kill switch) must be called, not summarised.
+        and notification.target_kind is not TargetKind.ACTION
         and notification.content.get("event") in FOLDABLE_EVENTS
     )
 

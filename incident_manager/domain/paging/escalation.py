@@ -15,7 +15,8 @@ the timeout ran out as its new start.
 
 Deliveries. A level's targets become deliveries at the moment the level
 fires: a user gets one per contact method (`contact_methods`), a schedule's
-target is whoever is on call then, a channel is notified as itself.
+target is whoever is on call then, a channel is notified as itself, and an
+action is one request to its webhook channel.
 """
 
 from __future__ import annotations
@@ -113,8 +114,11 @@ class Delivery:
     """The email recipient, for email channels."""
 
     @property
-    def key(self) -> tuple[str, str | None, str | None]:
-        """What makes two deliveries of one level the same message."""
+    def key(self) -> tuple[str | None, ...]:
+        """What makes two deliveries of one level the same message. An action is never the
+        same as a page through its webhook, nor as an action with another body."""
+        if self.target.kind is TargetKind.ACTION:
+            return (self.channel_id, TargetKind.ACTION.value, self.target.body)
         return (self.channel_id, self.user_id, self.address)
 
 
@@ -160,7 +164,7 @@ def resolve_level(
     config: PagingConfig, level: Level, at: datetime, overrides: Sequence[Override] = ()
 ) -> LevelDeliveries:
     """The deliveries a level needs when it fires at `at`, with the overrides in force."""
-    deliveries: dict[tuple[str, str | None, str | None], Delivery] = {}
+    deliveries: dict[tuple[str | None, ...], Delivery] = {}
     on_calls: list[OnCall] = []
     unreached: list[Unreached] = []
 

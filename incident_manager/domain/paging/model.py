@@ -106,10 +106,41 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class MessageTemplate:
+    """A channel's own words for its messages: Jinja2 sources for the title and the body.
+
+    None keeps the channel's default for that part. The sources are checked when the
+    configuration is built (`templates.template_problem`); rendering happens at send time,
+    and a failure there sends the default message instead (docs/PAGING.md, Templates).
+    """
+
+    title: str | None = None
+    body: str | None = None
+
+
+class ChannelEvent(enum.Enum):
+    """A change of an incident a channel may be told about; the value is its name in `on`."""
+
+    PAGED = "paged"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    REOPENED = "reopened"
+
+
+PAGES_ONLY = frozenset({ChannelEvent.PAGED})
+"""The default `on` of every channel type but pagerduty."""
+EVERY_EVENT = frozenset(ChannelEvent)
+"""The default `on` of pagerduty: PagerDuty closes its own alert only when told."""
+
+
+@dataclass(frozen=True)
 class Channel:
     """A way to deliver pages. Each kind is a subclass; `type` is its name in the file."""
 
     id: str
+    on: frozenset[ChannelEvent] = PAGES_ONLY
+    """The file's `on`: which changes of an incident it paged this channel is told about
+    (docs/PAGING.md, Following an incident)."""
     # Keyword-only, so the subclasses' own fields keep their positions.
     rate_limit: RateLimit | None = field(default=None, kw_only=True)
     """The file's `rate_limit`; None sends every message as it falls due."""
@@ -134,6 +165,8 @@ class WebhookChannel(Channel):
     """How long one attempt may take."""
     headers: Mapping[str, str] = field(default_factory=dict)
     """Extra request headers (not secrets: the file is not a secret store)."""
+    template: MessageTemplate | None = None
+    """Fills the body's `message.title` and `message.body`; the other keys never change."""
     type: ClassVar[str] = "webhook"
 
 
@@ -160,20 +193,9 @@ class EmailChannel(Channel):
 
     smtp: SmtpServer = field(default_factory=lambda: SmtpServer(host="", from_address=""))
     to: tuple[str, ...] = ()
+    template: MessageTemplate | None = None
+    """The subject (title) and the text body (body); the HTML part shows the body as is."""
     type: ClassVar[str] = "email"
-
-
-@dataclass(frozen=True)
-class MessageTemplate:
-    """A channel's own words for its messages: Jinja2 sources for the title and the body.
-
-    None keeps the channel's default for that part. The sources are checked when the
-    configuration is built (`templates.template_problem`); rendering happens at send time,
-    and a failure there sends the default message instead (docs/PAGING.md, Templates).
-    """
-
-    title: str | None = None
-    body: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +234,7 @@ class PagerDutyChannel(Channel):
     url: str = PAGERDUTY_EVENTS_URL
     timeout: timedelta = timedelta(seconds=10)
     template: MessageTemplate | None = None
+    on: frozenset[ChannelEvent] = EVERY_EVENT
     type: ClassVar[str] = "pagerduty"
 
 
@@ -278,6 +301,8 @@ class TargetKind(enum.Enum):
     USER = "user"
     SCHEDULE = "schedule"
     CHANNEL = "channel"
+    ACTION = "action"
+    """An automated action: a request to a webhook channel, not a page (docs/PAGING.md)."""
 
 
 @dataclass(frozen=True)
@@ -286,6 +311,9 @@ class Target:
 
     kind: TargetKind
     id: str
+    """The user, schedule or channel; for an action, the webhook channel it calls."""
+    body: str | None = None
+    """For an action only: the Jinja2 template of the request's body (domain/paging/actions.py)."""
 
     def __str__(self) -> str:
         return f"{self.kind.value} {self.id}"
