@@ -83,7 +83,8 @@ def footer(content: PageContent) -> str:
     """Why these came as one message."""
     digest = _need(content)
     return (
-        f"Channel {digest.channel_id} sends at most {digest.per_minute} messages a minute;"
+        f"Channel {digest.channel_id} sends at most {digest.per_minute}"
+        f" message{'' if digest.per_minute == 1 else 's'} a minute;"
         " these pages came after that. Each is on its incident's ledger as sent in this digest."
     )
 

@@ -167,9 +167,10 @@ def fold(digest: Notification, pages: Sequence[Notification], now: datetime) -> 
     content["reason"] = digest.reason = f"digest of {part['total']} pages"
     digest.content = content
     digest.update_time = now
+    per_minute = int(part["per_minute"])
     why = (
         f"folded into digest {digest.id}: channel {digest.channel_id} sends at most"
-        f" {part['per_minute']} messages a minute"
+        f" {per_minute} message{'' if per_minute == 1 else 's'} a minute"
     )
     for page in pages:
         page.digest_id = digest.id
