@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
 from incident_manager.domain.errors import ConcurrentModification
+from incident_manager.domain.paging.digest import ChannelWindow, window_start
 from incident_manager.domain.paging.ledger import (
     Escalation,
     EscalationStatus,
@@ -25,6 +27,7 @@ class PagingState:
         self.notifications: dict[str, Notification] = {}
         self.silences: dict[str, Silence] = {}
         self.overrides: dict[str, Override] = {}
+        self.windows: dict[str, ChannelWindow] = {}
 
 
 class PagingStaged:
@@ -35,8 +38,10 @@ class PagingStaged:
         self.notifications: dict[str, Notification] = {}
         self.silences: dict[str, Silence] = {}
         self.overrides: dict[str, Override | None] = {}
+        self.windows: dict[str, ChannelWindow] = {}
 
     def apply(self, state: PagingState) -> None:
+        state.windows.update(self.windows)
         state.escalations.update(self.escalations)
         state.notifications.update(self.notifications)
         state.silences.update(self.silences)
@@ -173,6 +178,60 @@ class MemoryPaging(PagingRepository):
         if after is not None:
             rows = [n for n in rows if n.ledger_key > after]
         return [copy.deepcopy(n) for n in rows[:limit]]
+
+    # Units of work run one at a time here, which is the windows' lock.
+
+    def lock_channel_windows(
+        self, channel_ids: Sequence[str], now: datetime
+    ) -> dict[str, ChannelWindow]:
+        windows = self._state.windows | self._staged.windows
+        return {
+            channel_id: copy.deepcopy(windows.get(channel_id))
+            or ChannelWindow(channel_id, window_start(now))
+            for channel_id in channel_ids
+        }
+
+    def save_channel_window(self, window: ChannelWindow) -> None:
+        self._staged.windows[window.channel_id] = copy.deepcopy(window)
+
+    def due_notifications(self, now: datetime, limit: int) -> list[Notification]:
+        due = [
+            n
+            for n in self._notifications().values()
+            if n.state is NotificationState.PENDING
+            and n.next_attempt_time is not None
+            and n.next_attempt_time <= now
+            and (n.claim_until is None or n.claim_until <= now)
+        ]
+        due.sort(key=lambda n: (n.next_attempt_time or now, n.id))
+        return [copy.deepcopy(n) for n in due[:limit]]
+
+    def claim_these(
+        self, notification_ids: Sequence[str], worker: str, lease_until: datetime
+    ) -> list[Notification]:
+        notifications = self._notifications()
+        claimed = []
+        for notification_id in notification_ids:
+            clone = copy.deepcopy(notifications[notification_id])
+            clone.claimed_by = worker
+            clone.claim_until = lease_until
+            clone.attempts += 1
+            self._staged.notifications[clone.id] = clone
+            claimed.append(copy.deepcopy(clone))
+        return sorted(claimed, key=lambda n: n.ledger_key)
+
+    def save_digest(self, digest: Notification) -> None:
+        self.save_notification(digest)
+
+    def folded_into(self, digest_id: str) -> list[Notification]:
+        return sorted(
+            (
+                copy.deepcopy(n)
+                for n in self._notifications().values()
+                if digest_id and n.digest_id == digest_id and n.state is NotificationState.PENDING
+            ),
+            key=lambda n: n.ledger_key,
+        )
 
     def add_silence(self, silence: Silence) -> None:
         self._staged.silences[silence.id] = silence

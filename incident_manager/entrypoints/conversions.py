@@ -779,6 +779,7 @@ def notification_to_proto(n: Notification) -> paging_pb2.Notification:
         last_error=n.last_error,
         reason=n.reason,
         create_time=timestamp_to_proto(n.create_time),
+        digest_id=n.digest_id,
     )
     if n.update_time is not None:
         message.update_time.CopyFrom(timestamp_to_proto(n.update_time))

@@ -142,6 +142,13 @@ class Metrics:
             ("channel_type", "outcome"),
             registry=registry,
         )
+        self.folded = Counter(
+            "incident_manager_notifications_folded_total",
+            "Pages folded into a digest because their rate-limited channel had used its"
+            " messages for the minute, by channel id.",
+            ("channel",),
+            registry=registry,
+        )
         self.paging_reloads = Counter(
             "incident_manager_paging_reloads_total",
             "Reloads of the paging configuration on SIGHUP: applied, or refused (the old"
@@ -192,6 +199,10 @@ class Metrics:
 
     def channel_disabled(self, channel_id: str, disabled: bool) -> None:
         self.channel_disabled_gauge.labels(channel_id).set(1 if disabled else 0)
+
+    def pages_folded(self, channel_id: str, count: int) -> None:
+        # Channel ids come from the paging file, so the label's values are bounded.
+        self.folded.labels(channel_id).inc(count)
 
     def serve(self, listen: str) -> int:
         """Serve /metrics on host:port in a thread; returns the bound port."""

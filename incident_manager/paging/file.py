@@ -45,6 +45,7 @@ from incident_manager.domain.paging.model import (
     MessageTemplate,
     PagerDutyChannel,
     PagingConfig,
+    RateLimit,
     Restriction,
     Route,
     Schedule,
@@ -88,13 +89,25 @@ _CHANNEL_KEYS: Mapping[str, tuple[str, ...]] = {
         "headers",
         "template",
         "on",
+        "rate_limit",
     ),
-    EmailChannel.type: ("id", "type", "smtp", "to", "template", "on"),
-    SlackChannel.type: ("id", "type", "url_env", "timeout", "template", "on"),
-    TeamsChannel.type: ("id", "type", "url_env", "timeout", "template", "on"),
-    PagerDutyChannel.type: ("id", "type", "routing_key_env", "url", "timeout", "template", "on"),
+    EmailChannel.type: ("id", "type", "smtp", "to", "template", "on", "rate_limit"),
+    SlackChannel.type: ("id", "type", "url_env", "timeout", "template", "on", "rate_limit"),
+    TeamsChannel.type: ("id", "type", "url_env", "timeout", "template", "on", "rate_limit"),
+    # rate_limit is accepted here so that the check can say why PagerDuty takes none.
+    PagerDutyChannel.type: (
+        "id",
+        "type",
+        "routing_key_env",
+        "url",
+        "timeout",
+        "template",
+        "on",
+        "rate_limit",
+    ),
 }
 _CHANNEL_EVENTS = {event.value: event for event in ChannelEvent}
+_RATE_LIMIT_KEYS = ("per_minute",)
 _TEMPLATE_KEYS = ("title", "body")
 _SMTP_KEYS = ("host", "port", "from", "starttls", "username", "password_env", "timeout")
 _SCHEDULE_KEYS = ("id", "time_zone", "layers")
@@ -116,6 +129,7 @@ FILE_KEYS: Mapping[str, tuple[str, ...]] = {
     "teams channels": _CHANNEL_KEYS[TeamsChannel.type],
     "pagerduty channels": _CHANNEL_KEYS[PagerDutyChannel.type],
     "template": _TEMPLATE_KEYS,
+    "rate_limit": _RATE_LIMIT_KEYS,
     "smtp": _SMTP_KEYS,
     "schedules": _SCHEDULE_KEYS,
     "layers": _LAYER_KEYS,
@@ -669,14 +683,14 @@ def _channel(r: _Reader) -> Callable[[yaml.Node, ConfigPath], Channel]:
                     f"{_one_of(types)}",
                 )
         if kind == WebhookChannel.type:
-            return _events(r, keys, path, _webhook(r, node, path))
+            return _limited(r, node, path, _events(r, keys, path, _webhook(r, node, path)))
         if kind == EmailChannel.type:
-            return _events(r, keys, path, _email(r, node, path))
+            return _limited(r, node, path, _events(r, keys, path, _email(r, node, path)))
         if kind in (SlackChannel.type, TeamsChannel.type):
             chat = _chat(r, node, path, SlackChannel if kind == SlackChannel.type else TeamsChannel)
-            return _events(r, keys, path, chat)
+            return _limited(r, node, path, _events(r, keys, path, chat))
         if kind == PagerDutyChannel.type:
-            return _events(r, keys, path, _pagerduty(r, node, path))
+            return _limited(r, node, path, _events(r, keys, path, _pagerduty(r, node, path)))
         # Keep the id, so that references to the channel are not reported too.
         r.hide(path)
         channel_id = ""
@@ -709,6 +723,26 @@ def _events(
         r.hide(where)  # an unknown name is reported; "must include paged" would only add noise
         events |= {ChannelEvent.PAGED}
     return replace(channel, on=events)
+
+
+def _limited(r: _Reader, node: yaml.MappingNode, path: ConfigPath, channel: Channel) -> Channel:
+    """The channel with its `rate_limit` (any type may carry one; checks.py refuses it where
+    a digest cannot be sent)."""
+    found = next(
+        (v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == "rate_limit"),
+        None,
+    )
+    if found is None:
+        return channel
+    where: ConfigPath = (*path, "rate_limit")
+    expected = "a whole number of messages a minute, at least 1"
+    entries = r.mapping(found, where, _RATE_LIMIT_KEYS, required={"per_minute": expected})
+    if not entries or "per_minute" not in entries:
+        return channel
+    per_minute = r.integer(entries["per_minute"], (*where, "per_minute"), expected)
+    if per_minute is None:
+        return channel
+    return replace(channel, rate_limit=RateLimit(per_minute))
 
 
 def _webhook(r: _Reader, node: yaml.Node, path: ConfigPath) -> Channel:

@@ -32,6 +32,7 @@ from incident_manager.domain.paging.model import (
 )
 from incident_manager.domain.paging.routing import PagingSubject, choose_route, silences_holding
 from incident_manager.domain.paging.templates import TemplateFailed
+from incident_manager.service import digests
 from incident_manager.service.ports import (
     DeliveryOutcome,
     IncidentRepository,
@@ -542,6 +543,8 @@ def record_delivery(
         else:
             notification.retry_at(now + delay, outcome.detail, now)
     paging.save_notification(notification)
+    if final is not None and notification.is_digest:
+        digests.settle_digest(paging, load, notification, now)
     if final is not None and notification.target_kind is TargetKind.ACTION:
         incident = load.get(notification.incident_id)
         if incident is not None:

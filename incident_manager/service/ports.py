@@ -14,7 +14,7 @@ listeners.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -29,6 +29,7 @@ from incident_manager.domain.model import (
     RequestRecord,
     Severity,
 )
+from incident_manager.domain.paging.digest import ChannelWindow
 from incident_manager.domain.paging.ledger import Escalation, Notification
 from incident_manager.domain.paging.model import Override, Silence
 from incident_manager.domain.query import IncidentPage, IncidentQuery
@@ -189,6 +190,40 @@ class PagingRepository(abc.ABC):
         self, incident_id: str, after: tuple[datetime, int, str] | None, limit: int
     ) -> list[Notification]:
         """The incident's ledger, oldest first, after the `ledger_key` given."""
+
+    # Rate limits and digests (domain/paging/digest.py).
+
+    @abc.abstractmethod
+    def lock_channel_windows(
+        self, channel_ids: Sequence[str], now: datetime
+    ) -> dict[str, ChannelWindow]:
+        """Each channel's rate-limit window (a new one, empty, for a channel that has none),
+        locked for this unit of work in the order given (FOR UPDATE): another replica's
+        claim waits for it, then reads what this one committed. Lock them before any
+        delivery, so two claims never wait for each other."""
+
+    @abc.abstractmethod
+    def save_channel_window(self, window: ChannelWindow) -> None: ...
+
+    @abc.abstractmethod
+    def due_notifications(self, now: datetime, limit: int) -> list[Notification]:
+        """The deliveries `claim_notifications` would take, earliest due first, locked for
+        this unit of work (SKIP LOCKED) but not claimed yet."""
+
+    @abc.abstractmethod
+    def claim_these(
+        self, notification_ids: Sequence[str], worker: str, lease_until: datetime
+    ) -> list[Notification]:
+        """Claim these deliveries (found by `due_notifications` in this unit of work) the
+        way `claim_notifications` claims; in ledger order."""
+
+    @abc.abstractmethod
+    def save_digest(self, digest: Notification) -> None:
+        """Store a digest's progress, content and reason: folding pages changes all three."""
+
+    @abc.abstractmethod
+    def folded_into(self, digest_id: str) -> list[Notification]:
+        """The pages folded into this digest that are still PENDING, in ledger order."""
 
     # Silences.
 

@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 from incident_manager.domain.errors import StorageUnavailable
 from incident_manager.domain.paging.ledger import Notification, NotificationState
 from incident_manager.domain.paging.model import PagingConfig
-from incident_manager.service import paging
+from incident_manager.service import digests, paging
 from incident_manager.service.ports import (
     DeliveryOutcome,
     Dispatcher,
@@ -45,12 +45,18 @@ class PagingObserver(Protocol):
     def channel_disabled(self, channel_id: str, disabled: bool) -> None:
         """A receiver disabled the channel (True), or a reload enabled it again (False)."""
 
+    def pages_folded(self, channel_id: str, count: int) -> None:
+        """`count` pages over a rate-limited channel's quota went into its digest."""
+
 
 class _NoObserver:
     def delivery_finished(self, channel_type: str, outcome: str) -> None:
         pass
 
     def channel_disabled(self, channel_id: str, disabled: bool) -> None:
+        pass
+
+    def pages_folded(self, channel_id: str, count: int) -> None:
         pass
 
 
@@ -161,18 +167,25 @@ class PagingWorker:
             )
         )
         room = self.concurrency - len(self._sending)
-        claimed: list[Notification] = []
+        claim = digests.Claim([])
         if room > 0:
             now = self.clock()
             until = now + self.lease
-            claimed = await self.storage.write(
-                _kept(lambda uow: uow.paging.claim_notifications(self.worker_id, now, until, room))
+            limits = digests.rate_limits(rules)
+            claim = await self.storage.write(
+                _kept(
+                    lambda uow: digests.claim_deliveries(
+                        uow.paging, self.worker_id, now, until, room, limits
+                    )
+                )
             )
-            for notification in claimed:
+            for channel_id, count in claim.folded.items():
+                self.observer.pages_folded(channel_id, count)
+            for notification in claim.claimed:
                 task = asyncio.get_running_loop().create_task(self._deliver(notification))
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
-        return report.steps >= self.batch or (room > 0 and len(claimed) >= room)
+        return report.steps >= self.batch or (room > 0 and claim.handled >= room)
 
     async def _idle(self) -> None:
         if self._wake.is_set():

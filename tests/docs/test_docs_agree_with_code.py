@@ -190,6 +190,7 @@ def label_names() -> dict[str, set[str]]:
     )
     metrics.open_incidents.labels("P0", "DETECTED").set(1)
     metrics.delivery_finished("webhook", "sent")
+    metrics.pages_folded("ops-slack", 3)
     metrics.paging_reloads.labels("applied").inc()
     metrics.channel_disabled("ops-slack", True)
     labels: dict[str, set[str]] = {}

@@ -124,7 +124,7 @@ def test_a_webhook_or_email_template_error_names_the_keys_line_and_the_templates
 def test_an_unknown_key_of_a_channel_lists_on_and_template_among_the_expected() -> None:
     assert broken("    template:                     # 18", "    templat:") == [
         "18: channels[3].templat: unknown key 'templat' (did you mean 'template'?); expected "
-        "id, type, smtp, to, template or on"
+        "id, type, smtp, to, template, on or rate_limit"
     ]
 
 

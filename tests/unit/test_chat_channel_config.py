@@ -142,7 +142,7 @@ def test_a_pagerduty_url_must_be_http() -> None:
 def test_an_unknown_key_of_a_slack_channel_is_named_with_a_suggestion() -> None:
     assert broken("    url_env: SLACK_OPS_URL", "    url_env: SLACK_OPS_URL\n    timout: 5s") == [
         "5: channels[0].timout: unknown key 'timout' (did you mean 'timeout'?); expected id, "
-        "type, url_env, timeout, template or on"
+        "type, url_env, timeout, template, on or rate_limit"
     ]
 
 

@@ -63,6 +63,9 @@ class Outcomes:
     def channel_disabled(self, channel_id: str, disabled: bool) -> None:
         self.seen.append((channel_id, "disabled" if disabled else "enabled"))
 
+    def pages_folded(self, channel_id: str, count: int) -> None:
+        pass
+
 
 async def _open(storage: MemoryStorage) -> str:
     incident = Incident.open(

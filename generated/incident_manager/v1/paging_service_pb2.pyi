@@ -157,6 +157,7 @@ class Notification(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SEND_TIME_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    DIGEST_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id. It is also the `webhook-id` header of a webhook
     delivery and stays the same across retries, so receivers can drop
@@ -204,6 +205,13 @@ class Notification(_message.Message):
     telling a channel that paged the incident of a later change, that change
     (`acknowledged by alice`, `resolved by bob`, `reopened`).
     """
+    digest_id: _builtins.str
+    """Set when this page went over its channel's `rate_limit` and was folded
+    into a digest message: the id of that digest (a notification itself,
+    `ntf_...`, of target kind CHANNEL, level and round 0). The page then
+    ends as the digest does: SENT (`last_error` says "SENT in digest
+    ntf_...") or FAILED with the digest's error.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it became due."""
@@ -218,7 +226,9 @@ class Notification(_message.Message):
 
     @_builtins.property
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
-        """When the next attempt is due; unset unless PENDING."""
+        """When the next attempt is due; unset unless PENDING. Unset too for a page
+        folded into a digest: the digest is attempted instead.
+        """
 
     def __init__(
         self,
@@ -242,10 +252,11 @@ class Notification(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         send_time: _timestamp_pb2.Timestamp | None = ...,
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        digest_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "next_attempt_time", b"next_attempt_time", "send_time", b"send_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "channel_id", b"channel_id", "channel_type", b"channel_type", "create_time", b"create_time", "id", b"id", "incident_id", b"incident_id", "last_error", b"last_error", "level", b"level", "next_attempt_time", b"next_attempt_time", "policy_id", b"policy_id", "reason", b"reason", "recipient", b"recipient", "round", b"round", "send_time", b"send_time", "state", b"state", "target_id", b"target_id", "target_kind", b"target_kind", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "channel_id", b"channel_id", "channel_type", b"channel_type", "create_time", b"create_time", "digest_id", b"digest_id", "id", b"id", "incident_id", b"incident_id", "last_error", b"last_error", "level", b"level", "next_attempt_time", b"next_attempt_time", "policy_id", b"policy_id", "reason", b"reason", "recipient", b"recipient", "round", b"round", "send_time", b"send_time", "state", b"state", "target_id", b"target_id", "target_kind", b"target_kind", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,6 +81,37 @@ class PageTarget:
 
 
 @dataclass(frozen=True)
+class DigestEntry:
+    """One page a digest stands for."""
+
+    notification_id: str
+    incident_id: str
+    severity: str
+    title: str
+    event: str = "paged"
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Pages folded into one message because their channel was over its rate limit."""
+
+    channel_id: str
+    per_minute: int
+    """The channel's limit, for the message's last line."""
+    total: int
+    """How many pages it stands for."""
+    pages: tuple[DigestEntry, ...]
+    """The first of them (domain/paging/digest.py MAX_LISTED); `more` is the rest."""
+    first_at: datetime
+    last_at: datetime
+
+    @property
+    def more(self) -> int:
+        """Pages counted but not listed."""
+        return max(self.total - len(self.pages), 0)
+
+
+@dataclass(frozen=True)
 class PageContent:
     """What a message says about an incident: a snapshot taken when the page was decided.
 
@@ -118,6 +149,9 @@ class PageContent:
     labels: Mapping[str, str] = field(default_factory=dict)
     runbook_url: str | None = None
     links: tuple[Link, ...] = ()
+    digest: Digest | None = None
+    """Set for a digest message (its `title` is the digest's heading); channels render it
+    with `channels/digest.py` instead of the page layout."""
 
     def __post_init__(self) -> None:
         for name in ("opened_at", "occurred_at"):
@@ -308,7 +342,50 @@ def page_content_to_dict(content: PageContent) -> dict[str, Any]:
         "labels": dict(content.labels),
         "runbook_url": content.runbook_url,
         "links": [{"title": link.title, "url": link.url} for link in content.links],
+        **({} if content.digest is None else {"digest": _digest_to_dict(content.digest)}),
     }
+
+
+def _digest_to_dict(digest: Digest) -> dict[str, Any]:
+    return {
+        "channel_id": digest.channel_id,
+        "per_minute": digest.per_minute,
+        "total": digest.total,
+        "pages": [
+            {
+                "notification_id": p.notification_id,
+                "incident_id": p.incident_id,
+                "severity": p.severity,
+                "title": p.title,
+                "event": p.event,
+            }
+            for p in digest.pages
+        ],
+        "first_at": digest.first_at.isoformat(),
+        "last_at": digest.last_at.isoformat(),
+    }
+
+
+def _digest_from_dict(data: Mapping[str, Any] | None) -> Digest | None:
+    if data is None:
+        return None
+    return Digest(
+        channel_id=data["channel_id"],
+        per_minute=int(data["per_minute"]),
+        total=int(data["total"]),
+        pages=tuple(
+            DigestEntry(
+                notification_id=p["notification_id"],
+                incident_id=p["incident_id"],
+                severity=p["severity"],
+                title=p["title"],
+                event=p.get("event", "paged"),
+            )
+            for p in data["pages"]
+        ),
+        first_at=datetime.fromisoformat(data["first_at"]),
+        last_at=datetime.fromisoformat(data["last_at"]),
+    )
 
 
 def page_content_from_dict(data: Mapping[str, Any]) -> PageContent:
@@ -335,4 +412,5 @@ def page_content_from_dict(data: Mapping[str, Any]) -> PageContent:
         labels=dict(data["labels"]),
         runbook_url=data.get("runbook_url"),
         links=tuple(Link(title=link["title"], url=link["url"]) for link in data["links"]),
+        digest=_digest_from_dict(data.get("digest")),
     )

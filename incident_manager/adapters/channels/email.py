@@ -40,6 +40,7 @@ from email.utils import format_datetime, parseaddr
 
 import aiosmtplib
 
+from incident_manager.adapters.channels import digest
 from incident_manager.adapters.channels.base import (
     AttemptResult,
     Channel,
@@ -144,17 +145,22 @@ class EmailEncoder:
                     f"{settings.password_env} (the SMTP password) is not set"
                 )
         content = delivery.content
-        wording = compose(
-            content,
-            settings.template,
-            "",
-            title_limit=MAX_TEMPLATE_SUBJECT,
-            body_limit=MAX_TEMPLATE_TEXT,
-        )
-        template = settings.template
-        written = template is not None and template.title is not None and not wording.note
-        title = wording.title if written else None
-        parts = render_email(content, title, wording.body)
+        note = ""
+        if content.digest is not None:
+            parts = digest.render_email(content)
+        else:
+            wording = compose(
+                content,
+                settings.template,
+                "",
+                title_limit=MAX_TEMPLATE_SUBJECT,
+                body_limit=MAX_TEMPLATE_TEXT,
+            )
+            template = settings.template
+            written = template is not None and template.title is not None and not wording.note
+            title = wording.title if written else None
+            parts = render_email(content, title, wording.body)
+            note = wording.note
         domain = _domain(settings.sender)
         message = EmailMessage()
         try:
@@ -178,7 +184,7 @@ class EmailEncoder:
         message.add_alternative(parts.html, subtype="html")
         envelope_sender = parseaddr(settings.sender)[1] or settings.sender
         recipients = tuple(r.address for r in delivery.recipients)
-        return OutgoingEmail(message, envelope_sender, recipients, password, wording.note)
+        return OutgoingEmail(message, envelope_sender, recipients, password, note)
 
 
 class EmailChannel(Channel[SmtpSettings]):

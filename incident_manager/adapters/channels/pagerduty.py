@@ -161,6 +161,12 @@ class PagerDutyEncoder:
                 f"{settings.routing_key_env} (the PagerDuty routing key) is not set"
             )
         content = delivery.content
+        if content.digest is not None:
+            # checks.py refuses rate_limit on pagerduty; a digest here is a stale row.
+            raise ChannelMisconfigured(
+                f"channel {settings.channel_id}: PagerDuty takes one event per incident, not"
+                " a digest"
+            )
         wording = None
         if EVENT_ACTIONS[content.event] == "trigger":
             wording = compose(

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from incident_manager.adapters.channels import digest
 from incident_manager.adapters.channels.base import (
     AttemptResult,
     ChannelMisconfigured,
@@ -223,20 +224,29 @@ class ChatEncoder(Generic[ChatSettings]):
     def payload(self, content: PageContent, wording: Wording) -> dict[str, Any]:
         raise NotImplementedError
 
+    def digest_payload(self, content: PageContent) -> dict[str, Any]:
+        """The body of a digest message (channels/digest.py); templates do not apply."""
+        raise NotImplementedError
+
     def __call__(self, delivery: Delivery[ChatSettings]) -> HttpRequest:
         """The request; raises ChannelMisconfigured when the URL variable is unset or bad."""
         settings = delivery.settings
         url = webhook_url(self._environ, settings.channel_id, settings.url_env, self.service)
         content = delivery.content
-        wording = compose(
-            content,
-            settings.template,
-            default_title(content),
-            title_limit=self.title_limit,
-            body_limit=self.body_limit,
-            escape_body=self.escape_body,
-        )
-        body = json.dumps(self.payload(content, wording), ensure_ascii=False).encode()
+        if content.digest is not None:
+            wording = Wording(content.title)
+            payload = self.digest_payload(content)
+        else:
+            wording = compose(
+                content,
+                settings.template,
+                default_title(content),
+                title_limit=self.title_limit,
+                body_limit=self.body_limit,
+                escape_body=self.escape_body,
+            )
+            payload = self.payload(content, wording)
+        body = json.dumps(payload, ensure_ascii=False).encode()
         return HttpRequest(
             url,
             body,
@@ -259,6 +269,9 @@ class SlackEncoder(ChatEncoder["SlackSettings"]):
 
     def payload(self, content: PageContent, wording: Wording) -> dict[str, Any]:
         return slack_payload(content, wording)
+
+    def digest_payload(self, content: PageContent) -> dict[str, Any]:
+        return digest.slack_payload(content)
 
 
 def classify_slack(response: HttpResponse) -> AttemptResult:

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from incident_manager.adapters.channels import digest
 from incident_manager.adapters.channels.base import PageContent
 from incident_manager.adapters.channels.http import (
     HttpChannel,
@@ -171,6 +172,18 @@ class TeamsEncoder(ChatEncoder["TeamsSettings"]):
 
     def payload(self, content: PageContent, wording: Wording) -> dict[str, Any]:
         return teams_payload(content, wording)
+
+    def digest_payload(self, content: PageContent) -> dict[str, Any]:
+        return {
+            "type": "message",
+            "attachments": [
+                {
+                    "contentType": CARD_CONTENT_TYPE,
+                    "contentUrl": None,
+                    "content": digest.teams_card(content),
+                }
+            ],
+        }
 
 
 class TeamsChannel(HttpChannel[TeamsSettings]):

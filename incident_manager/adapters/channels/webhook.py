@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
+from incident_manager.adapters.channels import digest
 from incident_manager.adapters.channels.base import ChannelMisconfigured, Delivery
 from incident_manager.adapters.channels.http import (
     HttpChannel,
@@ -131,14 +132,19 @@ class WebhookEncoder:
                 f"channel {settings.channel_id}: url must start with http:// or https://"
             )
         content = delivery.content
-        wording = compose(
-            content,
-            settings.template,
-            message_title(content),
-            title_limit=MAX_MESSAGE_TITLE,
-            body_limit=MAX_MESSAGE_BODY,
-        )
-        body = webhook_body(content, wording.title, wording.body)
+        note = ""
+        if content.digest is not None:
+            body = digest.webhook_body(content)
+        else:
+            wording = compose(
+                content,
+                settings.template,
+                message_title(content),
+                title_limit=MAX_MESSAGE_TITLE,
+                body_limit=MAX_MESSAGE_BODY,
+            )
+            body = webhook_body(content, wording.title, wording.body)
+            note = wording.note
         timestamp = int(self._clock())
         headers = {
             **settings.headers,
@@ -157,9 +163,7 @@ class WebhookEncoder:
             secrets.append(secret)
             key = signing_key(secret)
             headers["webhook-signature"] = sign(key, delivery.delivery_id, timestamp, body)
-        return HttpRequest(
-            settings.url, body, headers, settings.timeout, tuple(secrets), wording.note
-        )
+        return HttpRequest(settings.url, body, headers, settings.timeout, tuple(secrets), note)
 
 
 class WebhookChannel(HttpChannel[WebhookSettings]):

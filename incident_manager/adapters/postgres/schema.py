@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from incident_manager.adapters.sql.paging import PAGING_MIGRATION
+from incident_manager.adapters.sql.paging import DIGEST_MIGRATION, PAGING_MIGRATION
 from incident_manager.domain.errors import StorageUnavailable
 
 log = logging.getLogger("incident_manager.adapters.postgres")
@@ -111,6 +111,8 @@ MIGRATIONS: tuple[str, ...] = (
         ADD COLUMN acknowledge_time BIGINT;
     """,
     PAGING_MIGRATION,
+    # Rate-limited channels: pages folded into digests, and each channel's window count.
+    DIGEST_MIGRATION,
 )
 
 

@@ -13,11 +13,14 @@ from typing import Any
 
 from incident_manager.adapters.sql.dialect import Dialect
 from incident_manager.adapters.sql.paging_rows import (
+    CHANNEL_WINDOW_COLUMNS,
     ESCALATION_COLUMNS,
     NOTIFICATION_COLUMNS,
     NOTIFICATION_PROGRESS_COLUMNS,
     OVERRIDE_COLUMNS,
     SILENCE_COLUMNS,
+    channel_window_from_row,
+    channel_window_row,
     escalation_from_row,
     escalation_row,
     notification_from_row,
@@ -29,6 +32,7 @@ from incident_manager.adapters.sql.paging_rows import (
     silence_row,
 )
 from incident_manager.domain.errors import ConcurrentModification
+from incident_manager.domain.paging.digest import ChannelWindow, window_start
 from incident_manager.domain.paging.ledger import (
     Escalation,
     Notification,
@@ -233,6 +237,80 @@ class SqlPaging(PagingRepository):
         params.append(limit)
         return [notification_from_row(row) for row in self._rows(query, params)]
 
+    # Rate limits and digests.
+
+    def lock_channel_windows(
+        self, channel_ids: Sequence[str], now: datetime
+    ) -> dict[str, ChannelWindow]:
+        # One channel at a time, in the order given: two claims insert and lock in the same
+        # order, so neither holds a row the other is waiting for.
+        found: dict[str, ChannelWindow] = {}
+        start = micros(window_start(now))
+        for channel_id in channel_ids:
+            self._execute(
+                f"INSERT INTO channel_windows ({_columns(CHANNEL_WINDOW_COLUMNS)})"
+                f" VALUES ({self._marks(4)}) ON CONFLICT (channel_id) DO NOTHING",
+                (channel_id, start, 0, "{}"),
+            )
+            row = self._one(
+                f"SELECT {_columns(CHANNEL_WINDOW_COLUMNS)} FROM channel_windows"
+                f" WHERE channel_id = {self._p}{self._lock.replace(' SKIP LOCKED', '')}",
+                (channel_id,),
+            )
+            found[channel_id] = channel_window_from_row(row)
+        return found
+
+    def save_channel_window(self, window: ChannelWindow) -> None:
+        values = channel_window_row(window)
+        assignments = ", ".join(f"{name} = {self._p}" for name in CHANNEL_WINDOW_COLUMNS[1:])
+        self._execute(
+            f"UPDATE channel_windows SET {assignments} WHERE channel_id = {self._p}",
+            (*values[1:], window.channel_id),
+        )
+
+    def due_notifications(self, now: datetime, limit: int) -> list[Notification]:
+        at = micros(now)
+        rows = self._rows(
+            f"SELECT {_columns(NOTIFICATION_COLUMNS)} FROM notifications"
+            f" WHERE state = {PENDING} AND next_attempt_time <= {self._p}"
+            f" AND (claimed_by = '' OR claim_until <= {self._p})"
+            f" ORDER BY next_attempt_time LIMIT {self._p}{self._lock}",
+            (at, at, limit),
+        )
+        return [notification_from_row(row) for row in rows]
+
+    def claim_these(
+        self, notification_ids: Sequence[str], worker: str, lease_until: datetime
+    ) -> list[Notification]:
+        if not notification_ids:
+            return []
+        rows = self._rows(
+            f"UPDATE notifications SET claimed_by = {self._p}, claim_until = {self._p},"
+            f" attempts = attempts + 1 WHERE id IN ({self._marks(len(notification_ids))})"
+            f" RETURNING {_columns(NOTIFICATION_COLUMNS)}",
+            (worker, micros(lease_until), *notification_ids),
+        )
+        return sorted((notification_from_row(row) for row in rows), key=lambda n: n.ledger_key)
+
+    def save_digest(self, digest: Notification) -> None:
+        self.save_notification(digest)
+        self._execute(
+            f"UPDATE notifications SET content = {self._p}, reason = {self._p}"
+            f" WHERE id = {self._p}",
+            (notification_row(digest)[NOTIFICATION_COLUMNS.index("content")], digest.reason,
+             digest.id),
+        )  # fmt: skip
+
+    def folded_into(self, digest_id: str) -> list[Notification]:
+        # `digest_id <> ''` repeats the partial index's condition, as held_by does.
+        rows = self._rows(
+            f"SELECT {_columns(NOTIFICATION_COLUMNS)} FROM notifications"
+            f" WHERE digest_id = {self._p} AND digest_id <> '' AND state = {PENDING}"
+            " ORDER BY create_time, ordinal, id",
+            (digest_id,),
+        )
+        return [notification_from_row(row) for row in rows]
+
     # Silences.
 
     def add_silence(self, silence: Silence) -> None:
@@ -413,3 +491,19 @@ PAGING_SCHEMA = (
 )
 """One migration that both backends apply (BIGINT is an INTEGER in SQLite)."""
 PAGING_MIGRATION = ";\n".join(PAGING_SCHEMA)
+
+DIGEST_SCHEMA = (
+    "ALTER TABLE notifications ADD COLUMN digest_id TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX notifications_by_digest ON notifications (digest_id) WHERE digest_id <> ''",
+    """
+    CREATE TABLE channel_windows (
+        channel_id TEXT PRIMARY KEY,
+        window_start BIGINT NOT NULL,
+        used INTEGER NOT NULL,
+        open_digests TEXT NOT NULL
+    )
+    """,
+)
+"""Rate-limited channels and digests (issue 12): the page -> digest link, and one row per
+rate-limited channel holding its window's count (domain/paging/digest.py)."""
+DIGEST_MIGRATION = ";\n".join(DIGEST_SCHEMA)

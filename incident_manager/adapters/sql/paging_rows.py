@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from incident_manager.domain.model import IncidentType, Severity
+from incident_manager.domain.paging.digest import ChannelWindow
 from incident_manager.domain.paging.ledger import (
     Escalation,
     EscalationStatus,
@@ -69,7 +70,9 @@ NOTIFICATION_COLUMNS = (
     "next_attempt_time",
     "claimed_by",
     "claim_until",
+    "digest_id",
 )
+CHANNEL_WINDOW_COLUMNS = ("channel_id", "window_start", "used", "open_digests")
 SILENCE_COLUMNS = (
     "id",
     "matchers",
@@ -258,6 +261,7 @@ def notification_row(n: Notification) -> tuple[Any, ...]:
         _micros_or_none(n.next_attempt_time),
         n.claimed_by,
         _micros_or_none(n.claim_until),
+        n.digest_id,
     )
 
 
@@ -270,6 +274,7 @@ NOTIFICATION_PROGRESS_COLUMNS = (
     "next_attempt_time",
     "claimed_by",
     "claim_until",
+    "digest_id",
 )
 """The columns a delivery changes after it is written: the rest, its content above all,
 stay as they were created, so saving an attempt's outcome does not encode them again."""
@@ -286,6 +291,7 @@ def notification_progress_row(n: Notification) -> tuple[Any, ...]:
         _micros_or_none(n.next_attempt_time),
         n.claimed_by,
         _micros_or_none(n.claim_until),
+        n.digest_id,
     )
 
 
@@ -314,6 +320,17 @@ def notification_from_row(row: Sequence[Any]) -> Notification:
         next_attempt_time=_time_or_none(row[20]),
         claimed_by=row[21],
         claim_until=_time_or_none(row[22]),
+        digest_id=row[23],
+    )
+
+
+def channel_window_row(w: ChannelWindow) -> tuple[Any, ...]:
+    return (w.channel_id, micros(w.start), w.used, _dumps(w.open_digests))
+
+
+def channel_window_from_row(row: Sequence[Any]) -> ChannelWindow:
+    return ChannelWindow(
+        channel_id=row[0], start=from_micros(row[1]), used=row[2], open_digests=json.loads(row[3])
     )
 
 

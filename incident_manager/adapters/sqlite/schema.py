@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from incident_manager.adapters.sql.paging import PAGING_MIGRATION
+from incident_manager.adapters.sql.paging import DIGEST_MIGRATION, PAGING_MIGRATION
 from incident_manager.domain.errors import StorageUnavailable
 
 log = logging.getLogger("incident_manager.adapters.sqlite")
@@ -109,6 +109,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE incidents ADD COLUMN acknowledge_time INTEGER;
     """,
     PAGING_MIGRATION,
+    # Rate-limited channels: pages folded into digests, and each channel's window count.
+    DIGEST_MIGRATION,
 )
 
 

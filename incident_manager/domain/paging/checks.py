@@ -297,6 +297,27 @@ def _check_channel(out: _Problems, path: ConfigPath, channel: Channel) -> None:
         _check_template(out, (*path, "template"), channel.template)
     else:
         out.add((*path, "type"), f"unknown channel type {channel.type!r}")
+    _check_rate_limit(out, path, channel)
+
+
+def _check_rate_limit(out: _Problems, path: ConfigPath, channel: Channel) -> None:
+    if channel.rate_limit is None:
+        return
+    where: ConfigPath = (*path, "rate_limit", "per_minute")
+    if isinstance(channel, PagerDutyChannel):
+        # A digest is one message about many incidents; PagerDuty keys every event by one
+        # incident (dedup_key) and groups alerts itself.
+        out.add(
+            (*path, "rate_limit"),
+            "pagerduty channels take no rate_limit: PagerDuty needs one event per incident"
+            " (dedup_key) and groups alerts itself; use its Alert Grouping instead",
+        )
+    elif channel.rate_limit.per_minute < 1:
+        out.add(
+            where,
+            f"{channel.rate_limit.per_minute} is not a rate; expected a whole number of"
+            " messages a minute, at least 1",
+        )
 
 
 def _check_on(out: _Problems, path: ConfigPath, channel: Channel) -> None:

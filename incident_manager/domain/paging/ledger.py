@@ -175,6 +175,14 @@ class Notification:
     next_attempt_time: datetime | None = None
     claimed_by: str = ""
     claim_until: datetime | None = None
+    digest_id: str = ""
+    """For a page folded into a digest (a rate-limited channel's quota was used up): the
+    digest notification's id. The page's state follows the digest's (domain/paging/digest.py)."""
+
+    @property
+    def is_digest(self) -> bool:
+        """A digest message: many folded pages in one (its content has a `digest` part)."""
+        return "digest" in self.content
 
     @property
     def ledger_key(self) -> tuple[datetime, int, str]:

@@ -98,6 +98,14 @@ class User:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """At most `per_minute` messages through a channel in each minute of the clock (UTC);
+    pages beyond it are folded into one digest message (domain/paging/digest.py)."""
+
+    per_minute: int
+
+
+@dataclass(frozen=True)
 class MessageTemplate:
     """A channel's own words for its messages: Jinja2 sources for the title and the body.
 
@@ -133,6 +141,9 @@ class Channel:
     on: frozenset[ChannelEvent] = PAGES_ONLY
     """The file's `on`: which changes of an incident it paged this channel is told about
     (docs/PAGING.md, Following an incident)."""
+    # Keyword-only, so the subclasses' own fields keep their positions.
+    rate_limit: RateLimit | None = field(default=None, kw_only=True)
+    """The file's `rate_limit`; None sends every message as it falls due."""
     type: ClassVar[str] = ""
 
     @property
