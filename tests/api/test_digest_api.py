@@ -63,15 +63,21 @@ async def test_pages_past_the_limit_are_listed_with_their_digest_and_sent_in_it(
     ingestion = ingestion_grpc.AlertIngestionServiceStub(channel)
     pager = paging_grpc.PagingServiceStub(channel)
 
-    async def ledger(incident_id: str) -> paging_pb2.Notification:
-        answer = await pager.ListNotifications(
-            paging_pb2.ListNotificationsRequest(incident_id=incident_id)
-        )
-        [row] = answer.notifications
-        return row
+    async def ledgers() -> list[paging_pb2.Notification] | None:
+        """Each incident's one ledger row, or None while a level has not run yet."""
+        rows = []
+        for incident_id in incidents:
+            answer = await pager.ListNotifications(
+                paging_pb2.ListNotificationsRequest(incident_id=incident_id)
+            )
+            if not answer.notifications:
+                return None
+            [row] = answer.notifications
+            rows.append(row)
+        return rows
 
+    incidents: list[str] = []
     try:
-        incidents = []
         for n in range(3):
             request = ingestion_pb2.SubmitAlertRequest(
                 alert=alert(id=f"gpu-{n}", title=f"GPU node gpu-{n} down", source=f"rack-{n}")
@@ -79,7 +85,9 @@ async def test_pages_past_the_limit_are_listed_with_their_digest_and_sent_in_it(
             incidents.append((await ingestion.SubmitAlert(request)).ack.incident_id)
 
         async def folded() -> list[paging_pb2.Notification] | None:
-            rows = [await ledger(i) for i in incidents]
+            rows = await ledgers()
+            if rows is None:
+                return None
             done = sum(bool(r.digest_id) for r in rows) == 2 and len(hook.received) == 1
             return rows if done else None
 
@@ -97,7 +105,9 @@ async def test_pages_past_the_limit_are_listed_with_their_digest_and_sent_in_it(
         server.worker.wake()
 
         async def sent() -> list[paging_pb2.Notification] | None:
-            rows = [await ledger(i) for i in incidents]
+            rows = await ledgers()
+            if rows is None:
+                return None
             done = all(r.state == STATE.NOTIFICATION_STATE_SENT for r in rows)
             return rows if done else None
 
