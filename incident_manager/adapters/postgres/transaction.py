@@ -1,9 +1,11 @@
-"""One run of a unit of work on PostgreSQL: its advisory locks, staged events and undo.
+"""One transaction on PostgreSQL: its advisory locks, staged events and undo.
 
-The repositories of one run share a `Transaction`. They lock what they are
-about to decide, stage timeline events (numbered -1, -2, ... until commit),
-and note how to restore the incidents they wrote should the run be tried
-again.
+The repositories of the units of work in one transaction (one, or a group
+committed together) share a `Transaction`. They lock what they are about to
+decide, stage timeline events (numbered -1, -2, ... until commit), and note
+how to restore the incidents they wrote should a run be tried again. In a
+group, `begin_job` marks where each unit begins, so that `undo_job` forgets
+one unit alone when the database rolled back to its savepoint.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from incident_manager.domain.model import Incident, IncidentEvent, Note
 
 TRY_LOCK_PAUSES = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0)
 """Pauses between tries of a lock that may not be waited for (about 30 ms in all)."""
+GROUP_TRY_LOCK_PAUSES = (0,)
+"""In a group, one try: spinning would hold every lock of the group's other units, and
+the unit that gives up runs again soon, in a later group that takes its locks first."""
 
 
 def lock_key(kind: str, *parts: str) -> int:
@@ -60,20 +65,60 @@ class _Undo:
 
 
 @dataclass
+class _Mark:
+    """Where one unit of work of a group began: what to go back to if it is undone alone."""
+
+    held: set[int]
+    wrote: bool
+    staged: int
+    histories: int
+    undo: int
+
+
+@dataclass
 class Transaction:
-    """What the repositories of one run of a unit of work share."""
+    """What the repositories of the units of work in one transaction share."""
 
     conn: psycopg.Connection[Any]
     write: bool
+    grouped: bool = False
+    """Several units of work share this transaction (each in its own savepoint)."""
     held: set[int] = field(default_factory=set)
     needed: set[int] = field(default_factory=set)
-    """Every lock asked for: taken up front, in order, if the unit must run again."""
+    """Every lock the current unit asked for: taken up front, in order, if it must run again."""
     wrote: bool = False
     staged: list[IncidentEvent] = field(default_factory=list)
     """Events to store at commit, numbered -1, -2, ... until then."""
     histories: list[Incident] = field(default_factory=list)
     loaded: set[str] = field(default_factory=set)
+    """Incidents the current unit read (a lost race on one of them reruns the unit)."""
     undo: list[_Undo] = field(default_factory=list)
+    _mark: _Mark | None = None
+
+    def begin_job(self) -> None:
+        """A unit of work begins: remember where, so that `undo_job` can forget it alone."""
+        self.needed = set()
+        self.loaded = set()
+        self._mark = _Mark(
+            set(self.held), self.wrote, len(self.staged), len(self.histories), len(self.undo)
+        )
+
+    def undo_job(self) -> None:
+        """Forget the current unit's locks, events and writes: the database rolled back to
+        the savepoint taken before it (which also released the advisory locks it took)."""
+        mark = self._mark
+        assert mark is not None, "undo_job without begin_job"
+        for undo in reversed(self.undo[mark.undo :]):
+            undo.apply()
+        del self.undo[mark.undo :]
+        del self.staged[mark.staged :]
+        del self.histories[mark.histories :]
+        self.held = mark.held
+        self.wrote = mark.wrote
+
+    def job_events(self) -> int:
+        """How many staged events came before the current unit's."""
+        return 0 if self._mark is None else self._mark.staged
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
         """Run one statement in this transaction."""
@@ -100,7 +145,7 @@ class Transaction:
         if not self.wrote and (not self.held or key > max(self.held)):
             self.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
         else:
-            for pause in TRY_LOCK_PAUSES:
+            for pause in GROUP_TRY_LOCK_PAUSES if self.grouped else TRY_LOCK_PAUSES:
                 row = self.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
                 if row and row[0]:
                     break
