@@ -23,6 +23,9 @@ import pytest
 
 from incident_manager.adapters.postgres import PostgresStorage
 from incident_manager.adapters.postgres.engine import wait_until_published
+from incident_manager.adapters.postgres.repositories import SQL
+from incident_manager.adapters.postgres.transaction import lock_key
+from incident_manager.adapters.sql.rows import alert_values
 from incident_manager.domain.errors import IncidentNotFound, StorageUnavailable
 from incident_manager.domain.model import (
     AckStatus,
@@ -30,6 +33,7 @@ from incident_manager.domain.model import (
     AlertAck,
     Incident,
     IncidentType,
+    ReceivedAlert,
     Severity,
 )
 from incident_manager.domain.query import IncidentQuery
@@ -206,3 +210,41 @@ async def test_two_replicas_grouping_one_set_of_fingerprints_open_one_incident_e
         finally:
             for replica in replicas:
                 await replica.close()
+
+
+async def test_a_lookup_that_waited_for_a_lock_sees_what_its_holder_committed() -> None:
+    with fresh_database() as url:
+        storage = PostgresStorage(url)
+        try:
+            key = lock_key("alert", "rack-7", "fan-1")
+            with psycopg.connect(url) as holder:  # one transaction until the block ends
+                holder.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+                stored = ReceivedAlert(
+                    alert=storm_alert(1, "fan-1"), incident_id="inc_1",
+                    status=AckStatus.ACCEPTED, fingerprint="fp", receive_time=T0,
+                )  # fmt: skip
+                holder.execute(SQL.insert_alert, alert_values(stored))
+                lookup = asyncio.ensure_future(
+                    storage.write(lambda uow: uow.alerts.get("rack-7", "fan-1"))
+                )
+                await eventually_waiting_for_a_lock(url)
+                assert not lookup.done()
+            # The holder committed: the lookup, in one statement that took the lock
+            # first, reads the row committed while it waited.
+            found = await lookup
+            assert found is not None and found.incident_id == "inc_1"
+        finally:
+            await storage.close()
+
+
+async def eventually_waiting_for_a_lock(url: str) -> None:
+    """Until a session of the database waits for an advisory lock."""
+    for _ in range(200):
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchone()
+        if row and row[0]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no session waited for the advisory lock")

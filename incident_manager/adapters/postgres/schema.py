@@ -111,6 +111,39 @@ MIGRATIONS: tuple[str, ...] = (
         ADD COLUMN acknowledge_time BIGINT;
     """,
     PAGING_MIGRATION,
+    # Lock, then read, in one round trip: the lookups that decide dedup
+    # (repositories.py, Transaction.read_locked). A VOLATILE function's
+    # statements each take a new snapshot under READ COMMITTED, so the read
+    # sees what the lock's previous holder committed. The reads are those of
+    # SQL.alert and SQL.newest_active; SETOF the table keeps every column.
+    """
+    CREATE FUNCTION im_locked_alert(
+        lock_key BIGINT, wait BOOLEAN, alert_source TEXT, alert_key TEXT
+    ) RETURNS SETOF alerts LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        IF wait THEN
+            PERFORM pg_advisory_xact_lock(lock_key);
+        ELSIF NOT pg_try_advisory_xact_lock(lock_key) THEN
+            RAISE EXCEPTION 'advisory lock % is taken', lock_key
+                USING ERRCODE = 'lock_not_available';
+        END IF;
+        RETURN QUERY SELECT * FROM alerts WHERE source = alert_source AND alert_id = alert_key;
+    END $$;
+    CREATE FUNCTION im_locked_newest_active(
+        lock_key BIGINT, wait BOOLEAN, wanted TEXT, since BIGINT
+    ) RETURNS SETOF incidents LANGUAGE plpgsql VOLATILE AS $$
+    BEGIN
+        IF wait THEN
+            PERFORM pg_advisory_xact_lock(lock_key);
+        ELSIF NOT pg_try_advisory_xact_lock(lock_key) THEN
+            RAISE EXCEPTION 'advisory lock % is taken', lock_key
+                USING ERRCODE = 'lock_not_available';
+        END IF;
+        RETURN QUERY SELECT * FROM incidents
+            WHERE fingerprint = wanted AND state < 5 AND last_alert_time >= since
+            ORDER BY last_alert_time DESC, id DESC LIMIT 1;
+    END $$;
+    """,
 )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import errors as pg_errors
 
 from incident_manager.domain.errors import ConcurrentModification
 from incident_manager.domain.model import Incident, IncidentEvent, Note
@@ -142,7 +143,7 @@ class Transaction:
         self.needed.add(key)
         if key in self.held:
             return
-        if not self.wrote and (not self.held or key > max(self.held)):
+        if self._may_wait(key):
             self.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
         else:
             for pause in GROUP_TRY_LOCK_PAUSES if self.grouped else TRY_LOCK_PAUSES:
@@ -153,6 +154,35 @@ class Transaction:
             else:
                 raise LockBusy(self.needed)
         self.held.add(key)
+
+    def read_locked(self, key: int, locked: str, plain: str, params: Sequence[Any]) -> Any:
+        """The first row of `plain` (or None), read after taking `key` as `lock` does.
+
+        Where the lock may be waited for, or tried once (in a group), one
+        statement does both: `locked` calls a function that takes the key
+        (its parameters: the key, whether to wait, then `params`), then reads.
+        """
+        if not self.write or key in self.held:
+            if self.write:
+                self.needed.add(key)
+            return self.execute(plain, params).fetchone()
+        wait = self._may_wait(key)
+        if not (wait or self.grouped):
+            self.lock(key)  # tried for a while, in several statements
+            return self.execute(plain, params).fetchone()
+        self.needed.add(key)
+        try:
+            row = self.execute(locked, (key, wait, *params)).fetchone()
+        except pg_errors.LockNotAvailable:
+            # The savepoint is rolled back to: this unit runs again, later.
+            raise LockBusy(self.needed) from None
+        self.held.add(key)
+        return row
+
+    def _may_wait(self, key: int) -> bool:
+        """Waiting is safe for a key above every key held, before any write: no cycle of
+        waits can form."""
+        return not self.wrote and (not self.held or key > max(self.held))
 
     def writing(self, incident: Incident | None = None) -> None:
         """A write follows; for an incident, remember how to undo what it does to the object."""
