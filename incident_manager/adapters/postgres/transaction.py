@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import errors as pg_errors
 
 from incident_manager.domain.errors import ConcurrentModification
 from incident_manager.domain.model import Incident, IncidentEvent, Note
@@ -158,24 +157,21 @@ class Transaction:
     def read_locked(self, key: int, locked: str, plain: str, params: Sequence[Any]) -> Any:
         """The first row of `plain` (or None), read after taking `key` as `lock` does.
 
-        Where the lock may be waited for, or tried once (in a group), one
-        statement does both: `locked` calls a function that takes the key
-        (its parameters: the key, whether to wait, then `params`), then reads.
+        One statement takes the key and reads: `locked` calls a function
+        (schema.py) whose parameters are the key, whether to wait, then
+        `params`. When the key may not be waited for and is taken, it returns
+        a row of NULLs: a group gives up this run of the unit; a lone unit
+        keeps trying for a while, as `lock` does.
         """
         if not self.write or key in self.held:
             if self.write:
                 self.needed.add(key)
             return self.execute(plain, params).fetchone()
-        wait = self._may_wait(key)
-        if not (wait or self.grouped):
-            self.lock(key)  # tried for a while, in several statements
-            return self.execute(plain, params).fetchone()
         self.needed.add(key)
-        try:
-            row = self.execute(locked, (key, wait, *params)).fetchone()
-        except pg_errors.LockNotAvailable:
-            # The savepoint is rolled back to: this unit runs again, later.
-            raise LockBusy(self.needed) from None
+        row = self.execute(locked, (key, self._may_wait(key), *params)).fetchone()
+        if row is not None and row[0] is None:  # taken: no stored row has a NULL key
+            self.lock(key)
+            return self.execute(plain, params).fetchone()
         self.held.add(key)
         return row
 
