@@ -351,11 +351,11 @@ class PostgresStorage(Storage):
                     tx = Transaction(conn, write=False)
                     try:
                         try:
-                            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                            tx.command("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                         except psycopg.OperationalError as error:
                             raise StaleConnection from error
                         result = work(PostgresUnitOfWork(tx))
-                        conn.execute("ROLLBACK")
+                        tx.command("ROLLBACK")
                         return result
                     except BaseException:
                         tx.abandon()

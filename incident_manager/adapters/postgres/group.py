@@ -179,7 +179,7 @@ class Group:
         # In a group, the first job's savepoint comes with the BEGIN (one round trip).
         first_savepoint = self.tx.grouped and not prelock
         try:
-            self.tx.conn.execute("BEGIN; SAVEPOINT job" if first_savepoint else "BEGIN")
+            self.tx.command("BEGIN; SAVEPOINT job" if first_savepoint else "BEGIN")
         except psycopg.OperationalError as error:
             raise StaleConnection from error
         self._savepoint = first_savepoint
@@ -195,7 +195,7 @@ class Group:
             self._run_job(job)
         if not self._kept:
             if self.tx.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                self.tx.conn.execute("ROLLBACK")
+                self.tx.command("ROLLBACK")
             return
         events = number_and_store(self.tx)
         commit(self.tx, self.where)
@@ -261,9 +261,9 @@ class Group:
         if self._savepoint:
             return
         if self._kept:
-            self.tx.conn.execute("RELEASE SAVEPOINT job; SAVEPOINT job")
+            self.tx.command("RELEASE SAVEPOINT job; SAVEPOINT job")
         else:
-            self.tx.conn.execute("SAVEPOINT job")
+            self.tx.command("SAVEPOINT job")
         self._savepoint = True
 
     def _undo(self, job: WriteJob) -> None:
@@ -272,7 +272,7 @@ class Group:
         if not tx.grouped:
             tx.abandon()
             return
-        tx.conn.execute("ROLLBACK TO SAVEPOINT job")
+        tx.command("ROLLBACK TO SAVEPOINT job")
         tx.undo_job()
         self._savepoint = True
 
@@ -280,7 +280,7 @@ class Group:
 def commit(tx: Transaction, where: str) -> None:
     """COMMIT; a connection that breaks meanwhile leaves the outcome unknown."""
     try:
-        tx.conn.execute("COMMIT")
+        tx.command("COMMIT")
     except psycopg.OperationalError as error:
         if isinstance(error, RACES):
             raise

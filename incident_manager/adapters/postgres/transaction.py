@@ -94,6 +94,7 @@ class Transaction:
     """Incidents the current unit read (a lost race on one of them reruns the unit)."""
     undo: list[_Undo] = field(default_factory=list)
     _mark: _Mark | None = None
+    _cursor: psycopg.Cursor[Any] | None = None
 
     def begin_job(self) -> None:
         """A unit of work begins: remember where, so that `undo_job` can forget it alone."""
@@ -121,8 +122,22 @@ class Transaction:
         return 0 if self._mark is None else self._mark.staged
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        """Run one statement in this transaction."""
-        return self.conn.execute(query, params)
+        """Run one statement in this transaction; read its rows before the next one.
+
+        One cursor serves every statement: a new cursor per statement cost
+        about 10 µs more of CPU each (24 against 14 µs for a one-row lookup).
+        """
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self.conn.cursor()
+        return cursor.execute(query, params)
+
+    def command(self, commands: str) -> None:
+        """Run statements without parameters (several, separated by `;`, in one round trip)."""
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self.conn.cursor()
+        cursor.execute(commands)
 
     def executemany(self, query: str, params: list[tuple[Any, ...]], /) -> None:
         """Run one statement once for each row of parameters."""
