@@ -32,6 +32,7 @@ from incident_manager.domain.model import (
     Alert,
     AlertAck,
     Incident,
+    IncidentEvent,
     IncidentType,
     ReceivedAlert,
     Severity,
@@ -39,6 +40,7 @@ from incident_manager.domain.model import (
 from incident_manager.domain.query import IncidentQuery
 from incident_manager.service.handlers import submit_alert
 from incident_manager.service.ports import UnitOfWork
+from tests.support.polling import eventually
 from tests.support.postgres import fresh_database
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
@@ -167,6 +169,10 @@ async def test_a_failed_commit_acknowledges_no_job_of_its_group() -> None:
             await storage.close()
 
 
+def hear(sequences: list[int], events: list[IncidentEvent]) -> None:
+    sequences.extend(e.sequence for e in events)
+
+
 def storm_alert(problem: int, alert_id: str) -> Alert:
     return Alert(
         id=alert_id, source="rack-7", title=f"fan {problem} stopped", severity=Severity.P2,
@@ -178,6 +184,9 @@ async def test_two_replicas_grouping_one_set_of_fingerprints_open_one_incident_e
     problems, per_replica = 8, 20
     with fresh_database() as url:
         replicas = [PostgresStorage(url + "?pool_size=4") for _ in range(2)]
+        heard: list[list[int]] = [[], []]
+        for replica, sequences in zip(replicas, heard, strict=True):
+            replica.add_listener(partial(hear, sequences))
         try:
 
             def submit(replica: PostgresStorage, one: Alert) -> Awaitable[AlertAck]:
@@ -207,6 +216,14 @@ async def test_two_replicas_grouping_one_set_of_fingerprints_open_one_incident_e
             # Group commit was on: each replica committed fewer transactions than jobs.
             for replica in replicas:
                 assert replica.commits < len(sends) / 2
+            # Each replica published every event of both, once, in sequence order.
+            last = await replicas[0].read(lambda uow: uow.events.last_sequence())
+
+            async def caught_up() -> bool:
+                return all(sequences[-1:] == [last] for sequences in heard)
+
+            await eventually(caught_up, what="both replicas to publish the last event")
+            assert heard == [list(range(1, last + 1))] * 2
         finally:
             for replica in replicas:
                 await replica.close()
@@ -239,12 +256,12 @@ async def test_a_lookup_that_waited_for_a_lock_sees_what_its_holder_committed() 
 
 async def eventually_waiting_for_a_lock(url: str) -> None:
     """Until a session of the database waits for an advisory lock."""
-    for _ in range(200):
+
+    async def waiting() -> bool:
         with psycopg.connect(url) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
             ).fetchone()
-        if row and row[0]:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("no session waited for the advisory lock")
+        return bool(row and row[0])
+
+    await eventually(waiting, what="a session to wait for the advisory lock")
