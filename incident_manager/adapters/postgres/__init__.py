@@ -7,11 +7,20 @@ process's memory:
 Units of work stay synchronous. The storage contract runs a plain function
 over a `UnitOfWork` inside one transaction, and the handlers that use it are
 synchronous by design (they are the same for SQLite and the in-memory fake).
-So units of work run on a synchronous `psycopg_pool.ConnectionPool`, one
-worker thread per pooled connection, and the event loop only awaits them.
-psycopg's async API is used where it fits without wrapping the handlers: the
-LISTEN connection that follows other replicas' commits is an
-`AsyncConnection` in a task on the event loop.
+So units of work run on a synchronous `psycopg_pool.ConnectionPool`, on
+worker threads, and the event loop only awaits them. psycopg's async API is
+used where it fits without wrapping the handlers: the LISTEN connection that
+follows other replicas' commits is an `AsyncConnection` in a task on the
+event loop.
+
+Group commit. Write units of work are queued; a worker thread takes all that
+is queued (up to 64, or until 1000 events are staged) and runs them in one
+transaction, each in a savepoint, so that one numbering of the events and
+one COMMIT serve them all (a lone unit starts at once, without savepoints).
+A unit that raises is rolled back to its savepoint alone; one that lost a
+race goes back to the front of the queue, and the group that runs it next
+takes its locks first. Every unit of the group is answered after the COMMIT
+returned; when the COMMIT fails, none is acknowledged.
 
 Exact dedup. Before the reads that decide dedup, a write transaction takes a
 transaction-scoped advisory lock on what it is about to decide: the alert's
@@ -20,14 +29,18 @@ looking for a mergeable incident, the request id before looking for an
 earlier request. Another replica deciding the same thing waits for the
 first to commit; under READ COMMITTED its next statement then sees that
 commit, so it merges instead of opening a second incident, or answers a
-retry instead of counting it twice. Primary keys are the backstop: a unique
+retry instead of counting it twice. (The lock and the read are one
+statement: a VOLATILE function whose read takes a new snapshot after the
+lock.) Primary keys are the backstop: a unique
 violation, a deadlock (40P01) or a serialization failure (40001) rolls the
 whole unit of work back and runs it again; so does a lost race on an
 incident's version that was read inside the same unit of work. Advisory locks
 are taken in ascending key order when a transaction must wait (or with
 `pg_try_advisory_xact_lock` otherwise; when that fails, the unit is run again
-taking every key it needed up front, in order), so two batches that share
-fingerprints in different orders never deadlock on them.
+taking every key it needed up front, in order), so two batches, or two
+replicas' groups, that share fingerprints in different orders never
+deadlock on them. The rule holds for the whole transaction of a group: it
+waits only before its first write, for a key above every key it holds.
 
 Gap-free events. Sequence numbers come from a one-row counter, taken as late
 as possible: the unit of work keeps its timeline events in memory, and only
@@ -55,11 +68,13 @@ resume without a gap. `available` is False from a failed connection until
 the follower's next successful query.
 
 - `schema`: the migrations.
-- `transaction`: what one run of a unit of work shares: its advisory locks,
-  staged events and undo.
+- `transaction`: what the units of work of one transaction share: advisory
+  locks, staged events and undo, and where each unit began.
 - `repositories`: what PostgreSQL's repositories do beyond the shared ones
   (adapters/sql), and numbering the staged events at commit.
-- `engine`: the pool, runs and reruns, the LISTEN follower, `PostgresStorage`.
+- `group`: one group of units of work in one transaction; reruns.
+- `engine`: the pool, the queue and its workers, publishing in order, the
+  LISTEN follower, `PostgresStorage`.
 """
 
 from incident_manager.adapters.postgres.engine import (

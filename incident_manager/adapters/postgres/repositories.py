@@ -24,10 +24,13 @@ from incident_manager.adapters.sql.repositories import (
     SqlRequests,
 )
 from incident_manager.adapters.sql.rows import (
+    ALERT_COLUMNS,
     EVENT_COLUMNS,
     EVENT_VALUE_COLUMNS,
     column_list,
     event_values,
+    incident_from_row,
+    received_alert_from_row,
 )
 from incident_manager.adapters.sql.statements import Statements
 from incident_manager.domain.errors import ConcurrentModification
@@ -38,7 +41,7 @@ from incident_manager.domain.model import (
     RequestRecord,
     TimelineEvent,
 )
-from incident_manager.domain.query import TIMELINE_LIMIT
+from incident_manager.domain.query import TIMELINE_LIMIT, micros
 from incident_manager.service.ports import UnitOfWork
 
 DIALECT = Dialect(
@@ -54,6 +57,11 @@ CHANNEL = "incident_manager_events"
 """NOTIFY channel: the payload is the last sequence of the commit."""
 ONE_STATEMENT_EVENTS = 1000
 """Events stored with one statement at most (PostgreSQL takes 65,535 parameters)."""
+LOCKED_ALERT = f"SELECT {column_list(ALERT_COLUMNS)} FROM im_locked_alert(%s, %s, %s, %s)"
+"""SQL.alert after taking a lock, in one statement (schema.py); parameters: the key,
+whether to wait, then SQL.alert's."""
+LOCKED_NEWEST_ACTIVE = f"SELECT {SQL.incident_columns} FROM im_locked_newest_active(%s, %s, %s, %s)"
+"""SQL.newest_active after taking a lock, in one statement (schema.py)."""
 
 
 class PostgresIncidents(SqlIncidents):
@@ -64,8 +72,17 @@ class PostgresIncidents(SqlIncidents):
         self._tx = tx
 
     def find_mergeable(self, fingerprint: str, last_alert_since: datetime) -> Incident | None:
-        self._tx.lock(lock_key("fingerprint", fingerprint))
-        return super().find_mergeable(fingerprint, last_alert_since)
+        row = self._tx.read_locked(
+            lock_key("fingerprint", fingerprint),
+            LOCKED_NEWEST_ACTIVE,
+            SQL.newest_active,
+            (fingerprint, micros(last_alert_since)),
+        )
+        if row is None:
+            return None
+        incident = incident_from_row(row)
+        self._read(incident)
+        return incident
 
     def _read(self, incident: Incident) -> None:
         self._tx.loaded.add(incident.id)
@@ -101,8 +118,10 @@ class PostgresAlerts(SqlAlerts):
         self._tx.writing()
 
     def get(self, source: str, alert_id: str) -> ReceivedAlert | None:
-        self._tx.lock(lock_key("alert", source, alert_id))
-        return super().get(source, alert_id)
+        row = self._tx.read_locked(
+            lock_key("alert", source, alert_id), LOCKED_ALERT, SQL.alert, (source, alert_id)
+        )
+        return None if row is None else received_alert_from_row(row)
 
 
 class PostgresRequests(SqlRequests):

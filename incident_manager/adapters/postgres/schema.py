@@ -113,6 +113,44 @@ MIGRATIONS: tuple[str, ...] = (
     PAGING_MIGRATION,
     # Rate-limited channels: pages folded into digests, and each channel's window count.
     DIGEST_MIGRATION,
+    # Lock, then read, in one round trip: the lookups that decide dedup
+    # (repositories.py, Transaction.read_locked). A VOLATILE function's
+    # statements each take a new snapshot under READ COMMITTED, so the read
+    # sees what the lock's previous holder committed. The reads are those of
+    # SQL.alert and SQL.newest_active; SETOF the table keeps every column. A
+    # lock tried and taken by another transaction returns one row of NULLs.
+    """
+    CREATE FUNCTION im_locked_alert(
+        lock_key BIGINT, wait BOOLEAN, alert_source TEXT, alert_key TEXT
+    ) RETURNS SETOF alerts LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        busy alerts;
+    BEGIN
+        IF wait THEN
+            PERFORM pg_advisory_xact_lock(lock_key);
+        ELSIF NOT pg_try_advisory_xact_lock(lock_key) THEN
+            RETURN NEXT busy;
+            RETURN;
+        END IF;
+        RETURN QUERY SELECT * FROM alerts WHERE source = alert_source AND alert_id = alert_key;
+    END $$;
+    CREATE FUNCTION im_locked_newest_active(
+        lock_key BIGINT, wait BOOLEAN, wanted TEXT, since BIGINT
+    ) RETURNS SETOF incidents LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        busy incidents;
+    BEGIN
+        IF wait THEN
+            PERFORM pg_advisory_xact_lock(lock_key);
+        ELSIF NOT pg_try_advisory_xact_lock(lock_key) THEN
+            RETURN NEXT busy;
+            RETURN;
+        END IF;
+        RETURN QUERY SELECT * FROM incidents
+            WHERE fingerprint = wanted AND state < 5 AND last_alert_time >= since
+            ORDER BY last_alert_time DESC, id DESC LIMIT 1;
+    END $$;
+    """,
 )
 
 

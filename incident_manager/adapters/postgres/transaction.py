@@ -1,9 +1,11 @@
-"""One run of a unit of work on PostgreSQL: its advisory locks, staged events and undo.
+"""One transaction on PostgreSQL: its advisory locks, staged events and undo.
 
-The repositories of one run share a `Transaction`. They lock what they are
-about to decide, stage timeline events (numbered -1, -2, ... until commit),
-and note how to restore the incidents they wrote should the run be tried
-again.
+The repositories of the units of work in one transaction (one, or a group
+committed together) share a `Transaction`. They lock what they are about to
+decide, stage timeline events (numbered -1, -2, ... until commit), and note
+how to restore the incidents they wrote should a run be tried again. In a
+group, `begin_job` marks where each unit begins, so that `undo_job` forgets
+one unit alone when the database rolled back to its savepoint.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from incident_manager.domain.model import Incident, IncidentEvent, Note
 
 TRY_LOCK_PAUSES = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0)
 """Pauses between tries of a lock that may not be waited for (about 30 ms in all)."""
+GROUP_TRY_LOCK_PAUSES = (0,)
+"""In a group, one try: spinning would hold every lock of the group's other units, and
+the unit that gives up runs again soon, in a later group that takes its locks first."""
 
 
 def lock_key(kind: str, *parts: str) -> int:
@@ -60,24 +65,79 @@ class _Undo:
 
 
 @dataclass
+class _Mark:
+    """Where one unit of work of a group began: what to go back to if it is undone alone."""
+
+    held: set[int]
+    wrote: bool
+    staged: int
+    histories: int
+    undo: int
+
+
+@dataclass
 class Transaction:
-    """What the repositories of one run of a unit of work share."""
+    """What the repositories of the units of work in one transaction share."""
 
     conn: psycopg.Connection[Any]
     write: bool
+    grouped: bool = False
+    """Several units of work share this transaction (each in its own savepoint)."""
     held: set[int] = field(default_factory=set)
     needed: set[int] = field(default_factory=set)
-    """Every lock asked for: taken up front, in order, if the unit must run again."""
+    """Every lock the current unit asked for: taken up front, in order, if it must run again."""
     wrote: bool = False
     staged: list[IncidentEvent] = field(default_factory=list)
     """Events to store at commit, numbered -1, -2, ... until then."""
     histories: list[Incident] = field(default_factory=list)
     loaded: set[str] = field(default_factory=set)
+    """Incidents the current unit read (a lost race on one of them reruns the unit)."""
     undo: list[_Undo] = field(default_factory=list)
+    _mark: _Mark | None = None
+    _cursor: psycopg.Cursor[Any] | None = None
+
+    def begin_job(self) -> None:
+        """A unit of work begins: remember where, so that `undo_job` can forget it alone."""
+        self.needed = set()
+        self.loaded = set()
+        self._mark = _Mark(
+            set(self.held), self.wrote, len(self.staged), len(self.histories), len(self.undo)
+        )
+
+    def undo_job(self) -> None:
+        """Forget the current unit's locks, events and writes: the database rolled back to
+        the savepoint taken before it (which also released the advisory locks it took)."""
+        mark = self._mark
+        assert mark is not None, "undo_job without begin_job"
+        for undo in reversed(self.undo[mark.undo :]):
+            undo.apply()
+        del self.undo[mark.undo :]
+        del self.staged[mark.staged :]
+        del self.histories[mark.histories :]
+        self.held = mark.held
+        self.wrote = mark.wrote
+
+    def job_events(self) -> int:
+        """How many staged events came before the current unit's."""
+        return 0 if self._mark is None else self._mark.staged
 
     def execute(self, query: str, params: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        """Run one statement in this transaction."""
-        return self.conn.execute(query, params)
+        """Run one statement in this transaction; read its rows before the next one.
+
+        One cursor serves every statement: a new cursor per statement cost
+        about 10 µs more of CPU each (24 against 14 µs for a one-row lookup).
+        """
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self.conn.cursor()
+        return cursor.execute(query, params)
+
+    def command(self, commands: str) -> None:
+        """Run statements without parameters (several, separated by `;`, in one round trip)."""
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self.conn.cursor()
+        cursor.execute(commands)
 
     def executemany(self, query: str, params: list[tuple[Any, ...]], /) -> None:
         """Run one statement once for each row of parameters."""
@@ -97,10 +157,10 @@ class Transaction:
         self.needed.add(key)
         if key in self.held:
             return
-        if not self.wrote and (not self.held or key > max(self.held)):
+        if self._may_wait(key):
             self.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
         else:
-            for pause in TRY_LOCK_PAUSES:
+            for pause in GROUP_TRY_LOCK_PAUSES if self.grouped else TRY_LOCK_PAUSES:
                 row = self.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
                 if row and row[0]:
                     break
@@ -108,6 +168,32 @@ class Transaction:
             else:
                 raise LockBusy(self.needed)
         self.held.add(key)
+
+    def read_locked(self, key: int, locked: str, plain: str, params: Sequence[Any]) -> Any:
+        """The first row of `plain` (or None), read after taking `key` as `lock` does.
+
+        One statement takes the key and reads: `locked` calls a function
+        (schema.py) whose parameters are the key, whether to wait, then
+        `params`. When the key may not be waited for and is taken, it returns
+        a row of NULLs: a group gives up this run of the unit; a lone unit
+        keeps trying for a while, as `lock` does.
+        """
+        if not self.write or key in self.held:
+            if self.write:
+                self.needed.add(key)
+            return self.execute(plain, params).fetchone()
+        self.needed.add(key)
+        row = self.execute(locked, (key, self._may_wait(key), *params)).fetchone()
+        if row is not None and row[0] is None:  # taken: no stored row has a NULL key
+            self.lock(key)
+            return self.execute(plain, params).fetchone()
+        self.held.add(key)
+        return row
+
+    def _may_wait(self, key: int) -> bool:
+        """Waiting is safe for a key above every key held, before any write: no cycle of
+        waits can form."""
+        return not self.wrote and (not self.held or key > max(self.held))
 
     def writing(self, incident: Incident | None = None) -> None:
         """A write follows; for an incident, remember how to undo what it does to the object."""
