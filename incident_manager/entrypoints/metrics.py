@@ -164,6 +164,7 @@ class Metrics:
             registry=registry,
         )
         self._sources: set[str] = set()
+        self._alert_series: dict[tuple[str, str], Counter] = {}
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -177,18 +178,31 @@ class Metrics:
 
     # The manager's Observer protocol.
     def alerts_acked(self, alerts: Sequence[Alert | AlertAck], acks: Sequence[AlertAck]) -> None:
+        series = self._alert_series
         for alert, ack in zip(alerts, acks, strict=False):
             source = alert.source if isinstance(alert, Alert) else "unknown"
-            if source not in self._sources:
-                if len(self._sources) >= MAX_SOURCE_LABELS:
-                    source = "other"
-                else:
-                    self._sources.add(source)
             # A retry is the same alert again: counted under its first status, the
             # metric would count calls, not alerts.
-            self.alerts.labels(source, RETRY if ack.retry else ack.status.name).inc()
+            status = RETRY if ack.retry else ack.status.name
+            counter = series.get((source, status))
+            if counter is None:
+                counter = self._alert_counter(source, status)
+            counter.inc()
             if ack.status is AckStatus.DUPLICATE and not ack.retry:
                 self.duplicates.inc()
+
+    def _alert_counter(self, source: str, status: str) -> Counter:
+        """The series of (source, status), kept: `labels()` per alert cost more than `inc()`."""
+        label = source
+        if source not in self._sources:
+            if len(self._sources) >= MAX_SOURCE_LABELS:
+                label = "other"
+            else:
+                self._sources.add(source)
+        counter = self.alerts.labels(label, status)
+        if len(self._alert_series) < MAX_SOURCE_LABELS * (len(AckStatus) + 1):
+            self._alert_series[(source, status)] = counter
+        return counter
 
     def storage_written(self, seconds: float) -> None:
         self.storage_write.observe(seconds)
