@@ -34,8 +34,6 @@ from generated.incident_manager.v1 import paging_service_pb2 as paging_pb2
 from generated.incident_manager.v1 import paging_service_pb2_grpc as paging_grpc
 from incident_manager import __version__
 from incident_manager.domain.errors import (
-    RateLimited,
-    SourceNotAllowed,
     ValidationError,
 )
 from incident_manager.domain.integrations import ModuleEvent
@@ -50,7 +48,10 @@ from incident_manager.service.pagination import parse_order_by
 log = logging.getLogger(__name__)
 
 STREAM_WINDOW = 256
-"""Alerts of one StreamAlerts call processed concurrently at most."""
+"""Alerts of one StreamAlerts call read ahead of their acks at most."""
+STREAM_WRITES = 2
+"""Writes of one StreamAlerts call queued behind the one being acked; alerts read
+meanwhile wait, and go to storage together in the next."""
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -169,21 +170,26 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
     async def StreamAlerts(
         self, request_iterator: AsyncIterator[ingestion_pb2.StreamAlertsRequest], context: Context
     ) -> AsyncIterator[ingestion_pb2.StreamAlertsResponse]:
-        # Up to STREAM_WINDOW alerts of one stream are in flight at once, so
-        # they share group commits; acks still leave in the order alerts came.
-        in_flight: asyncio.Queue[asyncio.Future[AlertAck] | None] = asyncio.Queue(STREAM_WINDOW)
+        # Alerts read while this stream's earlier writes are in flight are stored
+        # together, as one batch (one writer job, not one per alert). At most
+        # STREAM_WINDOW alerts are read ahead of their acks, and acks leave in
+        # the order the alerts came.
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        waiting: list[Alert | AlertAck] = []
+        arrived = asyncio.Event()
+        reading = True
+        writes: asyncio.Queue[asyncio.Future[list[AlertAck]] | None] = asyncio.Queue(STREAM_WRITES)
+        sender = caller()
 
         async def read() -> None:
+            nonlocal reading
             received = 0
             try:
                 async for request in request_iterator:
+                    await window.acquire()
+                    waiting.append(_decoded(request.alert))
                     received += 1
-                    task = asyncio.ensure_future(self._ack(request.alert))
-                    try:
-                        await in_flight.put(task)
-                    except BaseException:
-                        task.cancel()  # never queued, so nobody else would cancel it
-                        raise
+                    arrived.set()
             except DecodeError as error:
                 # grpc decodes each streamed message as we read it; a corrupt
                 # one is the client's mistake, not an internal error.
@@ -191,31 +197,43 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
                     f"messages[{received}]", f"is not a valid StreamAlertsRequest: {error}"
                 ) from error
             finally:
-                await in_flight.put(None)
+                reading = False
+                arrived.set()
+
+        async def write() -> None:
+            while waiting or reading:
+                if not waiting:
+                    arrived.clear()
+                    await arrived.wait()
+                    continue
+                chunk = waiting[:]
+                waiting.clear()
+                task = asyncio.ensure_future(self.manager.submit_streamed_alerts(chunk, sender))
+                try:
+                    await writes.put(task)
+                except BaseException:
+                    task.cancel()  # never queued, so nobody else would cancel it
+                    raise
+                # The next chunk waits for this one to be stored: what arrives
+                # meanwhile goes to storage together, however fast it trickles in.
+                await asyncio.wait([task])
+            await writes.put(None)
 
         reader = asyncio.ensure_future(read())
+        writer = asyncio.ensure_future(write())
         try:
-            while (pending := await in_flight.get()) is not None:
-                ack = await pending
-                yield ingestion_pb2.StreamAlertsResponse(ack=conv.ack_to_proto(ack))
+            while (pending := await writes.get()) is not None:
+                for ack in await pending:
+                    window.release()
+                    yield ingestion_pb2.StreamAlertsResponse(ack=conv.ack_to_proto(ack))
             await reader  # surfaces an error the reader met
         finally:
             reader.cancel()
-            while not in_flight.empty():
-                leftover = in_flight.get_nowait()
+            writer.cancel()
+            while not writes.empty():
+                leftover = writes.get_nowait()
                 if leftover is not None:
                     leftover.cancel()
-
-    async def _ack(self, message: alert_pb2.Alert) -> AlertAck:
-        """The ack of one streamed alert; a bad or limited alert does not end the stream."""
-        try:
-            return await self.manager.submit_alert(conv.alert_from_proto(message), caller())
-        except ValidationError as error:
-            return AlertAck(message.id, AckStatus.REJECTED, message=error.message)
-        except RateLimited as error:
-            return AlertAck(message.id, AckStatus.RATE_LIMITED, message=error.message)
-        except SourceNotAllowed as error:
-            return AlertAck(message.id, AckStatus.REJECTED, message=error.message)
 
     @unary
     async def HealthCheck(
@@ -231,6 +249,14 @@ class AlertIngestionServicer(ingestion_grpc.AlertIngestionServiceServicer):
             version=__version__,
             uptime=conv.duration_to_proto(timedelta(seconds=self.manager.uptime())),
         )
+
+
+def _decoded(message: alert_pb2.Alert) -> Alert | AlertAck:
+    """A streamed alert, or the ack refusing it: a bad alert does not end the stream."""
+    try:
+        return conv.alert_from_proto(message)
+    except ValidationError as error:
+        return AlertAck(message.id, AckStatus.REJECTED, message=error.message)
 
 
 class IntegrationServicer(integrations_grpc.IntegrationServiceServicer):

@@ -44,7 +44,7 @@ from incident_manager.domain.query import (
     Ordering,
 )
 from incident_manager.domain.ratelimit import AlertRateLimiter, OverloadShedder, RateLimit
-from incident_manager.domain.validation import Checker
+from incident_manager.domain.validation import Checker, validate_alert
 from incident_manager.service import handlers
 from incident_manager.service.commands import (
     AddNote,
@@ -208,6 +208,28 @@ class IncidentManager:
             self.pending_alerts -= count
         self.observer.alerts_acked(alerts, acks)
         return acks
+
+    async def submit_streamed_alerts(
+        self, alerts: Sequence[Alert | AlertAck], sender: Principal | None = None
+    ) -> list[AlertAck]:
+        """Alerts read from one StreamAlerts call, stored together: one ack each, in order.
+
+        Each gets the answer `submit_alert` would give it, its refusal as an
+        ack instead of an error: REJECTED (naming `alert.` fields) or
+        RATE_LIMITED. Storing them as one batch costs the writer one job, not
+        one per alert.
+        """
+        now = self.clock()
+        checked: list[Alert | AlertAck] = []
+        for item in alerts:
+            if isinstance(item, Alert):
+                checker = Checker("alert.")
+                validate_alert(item, checker, resolve_signal=item.is_resolve_signal(now))
+                if checker.violations:
+                    message = ValidationError(checker.violations).message
+                    item = AlertAck(item.id, AckStatus.REJECTED, message=message)
+            checked.append(item)
+        return await self.submit_alerts(checked, sender)
 
     def _overloaded(self, alert: Alert) -> RateLimited | None:
         """Why the alert is shed, if too many alerts wait to be stored."""

@@ -8,13 +8,12 @@ notifying that webhook, at 0s (or at 24h for the idle row). Arrival times are
 taken by the receiver and ack times by the client, both with `time.time()`
 on this one machine.
 
-    python -m tests.benchmark.run [--quick] --paging-only
+    python -m tests.benchmark.run [--quick] --only 'Paging|paging'
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -28,12 +27,15 @@ from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingesti
 from generated.incident_manager.v1 import alert_ingestion_service_pb2_grpc as ingestion_grpc
 from tests.benchmark.run import (
     ROOT,
+    CpuMeter,
+    Only,
     Process,
     Row,
     alert,
     alerts_from,
     batch_load,
     channel,
+    cpu_seconds,
     our_server,
     row,
 )
@@ -44,7 +46,6 @@ SECRET = "whsec_" + "c2VjcmV0LWZvci10aGUtYmVuY2htYXJrLW9ubHk="
 """Pages are signed as in production; the receiver does not check them."""
 
 BATCH = 500
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def paging_file(folder: Path, hook_url: str, after: str) -> Path:
@@ -122,14 +123,6 @@ class WebhookReceiver:
 
 def paging_server(database: Path, config: Path) -> Process:
     return our_server(database, "--paging-config", str(config), env={SECRET_ENV: SECRET})
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of the process (all its threads) so far, from /proc/PID/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # After the name: state is field 3, utime 14 and stime 15 (proc(5)).
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def delays(acked: dict[str, float], pages: Iterable[tuple[float, str, str]]) -> list[float]:
@@ -252,11 +245,15 @@ async def ingestion_on_off(
     on = paging_server(workdir / "paging-on.db", config)
     try:
         results: dict[str, list[tuple[float, list[float]]]] = {"off": [], "on": []}
+        cpu: dict[str, float] = {"off": 0.0, "on": 0.0}
         drains: list[float] = []
         for round_number, side in enumerate(("off", "on", "on", "off")):
             server = on if side == "on" else off
             make = alerts_from(600_000_000 + round_number * 10_000_000)
+            meter = CpuMeter(server)
             results[side].append(await batch_load(server.address, make, total))
+            # The load window only: the pages still being sent after it are not counted.
+            cpu[side] += meter.per(2 * total)
             if side == "on":
                 began = time.perf_counter()
                 await receiver.wait_for(total, within=60 + total / 20)
@@ -267,7 +264,14 @@ async def ingestion_on_off(
         latencies = {side: [x for _, lat in runs for x in lat] for side, runs in results.items()}
         label = f"BatchSubmitAlerts x{BATCH}, all new, 2 x {total:,}"
         rows = [
-            row(f"{label}, paging off", rates["off"], "alerts/s", latencies["off"], None),
+            row(
+                f"{label}, paging off",
+                rates["off"],
+                "alerts/s",
+                latencies["off"],
+                None,
+                cpu["off"],
+            ),
             row(
                 f"{label}, paging on (every incident paged; pages still being sent"
                 f" {max(drains):.0f} s after the last ack; ratio: on / off)",
@@ -275,6 +279,7 @@ async def ingestion_on_off(
                 "alerts/s",
                 latencies["on"],
                 on.peak_rss_mb(),
+                cpu["on"],
             ),
         ]
         rows[-1].ratio = rates["on"] / rates["off"]
@@ -308,26 +313,50 @@ async def idle_scheduler(workdir: Path, config: Path, total: int, seconds: int) 
         server.stop()
 
 
-async def paging_rows(n: dict[str, int], workdir: Path) -> list[Row]:
-    """The paging rows, in the order of the issue's benchmark section."""
+async def paging_rows(n: dict[str, int], workdir: Path, only: Only | None = None) -> list[Row]:
+    """The paging rows, in the order of the issue's benchmark section.
+
+    `only` is matched against the start of each label, the part known
+    before the run; ingestion with paging off and on (and the server at rest
+    beside it) run together.
+    """
+    only = only or Only()
+    storm_name = f"Paging: {n['page_storm']:,} new incidents in a storm"
+    steady_name = f"Paging: 200 new incidents/s for {n['page_steady_seconds']} s (SubmitAlert)"
+    idle_name = f"Paging scheduler at rest: {n['idle_incidents']:,} open incidents"
+    on_off_label = f"BatchSubmitAlerts x{BATCH}, all new, 2 x {n['paging_ingest']:,}"
+    on_off_names = (
+        f"{on_off_label}, paging off",
+        f"{on_off_label}, paging on",
+        "Server without --paging-config at rest",
+    )
+    if not only(storm_name, steady_name, idle_name, *on_off_names):
+        return []
     receiver = WebhookReceiver()
     try:
         await receiver.ready()
         now = paging_file(workdir, receiver.url, "0s")
         tomorrow = paging_file(workdir, receiver.url, "24h")
         rows = []
-        pager = paging_server(workdir / "paging-storm.db", now)
-        try:
-            rows.append(await storm(pager.address, receiver, n["page_storm"]))
-        finally:
-            pager.stop()
-        pager = paging_server(workdir / "paging-steady.db", now)
-        try:
-            rows.append(await steady(pager.address, receiver, 200, n["page_steady_seconds"]))
-        finally:
-            pager.stop()
-        idle = await idle_scheduler(workdir, tomorrow, n["idle_incidents"], n["idle_seconds"])
-        on_off = await ingestion_on_off(workdir, receiver, now, n["paging_ingest"], n)
-        return [*rows, idle, on_off[-1], *on_off[:-1]]
+        if only(storm_name):
+            pager = paging_server(workdir / "paging-storm.db", now)
+            try:
+                rows.append(await storm(pager.address, receiver, n["page_storm"]))
+            finally:
+                pager.stop()
+        if only(steady_name):
+            pager = paging_server(workdir / "paging-steady.db", now)
+            try:
+                rows.append(await steady(pager.address, receiver, 200, n["page_steady_seconds"]))
+            finally:
+                pager.stop()
+        if only(idle_name):
+            idle = [await idle_scheduler(workdir, tomorrow, n["idle_incidents"], n["idle_seconds"])]
+        else:
+            idle = []
+        if only(*on_off_names):
+            on_off = await ingestion_on_off(workdir, receiver, now, n["paging_ingest"], n)
+            return [*rows, *idle, on_off[-1], *on_off[:-1]]
+        return [*rows, *idle]
     finally:
         await receiver.close()

@@ -25,6 +25,9 @@ from generated.incident_manager.v1 import incident_service_pb2_grpc as service_g
 from incident_manager.adapters.postgres import PostgresStorage
 from incident_manager.adapters.sql.rows import INCIDENT_COLUMNS, column_list
 from tests.benchmark.run import (
+    MIXES,
+    CpuMeter,
+    Only,
     Process,
     Row,
     alert,
@@ -169,57 +172,51 @@ async def cross_replica(
     return latencies
 
 
-async def postgres_rows(n: dict[str, int]) -> list[Row]:
+async def postgres_rows(n: dict[str, int], only: Only | None = None) -> list[Row]:
+    """The PostgreSQL rows; the CPU column sums every replica (PostgreSQL's own is not in it)."""
+    only = only or Only()
     reason = unreachable_reason()
-    if reason is not None:
-        return [Row(f"PostgreSQL rows skipped: {reason}", None, "", None, None, None)]
     rows: list[Row] = []
     for count in (1, 2):
         label = f"PostgreSQL, {count} replica{'s' if count > 1 else ''}"
+        listing = (
+            f"{label}: ListIncidents first page, filtered, "
+            f"{n['list_incidents']:,} stored, 8 clients"
+        )
+        unary_names = [f"{label}: SubmitAlert, {mix}" for mix, _ in MIXES]
+        batch_names = [f"{label}: BatchSubmitAlerts x500, {mix}" for mix, _ in MIXES]
+        cross_name = "PostgreSQL, 2 replicas: SubmitAlert on A, event on B (StreamIncidents)"
+        ingest = [*unary_names, *batch_names, *([cross_name] if count == 2 else [])]
+        if not only(*ingest, listing):
+            continue
+        if reason is not None:
+            return [Row(f"PostgreSQL rows skipped: {reason}", None, "", None, None, None)]
         first = 1_000_000_000 * (count + 1)
-        with fresh_database("im_bench") as url, replicas_on(url, count) as servers:
-            rate, lat = await spread(servers, n["unary"], 64, unary(first, 1))
-            rows.append(row(f"{label}: SubmitAlert, all new", rate, "alerts/s", lat, None))
-            rate, lat = await spread(servers, n["unary"], 64, unary(first + 10**8, 10))
-            rows.append(row(f"{label}: SubmitAlert, 90% duplicates", rate, "alerts/s", lat, None))
-            for dup_label, every, offset in (("all new", 1, 2), ("90% duplicates", 10, 3)):
-                rate, lat = await spread(
-                    servers, n["batch"], 4, batches(first + offset * 10**8, every)
-                )
-                rows.append(
-                    row(
-                        f"{label}: BatchSubmitAlerts x500, {dup_label}",
-                        rate,
-                        "alerts/s",
-                        lat,
-                        max(s.peak_rss_mb() for s in servers),
+        if only(*ingest):
+            with fresh_database("im_bench") as url, replicas_on(url, count) as servers:
+                for name, (_, every), offset in zip(unary_names, MIXES, (0, 1), strict=True):
+                    if only(name):
+                        meter = CpuMeter(*servers)
+                        load = unary(first + offset * 10**8, every)
+                        rate, lat = await spread(servers, n["unary"], 64, load)
+                        rows.append(row(name, rate, "alerts/s", lat, None, meter.per(n["unary"])))
+                for name, (_, every), offset in zip(batch_names, MIXES, (2, 3), strict=True):
+                    if only(name):
+                        meter = CpuMeter(*servers)
+                        load = batches(first + offset * 10**8, every)
+                        rate, lat = await spread(servers, n["batch"], 4, load)
+                        rss = max(s.peak_rss_mb() for s in servers)
+                        rows.append(row(name, rate, "alerts/s", lat, rss, meter.per(n["batch"])))
+                if count == 2 and only(cross_name):
+                    lat = await cross_replica(
+                        servers[0].address, servers[1].address, n["fanout_seconds"], 100, first
                     )
-                )
-            if count == 2:
-                lat = await cross_replica(
-                    servers[0].address, servers[1].address, n["fanout_seconds"], 100, first
-                )
-                rows.append(
-                    row(
-                        "PostgreSQL, 2 replicas: SubmitAlert on A, event on B (StreamIncidents)",
-                        len(lat) / n["fanout_seconds"],
-                        "events/s",
-                        lat,
-                        None,
-                    )
-                )
-        with fresh_database("im_bench") as url:
-            await populate(url, n["list_incidents"])
-            with replicas_on(url, count) as servers:
-                rate, lat = await spread(servers, 2000, 8, first_pages)
-                rows.append(
-                    row(
-                        f"{label}: ListIncidents first page, filtered, "
-                        f"{n['list_incidents']:,} stored, 8 clients",
-                        rate,
-                        "calls/s",
-                        lat,
-                        None,
-                    )
-                )
+                    rate = len(lat) / n["fanout_seconds"]
+                    rows.append(row(cross_name, rate, "events/s", lat, None))
+        if only(listing):
+            with fresh_database("im_bench") as url:
+                await populate(url, n["list_incidents"])
+                with replicas_on(url, count) as servers:
+                    rate, lat = await spread(servers, 2000, 8, first_pages)
+                    rows.append(row(listing, rate, "calls/s", lat, None))
     return rows

@@ -6,7 +6,12 @@ Unary calls are driven by h2load (a C client) where the request can be the
 same every time, and by a Python grpc.aio client where every alert must
 differ; streams and batches by the Python client.
 
-    python -m tests.benchmark.run [--quick]
+    python -m tests.benchmark.run [--quick] [--only REGEX] [--json FILE]
+
+Every ingestion row also says how much CPU the server process spent per
+alert (per call or message on the bare rows): user + system time from
+/proc/PID/stat, read just before and just after the load, summed over the
+replicas where there are several.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -39,6 +45,7 @@ from incident_manager.adapters.sqlite import SqliteStorage
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+TICKS = os.sysconf("SC_CLK_TCK")
 SIZES = {
     "full": {
         "unary": 20_000,
@@ -82,6 +89,42 @@ class Row:
     ratio: float | None = None
     shown: str | None = None
     """Shown in the rate column instead of `rate` (a CPU share needs decimals)."""
+    cpu_us: float | None = None
+    """Server CPU (user + system) per alert, call or message over the load, in µs."""
+
+
+class Only:
+    """`--only REGEX`: which scenarios run. A name matches if the regex is found in it."""
+
+    def __init__(self, pattern: str | None = None) -> None:
+        self.regex = re.compile(pattern) if pattern else None
+
+    def __call__(self, *names: str) -> bool:
+        """True if any of `names` is wanted: a reference row runs for the rows it serves."""
+        return self.regex is None or any(self.regex.search(name) for name in names)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process (all its threads, live or ended) so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # After the name: state is field 3, utime 14 and stime 15 (proc(5)).
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class CpuMeter:
+    """The CPU the given server processes spend from now until `per` is called."""
+
+    def __init__(self, *servers: Process) -> None:
+        self.pids = [s.popen.pid for s in servers]
+        self.began = self._now()
+
+    def _now(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def per(self, count: int) -> float:
+        """Microseconds of CPU per unit of work, for `count` units since the start."""
+        return (self._now() - self.began) * 1e6 / count
 
 
 class Process:
@@ -395,126 +438,187 @@ def ms(values: list[float], q: float) -> float:
     return percentile(values, q) * 1000
 
 
-def row(scenario: str, rate: float, unit: str, latencies: list[float], rss: float | None) -> Row:
-    return Row(scenario, rate, unit, ms(latencies, 0.5), ms(latencies, 0.99), rss)
+def row(
+    scenario: str,
+    rate: float,
+    unit: str,
+    latencies: list[float],
+    rss: float | None,
+    cpu_us: float | None = None,
+) -> Row:
+    return Row(scenario, rate, unit, ms(latencies, 0.5), ms(latencies, 0.99), rss, cpu_us=cpu_us)
 
 
-async def run(size: str, workdir: Path) -> list[Row]:
-    n = SIZES[size]
+SUBMIT = "/incident_manager.v1.AlertIngestionService/SubmitAlert"
+H2LOAD_ROWS = ("bare: unary, h2load", "SubmitAlert, h2load, one alert retried")
+UNARY_ROWS = ("bare: unary, Python client", "SubmitAlert, all new", "SubmitAlert, 90% duplicates")
+BATCH_ROWS = (
+    "bare: batch of 500",
+    "BatchSubmitAlerts x500, all new",
+    "BatchSubmitAlerts x500, 90% duplicates",
+)
+STREAM_ROWS = ("bare: 4 bidi streams", "StreamAlerts, 4 streams, 90% dup")
+FANOUT_ROWS = (
+    "StreamIncidents, 100 subscribers, 1000 events/s, each follows 1 source",
+    "StreamIncidents, 100 subscribers, 100 events/s, all follow everything",
+)
+MIXES = (("all new", 1), ("90% duplicates", 10))
+
+
+async def ingestion_rows(n: dict[str, int], workdir: Path, only: Only) -> list[Row]:
+    """Our server and the bare one, side by side: unary, h2load, batches, streams, fan-out.
+
+    A bare row runs when it or a row compared with it is wanted.
+    """
+    groups = (*H2LOAD_ROWS, *UNARY_ROWS, *BATCH_ROWS, *STREAM_ROWS)
+    if not only(*groups, *FANOUT_ROWS):
+        return []
     rows: list[Row] = []
     ours = our_server(workdir / "ingest.db")
-    bare = bare_server()
+    bare = bare_server() if only(*groups) else None
     try:
-        submit = "/incident_manager.v1.AlertIngestionService/SubmitAlert"
         body = ingestion_pb2.SubmitAlertRequest(alert=alert(0)).SerializeToString()
-        if shutil.which("h2load"):
-            rate, lat = h2load(bare.address, submit, body, n["h2load"])
-            rows.append(row("bare: unary, h2load", rate, "calls/s", lat, bare.peak_rss_mb()))
+        if bare and only(*H2LOAD_ROWS) and shutil.which("h2load"):
+            meter = CpuMeter(bare)
+            rate, lat = h2load(bare.address, SUBMIT, body, n["h2load"])
+            rss = bare.peak_rss_mb()
+            rows.append(row(H2LOAD_ROWS[0], rate, "calls/s", lat, rss, meter.per(n["h2load"])))
             bare_h2 = rate
-            rate, lat = h2load(ours.address, submit, body, n["h2load"])
-            rows.append(row("SubmitAlert, h2load, one alert retried", rate, "calls/s", lat, None))
-            rows[-1].ratio = rate / bare_h2
-        rate, lat = await unary_load(bare.address, alert, n["unary"])
-        rows.append(row("bare: unary, Python client", rate, "calls/s", lat, None))
-        bare_unary = rate
-        for label, every in (("all new", 1), ("90% duplicates", 10)):
-            make = alerts_from(1_000_000 * every, every)
-            rate, lat = await unary_load(ours.address, make, n["unary"])
-            rows.append(row(f"SubmitAlert, {label}", rate, "alerts/s", lat, None))
-            rows[-1].ratio = rate / bare_unary
+            if only(H2LOAD_ROWS[1]):
+                meter = CpuMeter(ours)
+                rate, lat = h2load(ours.address, SUBMIT, body, n["h2load"])
+                rows.append(row(H2LOAD_ROWS[1], rate, "calls/s", lat, None, meter.per(n["h2load"])))
+                rows[-1].ratio = rate / bare_h2
+        if bare and only(*UNARY_ROWS):
+            meter = CpuMeter(bare)
+            rate, lat = await unary_load(bare.address, alert, n["unary"])
+            rows.append(row(UNARY_ROWS[0], rate, "calls/s", lat, None, meter.per(n["unary"])))
+            bare_unary = rate
+            for name, (_, every) in zip(UNARY_ROWS[1:], MIXES, strict=True):
+                if not only(name):
+                    continue
+                make = alerts_from(1_000_000 * every, every)
+                meter = CpuMeter(ours)
+                rate, lat = await unary_load(ours.address, make, n["unary"])
+                rows.append(row(name, rate, "alerts/s", lat, None, meter.per(n["unary"])))
+                rows[-1].ratio = rate / bare_unary
 
-        rate, lat = await batch_load(bare.address, alert, n["batch"])
-        rows.append(row("bare: batch of 500", rate, "alerts/s", lat, None))
-        bare_batch = rate
-        for label, every in (("all new", 1), ("90% duplicates", 10)):
-            make = alerts_from(50_000_000 * every, every)
-            rate, lat = await batch_load(ours.address, make, n["batch"])
-            rows.append(row(f"BatchSubmitAlerts x500, {label}", rate, "alerts/s", lat, None))
-            rows[-1].ratio = rate / bare_batch
+        if bare and only(*BATCH_ROWS):
+            meter = CpuMeter(bare)
+            rate, lat = await batch_load(bare.address, alert, n["batch"])
+            rows.append(row(BATCH_ROWS[0], rate, "alerts/s", lat, None, meter.per(n["batch"])))
+            bare_batch = rate
+            for name, (_, every) in zip(BATCH_ROWS[1:], MIXES, strict=True):
+                if not only(name):
+                    continue
+                make = alerts_from(50_000_000 * every, every)
+                meter = CpuMeter(ours)
+                rate, lat = await batch_load(ours.address, make, n["batch"])
+                rows.append(row(name, rate, "alerts/s", lat, None, meter.per(n["batch"])))
+                rows[-1].ratio = rate / bare_batch
 
-        rate, lat = await stream_load(bare.address, alert, n["stream"])
-        rows.append(row("bare: 4 bidi streams", rate, "msgs/s", lat, None))
-        bare_stream = rate
+        if bare and only(*STREAM_ROWS):
+            sent = 4 * n["stream"]
+            meter = CpuMeter(bare)
+            rate, lat = await stream_load(bare.address, alert, n["stream"])
+            rows.append(row(STREAM_ROWS[0], rate, "msgs/s", lat, None, meter.per(sent)))
+            bare_stream = rate
+            if only(STREAM_ROWS[1]):
+                meter = CpuMeter(ours)
+                make = alerts_from(300_000_000, 10)
+                rate, lat = await stream_load(ours.address, make, n["stream"])
+                rows.append(row(STREAM_ROWS[1], rate, "alerts/s", lat, None, meter.per(sent)))
+                rows[-1].ratio = rate / bare_stream
 
-        rate, lat = await stream_load(ours.address, alerts_from(300_000_000, 10), n["stream"])
-        rows.append(row("StreamAlerts, 4 streams, 90% dup", rate, "alerts/s", lat, None))
-        rows[-1].ratio = rate / bare_stream
-
-        for filtered, rate_target, first_id in ((True, 1000, 10**8), (False, 100, 2 * 10**8)):
+        fanouts = ((True, 1000, 10**8), (False, 100, 2 * 10**8))
+        for name, (filtered, rate_target, first_id) in zip(FANOUT_ROWS, fanouts, strict=True):
+            if not only(name):
+                continue
+            meter = CpuMeter(ours)
             achieved, lat, ended, refused = await fanout(
                 ours.address, n["fanout_seconds"], rate_target, 100, filtered, first_id
             )
+            stored = int(n["fanout_seconds"] * rate_target) - refused
             label = (
-                f"StreamIncidents, 100 subscribers, {rate_target} events/s, "
-                + ("each follows 1 source" if filtered else "all follow everything")
+                name
                 + (f", {ended} ended as too slow" if ended else "")
                 + (f", {refused} alerts refused by limits" if refused else "")
             )
-            rows.append(row(label, achieved, "events/s", lat, ours.peak_rss_mb()))
+            cpu = meter.per(max(stored, 1))
+            rows.append(row(label, achieved, "events/s", lat, ours.peak_rss_mb(), cpu))
         rows.append(
             Row("incident-manager peak RSS so far", None, "", None, None, ours.peak_rss_mb())
         )
     finally:
         ours.stop()
-        bare.stop()
+        if bare:
+            bare.stop()
+    return rows
 
+
+async def listing_rows(n: dict[str, int], workdir: Path, only: Only) -> list[Row]:
+    count = n["list_incidents"]
+    names = (
+        f"ListIncidents first page, filtered, {count:,} stored",
+        "ListIncidents, last 100 of up to 1000 pages walked",
+    )
+    if not only(*names):
+        return []
     listing_db = workdir / "listing.db"
-    await populate(listing_db, n["list_incidents"])
+    await populate(listing_db, count)
     lister = our_server(listing_db)
     try:
         first, deep, _ = await list_load(lister.address)
-        count = n["list_incidents"]
-        rows.append(
-            row(f"ListIncidents first page, filtered, {count:,} stored", 0, "", first, None)
-        )
-        rows.append(
-            row(
-                "ListIncidents, last 100 of up to 1000 pages walked",
-                0,
-                "",
-                deep,
-                lister.peak_rss_mb(),
-            )
-        )
+        return [
+            row(names[0], 0, "", first, None),
+            row(names[1], 0, "", deep, lister.peak_rss_mb()),
+        ]
     finally:
         lister.stop()
 
+
+async def memory_rows(n: dict[str, int], workdir: Path, only: Only) -> list[Row]:
     total = n["rss_alerts"]
+    name = f"{total:,} alerts into 10,000 incidents (batches of 500)"
+    if not only(name):
+        return []
     memory = our_server(workdir / "memory.db")
     try:
         spread = alerts_from(900_000_000, total // 10_000)
+        meter = CpuMeter(memory)
         rate, lat = await batch_load(memory.address, spread, total)
-        rows.append(
-            row(
-                f"{total:,} alerts into 10,000 incidents (batches of 500)",
-                rate,
-                "alerts/s",
-                lat,
-                memory.peak_rss_mb(),
-            )
-        )
+        return [row(name, rate, "alerts/s", lat, memory.peak_rss_mb(), meter.per(total))]
     finally:
         memory.stop()
 
+
+async def run(size: str, workdir: Path, only: Only) -> list[Row]:
+    n = SIZES[size]
     # Imported here: these modules build on this one's load generators.
     from tests.benchmark.paging import paging_rows
     from tests.benchmark.replicas import postgres_rows
 
-    rows.extend(await paging_rows(n, workdir))
-    rows.extend(await postgres_rows(n))
+    rows = await ingestion_rows(n, workdir, only)
+    rows.extend(await listing_rows(n, workdir, only))
+    rows.extend(await memory_rows(n, workdir, only))
+    rows.extend(await paging_rows(n, workdir, only))
+    rows.extend(await postgres_rows(n, only))
     return rows
 
 
 def render(rows: list[Row]) -> str:
-    header = "| scenario | rate | p50 ms | p99 ms | peak RSS MB | ratio to bare |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|"]
+    header = (
+        "| scenario | rate | p50 ms | p99 ms | peak RSS MB | ratio to bare | server CPU µs/alert |"
+    )
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         rate = r.shown if r.shown is not None else f"{r.rate:,.0f} {r.unit}" if r.rate else ""
         p50 = f"{r.p50_ms:.2f}" if r.p50_ms is not None else ""
         p99 = f"{r.p99_ms:.2f}" if r.p99_ms is not None else ""
         rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else ""
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
-        lines.append(f"| {r.scenario} | {rate} | {p50} | {p99} | {rss} | {ratio} |")
+        cpu = f"{r.cpu_us:,.0f}" if r.cpu_us is not None else ""
+        lines.append(f"| {r.scenario} | {rate} | {p50} | {p99} | {rss} | {ratio} | {cpu} |")
     return "\n".join(lines)
 
 
@@ -523,26 +627,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument(
-        "--postgres-only", action="store_true", help="only the PostgreSQL rows (replicas.py)"
+        "--only",
+        metavar="REGEX",
+        help="only the scenarios whose name (as in the table) the regex is found in;"
+        " a bare row runs too when a row compared with it does",
     )
     parser.add_argument(
-        "--paging-only", action="store_true", help="only the paging rows (paging.py)"
+        "--postgres-only", action="store_true", help="only the PostgreSQL rows: --only PostgreSQL"
+    )
+    parser.add_argument(
+        "--paging-only", action="store_true", help="only the paging rows: --only Paging|paging"
     )
     args = parser.parse_args()
     size = "quick" if args.quick else "full"
-    began = time.perf_counter()
+    pattern = args.only
     if args.postgres_only:
-        from tests.benchmark.replicas import postgres_rows
-
-        rows = asyncio.run(postgres_rows(SIZES[size]))
+        pattern = "PostgreSQL"
     elif args.paging_only:
-        from tests.benchmark.paging import paging_rows
-
-        with tempfile.TemporaryDirectory(prefix="im-bench-") as folder:
-            rows = asyncio.run(paging_rows(SIZES[size], Path(folder)))
-    else:
-        with tempfile.TemporaryDirectory(prefix="im-bench-") as folder:
-            rows = asyncio.run(run(size, Path(folder)))
+        pattern = "Paging|paging"
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="im-bench-") as folder:
+        rows = asyncio.run(run(size, Path(folder), Only(pattern)))
     print(
         f"\nmachine: {os.cpu_count()} cores; sizes: {size}; took {time.perf_counter() - began:.0f}s"
     )
