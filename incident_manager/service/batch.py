@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from incident_manager.domain.dedup import alert_fingerprint
+from incident_manager.domain.dedup import Fingerprint, alert_fingerprint
 from incident_manager.domain.errors import RateLimited
 from incident_manager.domain.model import (
     AckStatus,
@@ -51,6 +51,8 @@ class Batch:
     """By id: the duplicates not yet counted, each with what it matched on."""
     _received: dict[tuple[str, str], ReceivedAlert] = field(default_factory=dict)
     """Alerts received and not yet stored, by (source, id): a retry within the batch."""
+    _fingerprints: dict[tuple[object, ...], Fingerprint] = field(default_factory=dict)
+    """What the batch's alerts' fingerprints are made of, and the fingerprints."""
 
     def ingest(self, alert: Alert) -> AlertAck:
         """Merge the alert or open an incident for it; RateLimited if it is new and over."""
@@ -72,7 +74,7 @@ class Batch:
             throttled = self.limiter.admit(alert.source, alert.severity)
             if throttled is not None:
                 raise RateLimited(alert.source, throttled.retry_after, throttled.scope)
-        fingerprint = alert_fingerprint(alert)
+        fingerprint = self._fingerprint(alert)
         incident = self._mergeable(fingerprint.value)
         if incident is not None:
             merged = self._merged.setdefault(incident.id, [])
@@ -111,6 +113,18 @@ class Batch:
             receive_time=self.now,
         )
         return AlertAck(alert_id=alert.id, status=status, incident_id=incident.id, message=message)
+
+    def _fingerprint(self, alert: Alert) -> Fingerprint:
+        """The alert's fingerprint, worked out once per batch for alerts that share it."""
+        key: tuple[object, ...] = (
+            (alert.dedup_key,)
+            if alert.dedup_key is not None
+            else (alert.source, alert.type, alert.title, tuple(alert.affected_resources))
+        )
+        fingerprint = self._fingerprints.get(key)
+        if fingerprint is None:
+            fingerprint = self._fingerprints[key] = alert_fingerprint(alert)
+        return fingerprint
 
     def _mergeable(self, fingerprint: str) -> Incident | None:
         """The incident a duplicate with this fingerprint merges into, if any.
