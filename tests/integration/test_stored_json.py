@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from incident_manager.adapters.sql.rows import (
+    ALERT_PAYLOAD_FORMAT,
     alert_from_json,
     alert_to_json,
     dumps,
@@ -45,12 +47,45 @@ def test_stored_text_is_the_text_the_json_module_wrote_before() -> None:
         assert dumps(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def test_rows_written_by_the_json_module_read_back_unchanged() -> None:
+def test_alert_rows_in_either_format_read_back_unchanged() -> None:
     alert = _alert()
-    stored_then = json.dumps(json.loads(alert_to_json(alert)))  # ASCII escapes, spaces
-    assert "\\u00e4" in stored_then
-    assert alert_from_json(stored_then) == alert
+    assert alert_from_json(alert_to_json(alert)) == alert
+    resolved = replace(
+        alert,
+        status=AlertStatus.RESOLVED,
+        end_time=datetime(2026, 11, 1, 13, 0, tzinfo=UTC),
+        dedup_key="k",
+        fire_time=None,
+    )
+    assert alert_from_json(alert_to_json(resolved)) == resolved
+    # Format 1, as earlier versions stored it: named fields, enum names, and
+    # json.dumps's ASCII escapes and spaces.
+    written_then = json.dumps(
+        {
+            "id": "a-1",
+            "source": "llm-sentinel",
+            "title": "Ausfall: Latenz > 5 s",
+            "description": "more\nlines",
+            "severity": "P1",
+            "type": "PERFORMANCE",
+            "labels": AWKWARD,
+            "annotations": {"runbook": "https://example.com/ä"},
+            "affected_resources": ["model/b", "model/a"],
+            "runbook_url": "",
+            "fire_time": 1793534400000000,
+            "dedup_key": None,
+            "status": "FIRING",
+            "end_time": None,
+        }
+    )
+    assert "\\u00e4" in written_then
+    assert alert_from_json(written_then) == alert
     assert loads(json.dumps(AWKWARD)) == AWKWARD
+
+
+def test_an_alert_is_stored_as_a_compact_array_led_by_its_format() -> None:
+    text = alert_to_json(_alert())
+    assert json.loads(text)[:3] == [ALERT_PAYLOAD_FORMAT, "a-1", "llm-sentinel"]
 
 
 def test_text_that_orjson_refuses_is_still_stored() -> None:

@@ -190,29 +190,62 @@ def event_from_row(row: Sequence[Any]) -> IncidentEvent:
     )
 
 
+ALERT_PAYLOAD_FORMAT = 2
+"""The first item of a stored alert's payload array. Format 1, older rows, is an object
+with named fields and enum names; `alert_from_json` reads both."""
+
+
 def alert_to_json(alert: Alert) -> str:
+    """The alert as a compact JSON array: its fields in a fixed order, enums as numbers.
+
+    Half the bytes of the named-field object rows used to hold, and a third of
+    the time to write (every alert of a storm is stored).
+    """
+    labels, annotations = alert.labels, alert.annotations
+    resources = alert.affected_resources
     return dumps(
-        {
-            "id": alert.id,
-            "source": alert.source,
-            "title": alert.title,
-            "description": alert.description,
-            "severity": alert.severity.name,
-            "type": alert.type.name,
-            "labels": dict(alert.labels),
-            "annotations": dict(alert.annotations),
-            "affected_resources": list(alert.affected_resources),
-            "runbook_url": alert.runbook_url,
-            "fire_time": None if alert.fire_time is None else micros(alert.fire_time),
-            "dedup_key": alert.dedup_key,
-            "status": alert.status.name,
-            "end_time": None if alert.end_time is None else micros(alert.end_time),
-        }
+        [
+            ALERT_PAYLOAD_FORMAT,
+            alert.id,
+            alert.source,
+            alert.title,
+            alert.description,
+            int(alert.severity),
+            int(alert.type),
+            labels if type(labels) is dict else dict(labels),
+            annotations if type(annotations) is dict else dict(annotations),
+            resources if type(resources) in (tuple, list) else list(resources),
+            alert.runbook_url,
+            None if alert.fire_time is None else micros(alert.fire_time),
+            alert.dedup_key,
+            int(alert.status),
+            None if alert.end_time is None else micros(alert.end_time),
+        ]
     )
 
 
 def alert_from_json(text: str) -> Alert:
+    """The stored alert, from either format."""
     data = loads(text)
+    if isinstance(data, list):
+        (_, alert_id, source, title, description, severity, kind, labels, annotations,
+         resources, runbook_url, fire_time, dedup_key, status, end_time) = data  # fmt: skip
+        return Alert(
+            id=alert_id,
+            source=source,
+            title=title,
+            description=description,
+            severity=Severity(severity),
+            type=IncidentType(kind),
+            labels=labels,
+            annotations=annotations,
+            affected_resources=tuple(resources),
+            runbook_url=runbook_url,
+            fire_time=None if fire_time is None else from_micros(fire_time),
+            dedup_key=dedup_key,
+            status=AlertStatus(status),
+            end_time=None if end_time is None else from_micros(end_time),
+        )
     return Alert(
         id=data["id"],
         source=data["source"],
