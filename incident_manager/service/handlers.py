@@ -45,6 +45,7 @@ from incident_manager.domain.validation import (
     validate_assignees,
     validate_filter,
 )
+from incident_manager.service.batch import Batch
 from incident_manager.service.commands import (
     AddNote,
     CreateIncident,
@@ -76,7 +77,7 @@ def submit_alert(
     validate_alert(alert, checker, resolve_signal=alert.is_resolve_signal(now))
     checker.raise_if_any()
     with uow:
-        ack = _ingest(uow, alert, window, now, limiter=limiter, policies=policies, paging=paging)
+        ack = _ingest(uow, alert, window, now, limiter, policies, paging)
         uow.commit()
     return ack
 
@@ -93,18 +94,19 @@ def submit_alerts(
     """Store a batch in one unit of work; invalid alerts get REJECTED acks, in place.
 
     Entries that are already acks (refused before storage) are passed through.
+    Each incident the batch changes is written, and followed by paging, once
+    (see `service/batch.py`).
     """
     acks: list[AlertAck] = []
-    # Duplicates in one batch accumulate on one object per incident, stored
-    # once at the end: one UPDATE per incident per batch, not per alert.
-    touched: dict[str, Incident] = {}
     with uow:
+        batch = Batch(uow, window, now, limiter, paging)
         for index, item in enumerate(alerts):
             if isinstance(item, AlertAck):
                 acks.append(item)
                 continue
+            resolve_signal = item.is_resolve_signal(now)
             checker = Checker(f"alerts[{index}].")
-            validate_alert(item, checker, resolve_signal=item.is_resolve_signal(now))
+            validate_alert(item, checker, resolve_signal=resolve_signal)
             if checker.violations:
                 acks.append(
                     AlertAck(
@@ -115,12 +117,16 @@ def submit_alerts(
                 )
                 continue
             try:
-                acks.append(_ingest(uow, item, window, now, touched, limiter, policies, paging))
+                if resolve_signal:
+                    # A resolve signal reads what is stored: store what the batch holds.
+                    batch.store()
+                    acks.append(_clear(uow, item, now, policies, batch.touched, paging))
+                    batch.forget_inactive()
+                else:
+                    acks.append(batch.ingest(item))
             except RateLimited as limited:
                 acks.append(AlertAck(item.id, AckStatus.RATE_LIMITED, message=limited.message))
-        for incident in touched.values():
-            if incident.pending_events:
-                uow.incidents.save(incident)
+        batch.store()
         uow.commit()
     return acks
 
@@ -130,18 +136,17 @@ def _ingest(
     alert: Alert,
     window: timedelta,
     now: datetime,
-    touched: dict[str, Incident] | None = None,
     limiter: AlertRateLimiter | None = None,
     policies: AutoResolvePolicies = DEFAULT_POLICIES,
     paging: PagingConfig | None = None,
 ) -> AlertAck:
-    """Merge, open, or clear; with `touched`, incidents are left for the caller to save.
+    """Merge, open, or clear one alert (a batch goes through `Batch` instead).
 
     RateLimited, before anything is written, if the alert is new and its
     source is over its limit.
     """
     if alert.is_resolve_signal(now):
-        return _clear(uow, alert, now, policies, touched, paging)
+        return _clear(uow, alert, now, policies, None, paging)
     earlier = uow.alerts.get(alert.source, alert.id)
     if earlier is not None:
         return AlertAck(
@@ -161,14 +166,11 @@ def _ingest(
             raise RateLimited(alert.source, throttled.retry_after, throttled.scope)
     fingerprint = alert_fingerprint(alert)
     incident = uow.incidents.find_mergeable(fingerprint.value, now - window)
-    if incident is not None and touched is not None:
-        incident = touched.setdefault(incident.id, incident)
     if incident is not None:
         before = Before.of(incident)
         incident.merge_alert(alert, fingerprint.matched_on, now)
         follow_incident(uow.paging, paging, incident, before, now)
-        if touched is None:
-            uow.incidents.save(incident)
+        uow.incidents.save(incident)
         status = AckStatus.DUPLICATE
         message = (
             f"merged into incident {incident.id} (matched on {fingerprint.matched_on}); "
@@ -192,8 +194,6 @@ def _ingest(
         )
         uow.incidents.add(incident)
         follow_incident(uow.paging, paging, incident, None, now)
-        if touched is not None:
-            touched[incident.id] = incident
         status = AckStatus.ACCEPTED
         message = f"opened incident {incident.id}"
     uow.alerts.add(

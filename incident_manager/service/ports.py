@@ -63,6 +63,16 @@ class IncidentRepository(abc.ABC):
         version since it was read.
         """
 
+    def add_all(self, incidents: Sequence[Incident]) -> None:
+        """`add` each, in order; a backend may write them with one statement."""
+        for incident in incidents:
+            self.add(incident)
+
+    def save_all(self, incidents: Sequence[Incident]) -> None:
+        """`save` each, in order; a backend may write them with one statement per table."""
+        for incident in incidents:
+            self.save(incident)
+
     @abc.abstractmethod
     def list(self, query: IncidentQuery) -> IncidentPage:
         """One page of incidents matching the query, in its order."""
@@ -84,6 +94,11 @@ class AlertLog(abc.ABC):
 
     @abc.abstractmethod
     def add(self, received: ReceivedAlert) -> None: ...
+
+    def add_all(self, received: Sequence[ReceivedAlert]) -> None:
+        """`add` each, in order; a backend may write them with one statement."""
+        for one in received:
+            self.add(one)
 
     @abc.abstractmethod
     def clear(self, source: str, alert_id: str, when: datetime) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterable, AsyncIterator
 
 import grpc
@@ -10,7 +11,7 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from generated.incident_manager.v1 import alert_ingestion_service_pb2 as ingestion_pb2
-from generated.incident_manager.v1 import incident_pb2
+from generated.incident_manager.v1 import alert_pb2, incident_pb2
 from generated.incident_manager.v1 import incident_service_pb2 as pb2
 from generated.incident_manager.v1 import incident_service_pb2_grpc as pb2_grpc
 from tests.support import Running, StartServer, alert, eventually
@@ -56,6 +57,33 @@ async def test_subscribers_see_every_event_of_concurrent_changes_in_order(
     kinds = [e.event.type for e in events]
     assert kinds.count(incident_pb2.EVENT_TYPE_CREATED) == 5
     assert kinds.count(incident_pb2.EVENT_TYPE_ALERT_MERGED) == 35
+
+
+async def test_subscribers_see_one_merged_event_per_incident_of_a_batch(
+    server: Running,
+) -> None:
+    call = server.incidents.StreamIncidents(pb2.StreamIncidentsRequest())
+    await wait_subscribed(server)
+    batch = [alert(id=f"storm-{i}", title=f"fault {i % 3}") for i in range(30)]
+    response = await server.ingestion.BatchSubmitAlerts(
+        ingestion_pb2.BatchSubmitAlertsRequest(alerts=batch)
+    )
+    events = await take(call, 6)
+    call.cancel()
+    by_incident: dict[str, list[pb2.IncidentEvent]] = {}
+    for event in events:
+        by_incident.setdefault(event.incident_id, []).append(event)
+    assert set(by_incident) == {ack.incident_id for ack in response.acks}
+    for incident_id, (created, merged) in by_incident.items():
+        assert created.event.type == incident_pb2.EVENT_TYPE_CREATED
+        assert merged.event.type == incident_pb2.EVENT_TYPE_ALERT_MERGED
+        assert (merged.alert_count, merged.event.details["count"]) == (10, "9")
+        listed = [a["alert_id"] for a in json.loads(merged.event.details["alerts"])]
+        assert listed == [
+            ack.alert_id
+            for ack in response.acks
+            if ack.incident_id == incident_id and ack.status == alert_pb2.ACK_STATUS_DUPLICATE
+        ]
 
 
 async def test_filters_select_events_by_the_incident_they_belong_to(server: Running) -> None:

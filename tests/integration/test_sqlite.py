@@ -31,6 +31,7 @@ from incident_manager.service.commands import (
     ResolveIncident,
     UpdateIncident,
 )
+from incident_manager.service.handlers import submit_alerts
 from incident_manager.service.manager import IncidentManager
 from incident_manager.service.ports import UnitOfWork
 from tests.support import FakeClock
@@ -115,6 +116,44 @@ async def test_dedup_stays_exact_when_the_index_outgrows_its_limit(tmp_path: Pat
     for incident_id in {a.incident_id for a in acks}:
         assert (await manager.get_incident(incident_id)).alert_count == 10
     await storage.close()
+
+
+async def test_events_numbered_by_the_writer_follow_every_sequence_given_before(
+    tmp_path: Path,
+) -> None:
+    # A batch numbers its events itself (one INSERT for all); a single event
+    # takes SQLite's AUTOINCREMENT. Mixed, across a job that failed and a
+    # reopened file, the sequence still only grows and has no gaps.
+    path = tmp_path / "im.db"
+    storage = SqliteStorage(path)
+    manager = IncidentManager(storage)
+
+    def alert(n: int, title: str = "t") -> Alert:
+        return Alert(
+            id=f"a-{n}", source="s", title=f"{title} {n % 4}", severity=Severity.P2,
+            type=IncidentType.DATA,
+        )  # fmt: skip
+
+    await manager.submit_alerts([alert(n) for n in range(12)])
+    await manager.submit_alert(alert(12))
+
+    def fails(uow: UnitOfWork) -> None:
+        with uow:
+            submit_alerts(uow, [alert(n, "doomed") for n in range(100, 110)], WINDOW, T0)
+            raise RuntimeError("this job fails after writing its events")
+
+    with pytest.raises(RuntimeError):
+        await storage.write(fails)
+    await manager.submit_alerts([alert(n) for n in range(13, 20)])
+    await storage.close()
+    reopened = SqliteStorage(path)
+    await IncidentManager(reopened).submit_alerts([alert(n, "after") for n in range(20, 24)])
+    events = await reopened.read(lambda uow: uow.events.after(0, 1000))
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert not any("doomed" in e.title for e in events)
+    # 4 opened and 4 merged events; 1 merge; 4 merged; 4 opened.
+    assert len(events) == 8 + 1 + 4 + 4
+    await reopened.close()
 
 
 async def test_every_change_reads_back_the_same_after_reopening(tmp_path: Path) -> None:

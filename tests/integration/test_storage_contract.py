@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -648,6 +649,49 @@ async def test_batches_firing_every_ten_minutes_for_two_hours_stay_one_incident(
     stored = await read(storage, lambda uow: uow.incidents.get(acks[0].incident_id))
     assert stored.alert_count == 26
     assert (stored.create_time, stored.last_alert_time) == (T0, ticks[-1])
+
+
+async def test_a_batch_stores_one_merged_event_per_incident_listing_every_alert(
+    storage: Storage,
+) -> None:
+    first = await submit(storage, firing("a-0"), T0)
+    batch = [firing(f"a-{n}") for n in range(1, 8)] + [firing("b-0", title="other")]
+    batch += [firing("b-1", title="other"), firing("a-1"), firing("b-1", title="other")]
+    acks = await submit_batch(storage, batch, T0 + timedelta(minutes=1))
+    assert [a.status for a in acks] == [AckStatus.DUPLICATE] * 7 + [
+        AckStatus.ACCEPTED,
+        AckStatus.DUPLICATE,
+        AckStatus.DUPLICATE,
+        AckStatus.DUPLICATE,
+    ]
+    assert [a.retry for a in acks] == [False] * 9 + [True, True]
+    assert "8 alerts so far" in acks[6].message
+    assert acks[10].incident_id == acks[8].incident_id == acks[7].incident_id
+    merged_into = await read(
+        storage, lambda uow: uow.incidents.get(first.incident_id, with_history=True)
+    )
+    assert merged_into.alert_count == 8
+    assert merged_into.last_alert_time == T0 + timedelta(minutes=1)
+    created, merged = merged_into.timeline
+    assert (created.type, merged.type) == (EventType.CREATED, EventType.ALERT_MERGED)
+    assert merged.details["count"] == "7"
+    assert [a["alert_id"] for a in json.loads(merged.details["alerts"])] == [
+        f"a-{n}" for n in range(1, 8)
+    ]
+    opened = await read(
+        storage, lambda uow: uow.incidents.get(acks[7].incident_id, with_history=True)
+    )
+    assert opened.alert_count == 2
+    assert [(e.type, e.details.get("alert_id")) for e in opened.timeline] == [
+        (EventType.CREATED, "b-0"),
+        (EventType.ALERT_MERGED, "b-1"),
+    ]
+    events = await read(storage, lambda uow: uow.events.after(0, 100))
+    assert [e.sequence for e in events] == sorted({e.sequence for e in events})
+    assert len(events) == 4
+    again = await submit_batch(storage, batch, T0 + timedelta(minutes=2))
+    assert [a.retry for a in again] == [True] * len(batch)
+    assert [(a.status, a.incident_id) for a in again] == [(a.status, a.incident_id) for a in acks]
 
 
 async def test_an_alert_after_a_quiet_gap_longer_than_the_window_opens_a_new_incident(

@@ -59,3 +59,20 @@ def test_a_dedup_key_overrides_every_field_and_says_so() -> None:
     assert first.matched_on == "dedup_key=tenant-42-jailbreak"
     assert first.value != alert_fingerprint(make()).value
     assert len(first.value) == 64
+
+
+def test_fingerprints_stay_those_stored_by_earlier_versions() -> None:
+    # Computed by the json.dumps version of fingerprint_of: incidents stored
+    # then must still take their duplicates.
+    title = 'taux d\'erreur > 5% "é" \n😀'
+    resources = ("model/b", "model/a")
+    assert (
+        alert_fingerprint(make(title=title, affected_resources=resources)).value
+        == "b718a116e8878f96db1a87b8783f67a3e7034a140713d3933f0dd2cf93687d0d"
+    )
+    assert (
+        alert_fingerprint(
+            make(source="s", type=IncidentType.DATA, title="t", affected_resources=())
+        ).value
+        == "1151f9004a9cfd8b746f80c11dc488fdfab23e70b0b881b2bac3faec4b7f4e5d"
+    )

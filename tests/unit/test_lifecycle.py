@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -171,6 +172,58 @@ def test_a_merged_alert_counts_and_raises_severity_to_the_most_severe_seen() -> 
     }
     assert raised.event.type is EventType.SEVERITY_CHANGED
     assert raised.event.details == {"from": "P3", "to": "P0"}
+
+
+def test_alerts_merged_together_are_counted_exactly_and_listed_in_one_event() -> None:
+    incident = opened(Severity.P3)
+    merged = [
+        (
+            Alert(id=f"a-{n}", source="s", title="x", severity=Severity.P3, type=IncidentType.DATA),
+            "f",
+        )
+        for n in range(7)
+    ]
+    incident.merge_alerts(merged, NOW + timedelta(minutes=1))
+    assert incident.alert_count == 8
+    assert incident.last_alert_time == NOW + timedelta(minutes=1)
+    (event,) = incident.pending_events
+    assert event.event.type is EventType.ALERT_MERGED
+    assert event.alert_count == 8
+    assert event.event.details["count"] == "7"
+    assert event.event.details["matched_on"] == "f"
+    assert json.loads(event.event.details["alerts"]) == [
+        {"alert_id": f"a-{n}", "source": "s", "matched_on": "f"} for n in range(7)
+    ]
+    assert event.event.message.startswith("7 alerts merged (matched on f): 'a-0', 'a-1'")
+    assert event.event.message.endswith("and 2 more")
+
+
+def test_alerts_merged_together_raise_severity_once_to_the_most_severe() -> None:
+    incident = opened(Severity.P3)
+    severities = [Severity.P2, Severity.P0, Severity.P1, Severity.P0]
+    incident.merge_alerts(
+        [
+            (Alert(id=f"a-{n}", source="s", title="x", severity=sev, type=IncidentType.DATA), "f")
+            for n, sev in enumerate(severities)
+        ],
+        NOW,
+    )
+    assert incident.severity is Severity.P0
+    merged, raised = incident.pending_events
+    assert merged.event.type is EventType.ALERT_MERGED
+    assert raised.event.details == {"from": "P3", "to": "P0"}
+    assert "alert 'a-1'" in raised.event.message
+
+
+def test_one_alert_merged_through_merge_alerts_reads_as_merge_alert_records_it() -> None:
+    one, other = opened(), opened()
+    alert = Alert(id="a-1", source="s", title="x", severity=Severity.P4, type=IncidentType.DATA)
+    one.merge_alerts([(alert, "f")], NOW)
+    other.merge_alert(alert, "f", NOW)
+    assert [e.event for e in one.pending_events] == [e.event for e in other.pending_events]
+    before = list(one.pending_events)
+    one.merge_alerts([], NOW)
+    assert one.pending_events == before
 
 
 def test_a_less_severe_merged_alert_leaves_severity_alone() -> None:

@@ -193,6 +193,11 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     EVENT_TYPE_ALERT_MERGED: _EventType.ValueType  # 6
     """A duplicate alert was merged; details hold `alert_id`, `source` and
     `matched_on` (the fingerprint fields or the dedup key that matched).
+    Several duplicates of one incident in one BatchSubmitAlerts (or in
+    the StreamAlerts messages the server stores together) are one event:
+    details then hold `count`, `matched_on`, and `alerts`, a JSON array of
+    {"alert_id", "source", "matched_on"} naming every one of them, in the
+    order they were sent. The incident's `alert_count` counts each.
     """
     EVENT_TYPE_ESCALATED: _EventType.ValueType  # 7
     """A paging step started: an escalation level began notifying its
@@ -243,6 +248,11 @@ EVENT_TYPE_NOTE_ADDED: EventType.ValueType  # 5
 EVENT_TYPE_ALERT_MERGED: EventType.ValueType  # 6
 """A duplicate alert was merged; details hold `alert_id`, `source` and
 `matched_on` (the fingerprint fields or the dedup key that matched).
+Several duplicates of one incident in one BatchSubmitAlerts (or in
+the StreamAlerts messages the server stores together) are one event:
+details then hold `count`, `matched_on`, and `alerts`, a JSON array of
+{"alert_id", "source", "matched_on"} naming every one of them, in the
+order they were sent. The incident's `alert_count` counts each.
 """
 EVENT_TYPE_ESCALATED: EventType.ValueType  # 7
 """A paging step started: an escalation level began notifying its

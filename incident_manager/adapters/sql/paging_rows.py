@@ -7,12 +7,12 @@ tuple names the order in which its row functions read and write.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from incident_manager.adapters.sql.rows import dumps, loads
 from incident_manager.domain.model import IncidentType, Severity
 from incident_manager.domain.paging.digest import ChannelWindow
 from incident_manager.domain.paging.ledger import (
@@ -95,8 +95,8 @@ OVERRIDE_COLUMNS = (
 )
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+_dumps = dumps
+"""Compact JSON text, written the way the incident rows are."""
 
 
 def _micros_or_none(moment: datetime | None) -> int | None:
@@ -172,7 +172,7 @@ def _encode_policy(policy: EscalationPolicy) -> str:
 
 
 def _decode_policy(text: str) -> EscalationPolicy:
-    data = json.loads(text)
+    data = loads(text)
     return EscalationPolicy(
         id=data["id"],
         levels=tuple(
@@ -311,7 +311,7 @@ def notification_from_row(row: Sequence[Any]) -> Notification:
         recipient=row[11],
         reason=row[12],
         create_time=from_micros(row[13]),
-        content=json.loads(row[14]),
+        content=loads(row[14]),
         state=NotificationState(row[15]),
         attempts=row[16],
         last_error=row[17],
@@ -357,7 +357,7 @@ def silence_row(s: Silence) -> tuple[Any, ...]:
 
 
 def silence_from_row(row: Sequence[Any]) -> Silence:
-    matcher = json.loads(row[1])
+    matcher = loads(row[1])
     return Silence(
         id=row[0],
         matcher=Matcher(

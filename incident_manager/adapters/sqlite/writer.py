@@ -65,11 +65,20 @@ def _lock_exclusively(path: Path) -> IO[str]:
     return lock
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+WRITER_CACHE_KIB = 64 * 1024
+"""The writer's page cache (SQLite's default is 2 MiB). New incidents go into two indexes
+on random keys (the id and the fingerprint); once those outgrow the cache, every insert
+reads pages back. Measured with 500-row INSERTs at 60,000 stored incidents: 72 µs of CPU
+per incident row with the default, 33 µs with this."""
+
+
+def _connect(path: Path, *, cache_kib: int = 0) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    if cache_kib:
+        conn.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
     return conn
 
 
@@ -99,7 +108,7 @@ class SqliteStorage(Storage):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = _lock_exclusively(self.path)
-            self._write_conn = _connect(self.path)
+            self._write_conn = _connect(self.path, cache_kib=WRITER_CACHE_KIB)
             migrate(self._write_conn)
             self._read_conn = _connect(self.path)
         except (sqlite3.Error, OSError) as error:
@@ -293,7 +302,7 @@ class SqliteStorage(Storage):
             # write; start over with a fresh one.
             conn.close()
             try:
-                self._write_conn = _connect(self.path)
+                self._write_conn = _connect(self.path, cache_kib=WRITER_CACHE_KIB)
             except sqlite3.Error as error:
                 self._broken = f"cannot reopen the database {str(self.path)!r}: {error}"
                 log.error("database writer is broken", extra={"error": self._broken})
