@@ -330,7 +330,7 @@ def channel_window_row(w: ChannelWindow) -> tuple[Any, ...]:
 
 def channel_window_from_row(row: Sequence[Any]) -> ChannelWindow:
     return ChannelWindow(
-        channel_id=row[0], start=from_micros(row[1]), used=row[2], open_digests=json.loads(row[3])
+        channel_id=row[0], start=from_micros(row[1]), used=row[2], open_digests=loads(row[3])
     )
 
 
