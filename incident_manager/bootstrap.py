@@ -37,7 +37,11 @@ async def start_server(
     """
     metrics = Metrics()
     rules = RulesHolder(_paging_config(settings))
-    storage = storage if storage is not None else open_storage(settings.database)
+    storage = (
+        storage
+        if storage is not None
+        else open_storage(settings.database, sqlite_cache_mib=settings.sqlite_cache)
+    )
     worker = (
         PagingWorker(
             storage,
@@ -86,7 +90,9 @@ def build_manager(
     several replicas can share; anything else is the path of an SQLite file.
     """
     return IncidentManager(
-        storage if storage is not None else open_storage(settings.database),
+        storage
+        if storage is not None
+        else open_storage(settings.database, sqlite_cache_mib=settings.sqlite_cache),
         dedup_window=settings.dedup_window,
         clock=clock,
         hub=EventHub(settings.stream_buffer),
@@ -134,8 +140,9 @@ def uses_postgres(database: str) -> bool:
     return is_postgres_url(database)
 
 
-def open_storage(database: str) -> Storage:
-    """PostgreSQL for a database URL, else SQLite on a file path."""
+def open_storage(database: str, *, sqlite_cache_mib: int = 64) -> Storage:
+    """PostgreSQL for a database URL, else SQLite on a file path (its writer's page cache
+    `sqlite_cache_mib` MiB)."""
     if is_postgres_url(database):
         return PostgresStorage(database)
-    return SqliteStorage(database)
+    return SqliteStorage(database, cache_kib=sqlite_cache_mib * 1024)

@@ -40,6 +40,8 @@ class Settings:
     stream_buffer: int = 1000
     """Live events buffered per StreamIncidents subscriber; one further behind catches up
     from storage on the same stream."""
+    sqlite_cache: int = 64
+    """The SQLite writer's page cache in MiB; it fills as the database grows, up to this."""
     rate_limit: float = 0.0
     """Alerts per second each source may send on average; 0 turns rate limiting off."""
     rate_burst: int = 100
@@ -201,6 +203,7 @@ _OPTIONS = (
     ("--shutdown-grace", "shutdown_grace", _positive_duration, "grace period on SIGTERM"),
     ("--drain-delay", "drain_delay", parse_duration, "serve on while NOT_SERVING, e.g. 5s"),
     ("--stream-buffer", "stream_buffer", _positive_int, "live events buffered per subscriber"),
+    ("--sqlite-cache", "sqlite_cache", _positive_int, "SQLite writer page cache, MiB"),
     ("--rate-limit", "rate_limit", _non_negative_float, "alerts/s per source, 0 = no limit"),
     ("--rate-burst", "rate_burst", _positive_int, "alerts a quiet source may send at once"),
     (

@@ -98,17 +98,24 @@ class SqliteStorage(Storage):
     a write that changes nothing, so that `available` turns True again without
     traffic: a server whose health says NOT_SERVING gets none."""
 
-    def __init__(self, path: Path | str, *, cache: WriterCache | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        cache: WriterCache | None = None,
+        cache_kib: int = WRITER_CACHE_KIB,
+    ) -> None:
         super().__init__()
         if str(path) == ":memory:" or str(path).startswith("file:"):
             raise StorageUnavailable(
                 f"{str(path)!r} is not supported: give the path of a database file"
             )
         self.path = Path(path)
+        self._cache_kib = cache_kib
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = _lock_exclusively(self.path)
-            self._write_conn = _connect(self.path, cache_kib=WRITER_CACHE_KIB)
+            self._write_conn = _connect(self.path, cache_kib=self._cache_kib)
             migrate(self._write_conn)
             self._read_conn = _connect(self.path)
         except (sqlite3.Error, OSError) as error:
@@ -302,7 +309,7 @@ class SqliteStorage(Storage):
             # write; start over with a fresh one.
             conn.close()
             try:
-                self._write_conn = _connect(self.path, cache_kib=WRITER_CACHE_KIB)
+                self._write_conn = _connect(self.path, cache_kib=self._cache_kib)
             except sqlite3.Error as error:
                 self._broken = f"cannot reopen the database {str(self.path)!r}: {error}"
                 log.error("database writer is broken", extra={"error": self._broken})
