@@ -22,9 +22,8 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from incident_manager.adapters.channels.base import ChannelMisconfigured, Delivery
+from incident_manager.adapters.channels.base import Delivery
 from incident_manager.adapters.channels.http import (
     HttpChannel,
     HttpClient,
@@ -33,9 +32,8 @@ from incident_manager.adapters.channels.http import (
 )
 from incident_manager.adapters.channels.webhook import (
     WebhookSettings,
-    sign,
-    signing_key,
-    url_secrets,
+    check_url,
+    signed_request,
 )
 
 JSON = "application/json"
@@ -74,35 +72,15 @@ class ActionEncoder:
     def __call__(self, delivery: Delivery[ActionSettings]) -> HttpRequest:
         """The request for this attempt; raises ChannelMisconfigured for a bad url or secret."""
         settings = delivery.settings.webhook
-        try:
-            scheme = urlsplit(settings.url).scheme.lower()
-        except ValueError:
-            scheme = ""
-        if scheme not in ("http", "https"):
-            raise ChannelMisconfigured(
-                f"channel {settings.channel_id}: url must start with http:// or https://"
-            )
-        body = delivery.settings.body.encode()
-        timestamp = int(self._clock())
-        headers = {
-            **settings.headers,
-            "content-type": content_type(delivery.settings.body),
-            "webhook-id": delivery.delivery_id,
-            "webhook-timestamp": str(timestamp),
-        }
-        secrets = list(url_secrets(settings.url))
-        if settings.secret_env is not None:
-            secret = self._environ.get(settings.secret_env, "")
-            if not secret:
-                raise ChannelMisconfigured(
-                    f"channel {settings.channel_id}: environment variable "
-                    f"{settings.secret_env} (the signing secret) is not set"
-                )
-            secrets.append(secret)
-            headers["webhook-signature"] = sign(
-                signing_key(secret), delivery.delivery_id, timestamp, body
-            )
-        return HttpRequest(settings.url, body, headers, settings.timeout, tuple(secrets))
+        check_url(settings)
+        return signed_request(
+            settings,
+            delivery.delivery_id,
+            delivery.settings.body.encode(),
+            content_type(delivery.settings.body),
+            self._environ,
+            int(self._clock()),
+        )
 
 
 class ActionChannel(HttpChannel[ActionSettings]):

@@ -123,14 +123,7 @@ class WebhookEncoder:
     def __call__(self, delivery: Delivery[WebhookSettings]) -> HttpRequest:
         """The request for this attempt; raises ChannelMisconfigured for a bad url or secret."""
         settings = delivery.settings
-        try:
-            scheme = urlsplit(settings.url).scheme.lower()
-        except ValueError:
-            scheme = ""
-        if scheme not in ("http", "https"):
-            raise ChannelMisconfigured(
-                f"channel {settings.channel_id}: url must start with http:// or https://"
-            )
+        check_url(settings)
         content = delivery.content
         note = ""
         if content.digest is not None:
@@ -145,25 +138,57 @@ class WebhookEncoder:
             )
             body = webhook_body(content, wording.title, wording.body)
             note = wording.note
-        timestamp = int(self._clock())
-        headers = {
-            **settings.headers,
-            "content-type": "application/json",
-            "webhook-id": delivery.delivery_id,
-            "webhook-timestamp": str(timestamp),
-        }
-        secrets = list(url_secrets(settings.url))
-        if settings.secret_env is not None:
-            secret = self._environ.get(settings.secret_env, "")
-            if not secret:
-                raise ChannelMisconfigured(
-                    f"channel {settings.channel_id}: environment variable "
-                    f"{settings.secret_env} (the signing secret) is not set"
-                )
-            secrets.append(secret)
-            key = signing_key(secret)
-            headers["webhook-signature"] = sign(key, delivery.delivery_id, timestamp, body)
-        return HttpRequest(settings.url, body, headers, settings.timeout, tuple(secrets), note)
+        return signed_request(
+            settings,
+            delivery.delivery_id,
+            body,
+            "application/json",
+            self._environ,
+            int(self._clock()),
+            note,
+        )
+
+
+def check_url(settings: WebhookSettings) -> None:
+    """Raise ChannelMisconfigured unless the channel's url is http(s)."""
+    try:
+        scheme = urlsplit(settings.url).scheme.lower()
+    except ValueError:
+        scheme = ""
+    if scheme not in ("http", "https"):
+        raise ChannelMisconfigured(
+            f"channel {settings.channel_id}: url must start with http:// or https://"
+        )
+
+
+def signed_request(
+    settings: WebhookSettings,
+    delivery_id: str,
+    body: bytes,
+    content_type: str,
+    environ: Mapping[str, str],
+    timestamp: int,
+    note: str = "",
+) -> HttpRequest:
+    """A POST of `body` to the channel with its headers and the Standard Webhooks ones,
+    signed when the channel has a secret; shared by pages and automated actions."""
+    headers = {
+        **settings.headers,
+        "content-type": content_type,
+        "webhook-id": delivery_id,
+        "webhook-timestamp": str(timestamp),
+    }
+    secrets = list(url_secrets(settings.url))
+    if settings.secret_env is not None:
+        secret = environ.get(settings.secret_env, "")
+        if not secret:
+            raise ChannelMisconfigured(
+                f"channel {settings.channel_id}: environment variable "
+                f"{settings.secret_env} (the signing secret) is not set"
+            )
+        secrets.append(secret)
+        headers["webhook-signature"] = sign(signing_key(secret), delivery_id, timestamp, body)
+    return HttpRequest(settings.url, body, headers, settings.timeout, tuple(secrets), note)
 
 
 class WebhookChannel(HttpChannel[WebhookSettings]):
