@@ -361,6 +361,26 @@ class Incident:
         )
         return incident
 
+    @classmethod
+    def open_for_alert(cls, alert: Alert, fingerprint: str, now: datetime) -> Incident:
+        """The incident a new problem's first alert opens (its CREATED event names the
+        alert)."""
+        return cls.open(
+            title=alert.title,
+            description=alert.description,
+            severity=alert.severity,
+            type=alert.type,
+            source=alert.source,
+            affected_resources=alert.affected_resources,
+            labels=alert.labels,
+            assignees=(),
+            fingerprint=fingerprint,
+            actor=alert.actor,
+            now=now,
+            alert_count=1,
+            details={"alert_id": alert.id, "source": alert.source},
+        )
+
     def merge_alert(self, alert: Alert, matched_on: str, now: datetime) -> None:
         """Count a duplicate alert; the incident takes the most severe severity seen.
 

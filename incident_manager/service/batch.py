@@ -85,21 +85,7 @@ class Batch:
                 f"{incident.alert_count + len(merged)} alerts so far"
             )
         else:
-            incident = Incident.open(
-                title=alert.title,
-                description=alert.description,
-                severity=alert.severity,
-                type=alert.type,
-                source=alert.source,
-                affected_resources=alert.affected_resources,
-                labels=alert.labels,
-                assignees=(),
-                fingerprint=fingerprint.value,
-                actor=alert.actor,
-                now=self.now,
-                alert_count=1,
-                details={"alert_id": alert.id, "source": alert.source},
-            )
+            incident = Incident.open_for_alert(alert, fingerprint.value, self.now)
             self._active[fingerprint.value] = incident
             self._before[incident.id] = None
             self.touched[incident.id] = incident

@@ -177,21 +177,7 @@ def _ingest(
             f"{incident.alert_count} alerts so far"
         )
     else:
-        incident = Incident.open(
-            title=alert.title,
-            description=alert.description,
-            severity=alert.severity,
-            type=alert.type,
-            source=alert.source,
-            affected_resources=alert.affected_resources,
-            labels=alert.labels,
-            assignees=(),
-            fingerprint=fingerprint.value,
-            actor=alert.actor,
-            now=now,
-            alert_count=1,
-            details={"alert_id": alert.id, "source": alert.source},
-        )
+        incident = Incident.open_for_alert(alert, fingerprint.value, now)
         uow.incidents.add(incident)
         follow_incident(uow.paging, paging, incident, None, now)
         status = AckStatus.ACCEPTED
