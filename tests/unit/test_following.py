@@ -19,6 +19,7 @@ from incident_manager.paging.file import load_paging_config
 from incident_manager.service import paging
 from incident_manager.service.paging import Before
 from incident_manager.service.ports import DeliveryOutcome, UnitOfWork
+from tests.support.paging import new_incident, open_paged, run_steps
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CONFIG = load_paging_config(
@@ -54,38 +55,11 @@ class NoRetry:
 
 
 async def _open(storage: MemoryStorage) -> str:
-    incident = Incident.open(
-        title="GPU node down",
-        description="",
-        severity=Severity.P1,
-        type=IncidentType.INFRASTRUCTURE,
-        source="edge-agent",
-        affected_resources=[],
-        labels={},
-        assignees=[],
-        fingerprint="fp",
-        actor="edge-agent",
-        now=T0,
-        alert_count=1,
-    )
-
-    def work(uow: UnitOfWork) -> str:
-        with uow:
-            uow.incidents.add(incident)
-            paging.follow_incident(uow.paging, CONFIG, incident, None, T0)
-            uow.commit()
-        return incident.id
-
-    return await storage.write(work)
+    return await open_paged(storage, CONFIG, new_incident(now=T0), T0)
 
 
 async def _steps(storage: MemoryStorage, now: datetime) -> None:
-    def work(uow: UnitOfWork) -> None:
-        with uow:
-            paging.run_due_steps(uow.paging, uow.incidents, CONFIG, now, 100)
-            uow.commit()
-
-    await storage.write(work)
+    await run_steps(storage, CONFIG, now)
 
 
 async def _deliver_all(storage: MemoryStorage, now: datetime) -> None:

@@ -12,6 +12,7 @@ from incident_manager.paging.file import load_paging_config
 from incident_manager.service import paging
 from incident_manager.service.paging import Before
 from incident_manager.service.ports import DeliveryOutcome, UnitOfWork
+from tests.support.paging import open_paged, run_steps
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CONFIG = load_paging_config(
@@ -73,26 +74,11 @@ def _incident(severity: Severity = Severity.P1) -> Incident:
 
 
 async def _open(storage: MemoryStorage, severity: Severity = Severity.P1) -> str:
-    incident = _incident(severity)
-
-    def work(uow: UnitOfWork) -> str:
-        with uow:
-            uow.incidents.add(incident)
-            paging.follow_incident(uow.paging, CONFIG, incident, None, T0)
-            uow.commit()
-        return incident.id
-
-    return await storage.write(work)
+    return await open_paged(storage, CONFIG, _incident(severity), T0)
 
 
 async def _steps(storage: MemoryStorage, now: datetime) -> paging.StepReport:
-    def work(uow: UnitOfWork) -> paging.StepReport:
-        with uow:
-            report = paging.run_due_steps(uow.paging, uow.incidents, CONFIG, now, 100)
-            uow.commit()
-        return report
-
-    return await storage.write(work)
+    return await run_steps(storage, CONFIG, now)
 
 
 async def _ledger(storage: MemoryStorage, incident_id: str) -> list[tuple[int, int, str, str]]:

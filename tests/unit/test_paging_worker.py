@@ -13,6 +13,7 @@ from incident_manager.service import paging
 from incident_manager.service.ports import DeliveryOutcome, UnitOfWork
 from incident_manager.service.scheduler import PagingWorker
 from tests.support import FakeClock, eventually
+from tests.support.paging import new_incident, open_paged
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CONFIG = load_paging_config(
@@ -68,29 +69,7 @@ class Outcomes:
 
 
 async def _open(storage: MemoryStorage) -> str:
-    incident = Incident.open(
-        title="GPU node down",
-        description="",
-        severity=Severity.P1,
-        type=IncidentType.INFRASTRUCTURE,
-        source="edge-agent",
-        affected_resources=[],
-        labels={},
-        assignees=[],
-        fingerprint="fp",
-        actor="edge-agent",
-        now=T0,
-        alert_count=1,
-    )
-
-    def work(uow: UnitOfWork) -> str:
-        with uow:
-            uow.incidents.add(incident)
-            paging.follow_incident(uow.paging, CONFIG, incident, None, T0)
-            uow.commit()
-        return incident.id
-
-    return await storage.write(work)
+    return await open_paged(storage, CONFIG, new_incident(now=T0), T0)
 
 
 def _recorded(outcomes: Outcomes, count: int) -> Callable[[], Awaitable[bool]]:

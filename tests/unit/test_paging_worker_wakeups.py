@@ -8,13 +8,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from incident_manager.adapters.memory import MemoryStorage
-from incident_manager.domain.model import Incident, IncidentType, Severity
+from incident_manager.domain.model import IncidentType, Severity
 from incident_manager.domain.paging.ledger import Notification
 from incident_manager.paging.file import load_paging_config
-from incident_manager.service import paging
 from incident_manager.service.ports import DeliveryOutcome, T, UnitOfWork
 from incident_manager.service.scheduler import PagingWorker
 from tests.support import FakeClock, eventually
+from tests.support.paging import new_incident, open_paged
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CONFIG = load_paging_config(
@@ -88,29 +88,15 @@ class NoRetries:
 
 
 async def _open(storage: MemoryStorage, title: str) -> str:
-    incident = Incident.open(
+    incident = new_incident(
+        now=T0,
         title=title,
-        description="",
         severity=Severity.P2,
         type=IncidentType.PERFORMANCE,
         source="llm-sentinel",
-        affected_resources=[],
-        labels={},
-        assignees=[],
         fingerprint=title,
-        actor="llm-sentinel",
-        now=T0,
-        alert_count=1,
     )
-
-    def work(uow: UnitOfWork) -> str:
-        with uow:
-            uow.incidents.add(incident)
-            paging.follow_incident(uow.paging, CONFIG, incident, None, T0)
-            uow.commit()
-        return incident.id
-
-    return await storage.write(work)
+    return await open_paged(storage, CONFIG, incident, T0)
 
 
 async def test_an_incident_opened_while_the_worker_reads_its_next_due_time_is_paged_at_once() -> (
