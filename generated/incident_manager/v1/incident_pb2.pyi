@@ -215,9 +215,12 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     answer, at most 300 characters, secrets removed), `level` and `round`.
     """
     EVENT_TYPE_NOTIFICATION_SENT: _EventType.ValueType  # 9
-    """A page was delivered, or finally failed to be delivered. Details hold
-    `notification_id`, `target`, `channel`, `outcome` (SENT or FAILED) and
-    `attempts`.
+    """A message to a person or channel was delivered, or finally failed to
+    be delivered: a page, or a channel told of a later change (`on:` in
+    the paging file). Details hold `event` (`paged`, `acknowledged`,
+    `resolved` or `reopened`), `notification_id`, `target`, `channel`,
+    `outcome` (SENT or FAILED), `attempts`, `level` and `round`; for a
+    page sent inside a rate-limited channel's digest, also `digest_id`.
     """
     EVENT_TYPE_RESOLVED: _EventType.ValueType  # 10
     """The incident was resolved; details hold the resolution method."""
@@ -270,9 +273,12 @@ could not be rendered, in which case nothing was sent). Details hold
 answer, at most 300 characters, secrets removed), `level` and `round`.
 """
 EVENT_TYPE_NOTIFICATION_SENT: EventType.ValueType  # 9
-"""A page was delivered, or finally failed to be delivered. Details hold
-`notification_id`, `target`, `channel`, `outcome` (SENT or FAILED) and
-`attempts`.
+"""A message to a person or channel was delivered, or finally failed to
+be delivered: a page, or a channel told of a later change (`on:` in
+the paging file). Details hold `event` (`paged`, `acknowledged`,
+`resolved` or `reopened`), `notification_id`, `target`, `channel`,
+`outcome` (SENT or FAILED), `attempts`, `level` and `round`; for a
+page sent inside a rate-limited channel's digest, also `digest_id`.
 """
 EVENT_TYPE_RESOLVED: EventType.ValueType  # 10
 """The incident was resolved; details hold the resolution method."""
