@@ -253,29 +253,11 @@ def notification_row(n: Notification) -> tuple[Any, ...]:
         n.reason,
         micros(n.create_time),
         _dumps(dict(n.content)),
-        int(n.state),
-        n.attempts,
-        n.last_error,
-        _micros_or_none(n.update_time),
-        _micros_or_none(n.send_time),
-        _micros_or_none(n.next_attempt_time),
-        n.claimed_by,
-        _micros_or_none(n.claim_until),
-        n.digest_id,
+        *notification_progress_row(n),
     )
 
 
-NOTIFICATION_PROGRESS_COLUMNS = (
-    "state",
-    "attempts",
-    "last_error",
-    "update_time",
-    "send_time",
-    "next_attempt_time",
-    "claimed_by",
-    "claim_until",
-    "digest_id",
-)
+NOTIFICATION_PROGRESS_COLUMNS = NOTIFICATION_COLUMNS[NOTIFICATION_COLUMNS.index("state") :]
 """The columns a delivery changes after it is written: the rest, its content above all,
 stay as they were created, so saving an attempt's outcome does not encode them again."""
 
