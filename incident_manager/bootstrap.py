@@ -37,11 +37,7 @@ async def start_server(
     """
     metrics = Metrics()
     rules = RulesHolder(_paging_config(settings))
-    storage = (
-        storage
-        if storage is not None
-        else open_storage(settings.database, sqlite_cache_mib=settings.sqlite_cache)
-    )
+    storage = storage if storage is not None else _storage_for(settings)
     worker = (
         PagingWorker(
             storage,
@@ -90,9 +86,7 @@ def build_manager(
     several replicas can share; anything else is the path of an SQLite file.
     """
     return IncidentManager(
-        storage
-        if storage is not None
-        else open_storage(settings.database, sqlite_cache_mib=settings.sqlite_cache),
+        storage if storage is not None else _storage_for(settings),
         dedup_window=settings.dedup_window,
         clock=clock,
         hub=EventHub(settings.stream_buffer),
@@ -140,9 +134,15 @@ def uses_postgres(database: str) -> bool:
     return is_postgres_url(database)
 
 
-def open_storage(database: str, *, sqlite_cache_mib: int = 64) -> Storage:
+def open_storage(database: str, *, sqlite_cache_mib: int | None = None) -> Storage:
     """PostgreSQL for a database URL, else SQLite on a file path (its writer's page cache
-    `sqlite_cache_mib` MiB)."""
+    `sqlite_cache_mib` MiB, or the writer's default)."""
     if is_postgres_url(database):
         return PostgresStorage(database)
+    if sqlite_cache_mib is None:
+        return SqliteStorage(database)
     return SqliteStorage(database, cache_kib=sqlite_cache_mib * 1024)
+
+
+def _storage_for(settings: Settings) -> Storage:
+    return open_storage(settings.database, sqlite_cache_mib=settings.sqlite_cache)

@@ -90,8 +90,10 @@ def submit_alerts(
     limiter: AlertRateLimiter | None = None,
     policies: AutoResolvePolicies = DEFAULT_POLICIES,
     paging: PagingConfig | None = None,
+    field_prefix: str = "alerts[{}].",
 ) -> list[AlertAck]:
-    """Store a batch in one unit of work; invalid alerts get REJECTED acks, in place.
+    """Store a batch in one unit of work; invalid alerts get REJECTED acks, in place, their
+    message naming fields with `field_prefix` (`alerts[2].title`; `alert.title` for a stream).
 
     Entries that are already acks (refused before storage) are passed through.
     Each incident the batch changes is written, and followed by paging, once
@@ -105,7 +107,7 @@ def submit_alerts(
                 acks.append(item)
                 continue
             resolve_signal = item.is_resolve_signal(now)
-            checker = Checker(f"alerts[{index}].")
+            checker = Checker(field_prefix.format(index))
             validate_alert(item, checker, resolve_signal=resolve_signal)
             if checker.violations:
                 acks.append(

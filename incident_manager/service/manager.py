@@ -44,7 +44,7 @@ from incident_manager.domain.query import (
     Ordering,
 )
 from incident_manager.domain.ratelimit import AlertRateLimiter, OverloadShedder, RateLimit
-from incident_manager.domain.validation import Checker, validate_alert
+from incident_manager.domain.validation import Checker
 from incident_manager.service import handlers
 from incident_manager.service.commands import (
     AddNote,
@@ -176,7 +176,11 @@ class IncidentManager:
         return ack
 
     async def submit_alerts(
-        self, alerts: Sequence[Alert | AlertAck], sender: Principal | None = None
+        self,
+        alerts: Sequence[Alert | AlertAck],
+        sender: Principal | None = None,
+        *,
+        field_prefix: str = "alerts[{}].",
     ) -> list[AlertAck]:
         """Store a batch in one transaction: one ack per entry, in order.
 
@@ -202,6 +206,7 @@ class IncidentManager:
                     limiter=self.rate_limiter,
                     policies=self.auto_resolve,
                     paging=self.paging(),
+                    field_prefix=field_prefix,
                 )
             )
         finally:
@@ -217,19 +222,9 @@ class IncidentManager:
         Each gets the answer `submit_alert` would give it, its refusal as an
         ack instead of an error: REJECTED (naming `alert.` fields) or
         RATE_LIMITED. Storing them as one batch costs the writer one job, not
-        one per alert.
+        one per alert. They are validated once, in the batch, with `alert.` field names.
         """
-        now = self.clock()
-        checked: list[Alert | AlertAck] = []
-        for item in alerts:
-            if isinstance(item, Alert):
-                checker = Checker("alert.")
-                validate_alert(item, checker, resolve_signal=item.is_resolve_signal(now))
-                if checker.violations:
-                    message = ValidationError(checker.violations).message
-                    item = AlertAck(item.id, AckStatus.REJECTED, message=message)
-            checked.append(item)
-        return await self.submit_alerts(checked, sender)
+        return await self.submit_alerts(alerts, sender, field_prefix="alert.")
 
     def _overloaded(self, alert: Alert) -> RateLimited | None:
         """Why the alert is shed, if too many alerts wait to be stored."""
