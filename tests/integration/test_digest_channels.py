@@ -138,8 +138,9 @@ async def test_a_digest_reaches_a_webhook_teams_and_email_in_each_ones_shape(
     card = teams.last["attachments"][0]["content"]
     texts = [block.get("text", "") for block in card["body"][1:]]
     assert card["body"][0]["items"][0]["text"] == "30 more incidents paged in the last minute"
-    assert texts[0] == "P3 inc_0000: p99 <latency> & errors on model-0"
-    assert texts[1] == "P1 inc_0001: p99 <latency> & errors on model-1 (resolved)"
+    # Titles are escaped as on every Teams card: `<latency>` shows as written, not as markup.
+    assert texts[0] == "P3 inc\\_0000: p99 \\<latency\\> & errors on model-0"
+    assert texts[1] == "P1 inc\\_0001: p99 \\<latency\\> & errors on model-1 (resolved)"
     assert texts[MAX_LISTED] == f"and {30 - MAX_LISTED} more"
     assert texts[-1].startswith("Channel ops-teams sends at most 5 messages a minute")
 

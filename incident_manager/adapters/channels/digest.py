@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from typing import Any
 
 from incident_manager.adapters.channels.base import Digest, DigestEntry, PageContent
@@ -161,8 +162,11 @@ def _cut_block(text: str, limit: int = 3000) -> str:
     return "\n".join([*kept, "…"])
 
 
-def teams_card(content: PageContent) -> dict[str, Any]:
-    """An Adaptive Card: the heading, one TextBlock per line, the footer."""
+def teams_card(
+    content: PageContent, escape: Callable[[str], str] = lambda text: text
+) -> dict[str, Any]:
+    """An Adaptive Card: the heading, one TextBlock per line, the footer; `escape` makes
+    text that Teams would read as markdown show as written (alert titles above all)."""
     attention = content.severity in ("P0", "P1")
     return {
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
@@ -176,17 +180,17 @@ def teams_card(content: PageContent) -> dict[str, Any]:
                 "items": [
                     {
                         "type": "TextBlock",
-                        "text": title(content),
+                        "text": escape(title(content)),
                         "wrap": True,
                         "size": "Large",
                         "weight": "Bolder",
                     }
                 ],
             },
-            *({"type": "TextBlock", "text": line, "wrap": True} for line in lines(content)),
+            *({"type": "TextBlock", "text": escape(line), "wrap": True} for line in lines(content)),
             {
                 "type": "TextBlock",
-                "text": footer(content),
+                "text": escape(footer(content)),
                 "wrap": True,
                 "isSubtle": True,
                 "size": "Small",

@@ -180,7 +180,7 @@ class TeamsEncoder(ChatEncoder["TeamsSettings"]):
                 {
                     "contentType": CARD_CONTENT_TYPE,
                     "contentUrl": None,
-                    "content": digest.teams_card(content),
+                    "content": digest.teams_card(content, escape_markdown),
                 }
             ],
         }
