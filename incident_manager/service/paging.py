@@ -174,6 +174,8 @@ def _tell(
 ) -> None:
     """Tell each (channel, recipient) that paged the incident and follows `event` about it,
     once: not if the last thing it was told is this very change (the change seen again)."""
+    if not any(event in channel.on for channel in config.channels):
+        return  # nobody follows this change: no need to read the incident's deliveries
     paged: set[tuple[str, str]] = set()
     last: dict[tuple[str, str], Notification] = {}
     for sent in paging.live_notifications(incident.id):
@@ -544,7 +546,9 @@ def record_delivery(
             notification.retry_at(now + delay, outcome.detail, now)
     paging.save_notification(notification)
     if final is not None and notification.is_digest:
+        # A digest belongs to no incident: its pages' incidents are told by settling it.
         digests.settle_digest(paging, load, notification, now)
+        return notification.state
     if final is not None and notification.target_kind is TargetKind.ACTION:
         incident = load.get(notification.incident_id)
         if incident is not None:
